@@ -1,0 +1,33 @@
+"""Shared fixtures: the project's ../shared data folder and its field cases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """Path of ../shared (real files and field cases); skips where it is absent."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture
+def field_case(shared: Path, tmp_path: Path):
+    """Run a generator of ../shared/cases into tmp_path; return (folder, expected dict)."""
+
+    def run(name: str) -> tuple[Path, dict]:
+        (script,) = sorted((shared / "cases").glob(f"{name}*.py"))
+        out = tmp_path / script.stem
+        subprocess.run([sys.executable, str(script), str(out)], check=True, capture_output=True)
+        return out, json.loads((out / "expected.json").read_text())
+
+    return run
