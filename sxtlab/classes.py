@@ -127,6 +127,14 @@ VOCABULARY: dict[str, OrganelleClass] = {
             (0.94, 0.89, 0.26),
             (0.1, 0.2),
         ),
+        # A union class for tasks that merge organelles (sxtlab.task.Task merges=...).
+        OrganelleClass(
+            "organelle",
+            ("organelles", "all organelles"),
+            "cell",
+            (0.6, 0.6, 0.6),
+            None,
+        ),
         OrganelleClass(
             "starch_granule",
             ("starch", "starch granules", "starch grain", "starch grains"),
@@ -183,8 +191,9 @@ def canonical_name(name: str) -> str:
     try:
         return _LOOKUP[_key(name)]
     except KeyError:
-        near = difflib.get_close_matches(_key(name), list(_LOOKUP), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(_LOOKUP[n]) for n in near)}?" if near else ""
+        near = difflib.get_close_matches(_key(name), list(_LOOKUP), n=5, cutoff=0.5)
+        suggestions = list(dict.fromkeys(_LOOKUP[n] for n in near))[:3]
+        hint = f"; did you mean {', '.join(map(repr, suggestions))}?" if suggestions else "."
         raise UnknownClassError(
             f"unknown class name {name!r}{hint} Known classes: {', '.join(VOCABULARY)}"
         ) from None

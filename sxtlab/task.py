@@ -1,0 +1,266 @@
+"""A user's segmentation task: the classes their question needs, and how every
+reference cell's labels map onto them.
+
+A reference cell annotated for one question (say nucleus and lipid bodies) can
+still teach a model for another (nucleus and mitochondria): its nucleus voxels are
+known, and its unannotated mitochondria could hide only where the cell annotated
+their nearest enclosing class (the cytoplasm), so exactly those voxels are masked
+with :data:`~sxtlab.classes.UNANNOTATED` and the loss ignores them. This per-cell,
+per-class masking is what partially labelled data sets need (the nnU-Net "partial
+labels" question, MIC-DKFZ/nnUNet#1104).
+
+Rules, for an entry whose labels name classes ``E`` (its *annotated* classes) and a
+task with output classes ``T`` (each a vocabulary class, or a union given in
+``merges``):
+
+1. A voxel labelled ``X`` gets the task class that covers ``X`` or its nearest
+   ancestor (``nucleolus`` → ``nucleus``; ``mitochondria`` → ``cell`` when the task
+   has ``cell`` but not ``mitochondria``); background (0) when none does.
+2. For each class ``C`` the task needs but the entry did not annotate, the voxels
+   labelled with ``C``'s nearest annotated ancestor (background when there is none)
+   become unannotated: ``C`` could be hiding there.
+3. Unannotated voxels stay unannotated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, canonical_name
+from .errors import SxtlabError
+from .volume import check_voxel_size, label_volume
+
+__all__ = ["Task", "TaskError", "LabelMapping"]
+
+
+class TaskError(SxtlabError, ValueError):
+    """A task is ill-defined, or no reference data fits it."""
+
+
+def _ancestors(name: str) -> list[str]:
+    """``name`` and its ancestors, nearest first (canonical names)."""
+    out = [name]
+    while VOCABULARY[out[-1]].parent is not None:
+        out.append(VOCABULARY[out[-1]].parent)  # type: ignore[arg-type]
+    return out
+
+
+@dataclass(frozen=True)
+class LabelMapping:
+    """How one entry's label values map onto a task's classes.
+
+    Attributes
+    ----------
+    values : dict[int, int]
+        Entry label value → task label value (``UNANNOTATED`` where masked).
+    masked : dict[str, str]
+        Entry class whose voxels were masked → the unannotated task class that could
+        hide there.
+    """
+
+    values: dict[int, int]
+    masked: dict[str, str]
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """Map a label array (any integer dtype) to task values (uint8)."""
+        lut = np.full(max(int(labels.max(initial=0)), UNANNOTATED) + 1, UNANNOTATED, np.uint8)
+        for src, dst in self.values.items():
+            lut[src] = dst
+        return lut[labels]
+
+
+@dataclass(frozen=True)
+class Task:
+    """The classes a question needs, at a resolution, from the entries that fit.
+
+    Parameters
+    ----------
+    classes : sequence of str
+        Output classes in order (label values 1, 2, ...); vocabulary names or
+        synonyms. A class named in ``merges`` is the union of its members.
+    merges : mapping, optional
+        ``{output class: [member classes]}``, e.g. ``{"organelle": ["mitochondria",
+        "lipid_body"]}``.
+    voxel_size_um : float or (dz, dy, dx), optional
+        Resolution the model works at; reference cells are resampled to it.
+    filters : mapping, optional
+        Metadata filters for the catalog (``{"species": "yeast"}``; a value may be a
+        callable taking the column and returning a boolean mask).
+    name : str, optional
+        A label for the task (default: the class names joined by ``+``).
+
+    Raises
+    ------
+    TaskError
+        If no classes are given, a class is listed twice, or a merge member is
+        also an output class.
+    sxtlab.classes.UnknownClassError
+        If a class name is unknown.
+
+    Examples
+    --------
+    >>> task = Task(["nucleus", "lipid droplets"])
+    >>> task.output_classes
+    {1: 'nucleus', 2: 'lipid_body'}
+    """
+
+    classes: Sequence[str]
+    merges: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    voxel_size_um: float | Sequence[float] | None = None  # stored as (dz, dy, dx)
+    filters: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.classes, str):
+            object.__setattr__(self, "classes", [c for c in self.classes.split(",") if c.strip()])
+        names = tuple(canonical_name(c) for c in self.classes)
+        if not names:
+            raise TaskError("a task needs at least one class")
+        if len(set(names)) != len(names):
+            raise TaskError(f"a class is listed twice in {list(self.classes)} (as {list(names)})")
+        if "background" in names:
+            raise TaskError("background is always label 0; do not list it among a task's classes")
+        merges = {canonical_name(k): tuple(canonical_name(m) for m in v) for k, v in self.merges.items()}
+        for target, members in merges.items():
+            if target not in names:
+                raise TaskError(f"merge target {target!r} is not one of the task's classes {list(names)}")
+            clash = set(members) & set(names)
+            if clash:
+                raise TaskError(f"{sorted(clash)} cannot be both an output class and merged into {target!r}")
+        object.__setattr__(self, "classes", names)
+        object.__setattr__(self, "merges", merges)
+        object.__setattr__(self, "voxel_size_um", check_voxel_size(self.voxel_size_um, where="task voxel size"))
+        if self.name is None:
+            object.__setattr__(self, "name", "+".join(names))
+
+    # -- what the task is ------------------------------------------------------------
+    @property
+    def output_classes(self) -> dict[int, str]:
+        """``{label value: class}`` of the task's output (0 is background)."""
+        return {i + 1: c for i, c in enumerate(self.classes)}
+
+    def _members(self) -> dict[str, str]:
+        """Vocabulary class → the task class that covers it directly."""
+        cover: dict[str, str] = {}
+        for c in self.classes:
+            for m in self.merges.get(c, (c,)):
+                cover[m] = c
+        return cover
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (filters that are callables are named, not stored)."""
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "merges": {k: list(v) for k, v in self.merges.items()},
+            "voxel_size_um": None if self.voxel_size_um is None else list(self.voxel_size_um),
+            "filters": {k: (v if not callable(v) else f"<callable {getattr(v, '__name__', 'filter')}>")
+                        for k, v in self.filters.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Task":
+        """Rebuild a task from :meth:`to_dict` output (callable filters are dropped)."""
+        filters = {k: v for k, v in d.get("filters", {}).items()
+                   if not (isinstance(v, str) and v.startswith("<callable"))}
+        return cls(d["classes"], d.get("merges", {}), d.get("voxel_size_um"), filters, d.get("name"))
+
+    # -- label mapping ------------------------------------------------------------------
+    def mapping(self, entry_classes: Mapping[int, str], annotated: Sequence[str] | None = None) -> LabelMapping:
+        """How an entry's label values map onto this task (rules in the module docstring).
+
+        Parameters
+        ----------
+        entry_classes : mapping
+            The entry's ``{label value: class name}`` (background 0 is implicit).
+        annotated : sequence of str, optional
+            The classes the entry annotated; default: those its labels name.
+        """
+        entry = {int(v): canonical_name(n) for v, n in entry_classes.items()}
+        entry.setdefault(BACKGROUND, "background")
+        value_of = {n: v for v, n in entry.items()}
+        done = set(entry.values()) if annotated is None else {canonical_name(a) for a in annotated}
+        done.add("background")
+        cover = self._members()
+        out_value = {c: v for v, c in self.output_classes.items()}
+
+        def target(name: str) -> int:
+            for a in _ancestors(name):
+                if a in cover:
+                    return out_value[cover[a]]
+            return BACKGROUND
+
+        values = {v: target(n) if n != "background" else BACKGROUND for v, n in entry.items()}
+        masked: dict[str, str] = {}
+        for needed in cover:
+            # Sub-classes of a needed class are covered by it, so only the class itself matters.
+            if needed in done:
+                continue
+            hider = next((a for a in _ancestors(needed)[1:] if a in done), "background")
+            if hider in value_of:
+                values[value_of[hider]] = UNANNOTATED
+                masked[hider] = needed
+        values[UNANNOTATED] = UNANNOTATED
+        return LabelMapping(values, masked)
+
+    def remap(self, labels: xr.DataArray, annotated: Sequence[str] | None = None) -> xr.DataArray:
+        """Map a label volume onto the task's classes, masking what it did not annotate.
+
+        Returns
+        -------
+        xarray.DataArray
+            uint8 labels (z, y, x) with values 0, 1..K (``output_classes``) and 255,
+            on the same grid, with ``classes`` = the task's classes.
+        """
+        m = self.mapping(labels.sxt.classes, annotated)
+        data = labels.data
+        mapped = data.map_blocks(m.apply, dtype=np.uint8) if hasattr(data, "map_blocks") else m.apply(np.asarray(data))
+        return label_volume(mapped, labels, self.output_classes,
+                            attrs={"task": self.name, "masked_as_unannotated": dict(m.masked)})
+
+    # -- catalog -----------------------------------------------------------------------
+    def select(self, catalog) -> pd.DataFrame:
+        """The catalog entries this task draws on, with how each maps onto it.
+
+        An entry is drawn when it annotates at least one of the task's classes (or a
+        merge member) and passes the metadata filters. Only the catalog's index is
+        read, no image.
+
+        Returns
+        -------
+        pandas.DataFrame
+            The catalog's rows for those entries plus ``mapping`` (entry class →
+            task class) and ``masked`` (entry class whose voxels are ignored → the
+            task class it could hide).
+
+        Raises
+        ------
+        TaskError
+            If no entry fits.
+        """
+        needed = list(self._members())
+        frame = catalog.select(classes=needed, match="any", **dict(self.filters))
+        if frame.empty:
+            raise TaskError(
+                f"no catalog entry annotates any of {needed}"
+                + (f" with {dict(self.filters)}" if self.filters else "")
+                + f"; the catalog holds {len(catalog)} entries"
+            )
+        frame = frame.copy()
+        frame["mapping"] = [self.describe_mapping(dict(enumerate(c, start=1))) for c in frame["classes"]]
+        frame["masked"] = [dict(self.mapping(dict(enumerate(c, start=1))).masked) for c in frame["classes"]]
+        return frame
+
+    def describe_mapping(self, entry_classes: Mapping[int, str], annotated: Sequence[str] | None = None) -> dict[str, str]:
+        """Readable mapping of an entry's classes: ``{entry class: task class or 'ignored'}``."""
+        m = self.mapping(entry_classes, annotated)
+        names = {0: "background", **self.output_classes, UNANNOTATED: "ignored (not annotated)"}
+        entry = {int(v): canonical_name(n) for v, n in entry_classes.items()}
+        entry.setdefault(BACKGROUND, "background")
+        return {entry[v]: names[m.values[v]] for v in sorted(entry)}

@@ -1,0 +1,75 @@
+"""Tasks map every reference cell's labels onto their classes, masking what it left unannotated."""
+
+import numpy as np
+import pytest
+
+import sxtlab
+from sxtlab import UNANNOTATED
+from sxtlab.task import Task, TaskError
+
+ENTRY = {1: "cell", 2: "nucleus", 3: "nucleolus", 4: "mitochondria", 5: "lipid droplet"}
+
+
+def test_output_classes_accept_synonyms_and_comma_lists():
+    assert Task("nucleus, LD").output_classes == {1: "nucleus", 2: "lipid_body"}
+    assert Task(["Lipid bodies"]).name == "lipid_body"
+
+
+@pytest.mark.parametrize("classes, merges, match", [
+    ([], {}, "at least one class"),
+    (["nucleus", "nuclei"], {}, "listed twice"),
+    (["background", "cell"], {}, "always label 0"),
+    (["nucleus"], {"organelle": ["mitochondria"]}, "not one of the task's classes"),
+    (["organelle", "mitochondria"], {"organelle": ["mitochondria"]}, "both an output class and merged"),
+])
+def test_ill_defined_tasks(classes, merges, match):
+    with pytest.raises(TaskError, match=match):
+        Task(classes, merges)
+
+
+def test_subclasses_fold_into_their_parent_and_others_into_background():
+    m = Task(["nucleus", "lipid_body"]).describe_mapping(ENTRY)
+    assert m == {"background": "background", "cell": "background", "nucleus": "nucleus",
+                 "nucleolus": "nucleus", "mitochondria": "background", "lipid_body": "lipid_body"}
+
+
+def test_unannotated_class_masks_its_nearest_annotated_ancestor():
+    task = Task(["nucleus", "vacuole"])
+    # the entry never annotated vacuoles: they could hide in its cytoplasm, nowhere else
+    m = task.describe_mapping(ENTRY)
+    assert m["cell"] == "ignored (not annotated)"
+    assert m["background"] == "background" and m["mitochondria"] == "background"
+    # an entry that annotated only mitochondria: a nucleus could be anywhere but in them
+    only_mito = task.describe_mapping({1: "mitochondria"})
+    assert only_mito == {"background": "ignored (not annotated)", "mitochondria": "background"}
+
+
+def test_merges_make_unions():
+    task = Task(["cell", "organelle"], merges={"organelle": ["mitochondria", "lipid_body"]})
+    m = task.describe_mapping(ENTRY)
+    assert m["mitochondria"] == m["lipid_body"] == "organelle"
+    assert m["nucleus"] == m["nucleolus"] == m["cell"] == "cell"
+
+
+def test_remap_volume_values_and_attrs():
+    image = sxtlab.volume(np.zeros((2, 2, 3), np.float32), voxel_size=(0.05, 0.03, 0.03))
+    lab = np.array([[[0, 1, 2], [3, 4, 5]], [[255, 1, 1], [2, 0, 5]]], np.uint8)
+    labels = sxtlab.label_volume(lab, image, ENTRY)
+    out = Task(["nucleus", "vacuole"]).remap(labels)
+    expected = np.array([[[0, 255, 1], [1, 0, 0]], [[255, 255, 255], [1, 0, 0]]], np.uint8)
+    np.testing.assert_array_equal(out.values, expected)
+    assert out.attrs["classes"] == {"1": "nucleus", "2": "vacuole"}
+    assert out.attrs["masked_as_unannotated"] == {"cell": "vacuole"}
+    assert out.sxt.voxel_size == (0.05, 0.03, 0.03)
+
+
+def test_explicit_annotated_list_overrides_the_labels():
+    # labels name lipid bodies, but the annotator says they only annotated cell and nucleus
+    m = Task(["lipid_body"]).mapping(ENTRY, annotated=["cell", "nucleus"])
+    assert m.values[1] == UNANNOTATED and m.masked == {"cell": "lipid_body"}
+
+
+def test_round_trip_dict():
+    t = Task(["cell", "organelle"], merges={"organelle": ["mitochondria", "LD"]}, voxel_size_um=0.04,
+             filters={"species": "yeast"})
+    assert Task.from_dict(t.to_dict()) == t
