@@ -10,6 +10,7 @@ from . import classes
 from .calibration import Calibration, CalibrationError, estimate_calibration
 from .classes import UNANNOTATED, canonical_name
 from .errors import FormatError, OutputExistsError, SxtlabError, VoxelSizeUnknownError
+from .io import read_project, read_segmentation, read_volume, write_volume
 from .volume import label_volume, segmentation, volume
 
 try:
@@ -29,6 +30,10 @@ __all__ = [
     "classes",
     "estimate_calibration",
     "label_volume",
+    "read_project",
+    "read_segmentation",
+    "read_volume",
     "segmentation",
     "volume",
+    "write_volume",
 ]

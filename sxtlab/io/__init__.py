@@ -14,7 +14,7 @@ extension                     read         write
 ``.mrc .map .rec .st .ali``   MRC          MRC
 ``.mrc.gz .map.gz``           MRC (gzip)   --
 ``.am .rec .labels``          AmiraMesh    AmiraMesh
-``.hx``                       Amira project --
+``.hx``                       Amira project (image + labels) --
 ``.tif .tiff``                TIFF stack   TIFF (ImageJ hyperstack)
 ``.zarr .ome.zarr``           OME-Zarr     OME-Zarr
 ============================  ===========  ==========
@@ -32,7 +32,8 @@ import xarray as xr
 from ..errors import FormatError
 from ._atomic import atomic_output
 
-__all__ = ["read_volume", "read_segmentation", "write_volume", "detect_format", "atomic_output"]
+__all__ = ["read_volume", "read_segmentation", "read_project", "write_volume", "detect_format",
+           "atomic_output"]
 
 _EXTENSIONS = {
     ".mrc": "mrc", ".map": "mrc", ".st": "mrc", ".ali": "mrc", ".mrcs": "mrc",
@@ -67,6 +68,9 @@ def detect_format(path: str | os.PathLike, *, for_writing: bool = False) -> str:
     """
     path = Path(path)
     ext = _suffix(path)
+    # Amira saves AmiraMesh under any name (its templates hold an AmiraMesh "blob.tiff").
+    if not for_writing and path.is_file() and _looks_like_amira(path):
+        return "amira"
     if ext == ".rec":
         if for_writing or not path.is_file():
             return "mrc"
@@ -161,6 +165,32 @@ def read_segmentation(path: str | os.PathLike, *, voxel_size=None, chunks: Any =
     if not isinstance(out, xr.Dataset):
         raise FormatError(f"{path}: holds a single volume, not an image with labels")
     return out
+
+
+def read_project(path: str | os.PathLike, *, voxel_size=None, **kwargs: Any) -> xr.Dataset:
+    """Read an Amira project (``.hx``): its image and the label field connected to it.
+
+    ``${SCRIPTDIR}`` is resolved to the project's folder; materials become class
+    names of the vocabulary, and materials named like ``ignore``/``unlabeled``
+    become the unannotated value 255. See :func:`sxtlab.io._amira.read_project`
+    for the keywords (``class_map=``, ``box_units=``, ``labels=``).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``lac`` (gray values unless calibrated) and, where the project has one,
+        ``labels``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the project or a file it loads is missing (both paths are named).
+    sxtlab.FormatError
+        If the label field's lattice differs from its image's.
+    """
+    from ._amira import read_project as _read_project
+
+    return _read_project(_existing(path), voxel_size=voxel_size, **kwargs)
 
 
 def write_volume(obj: xr.DataArray | xr.Dataset, path: str | os.PathLike, *, overwrite: bool = False,
