@@ -1,0 +1,738 @@
+"""MRC / CCP4 maps (``.mrc .map .rec .st .ali .mrcs``, gzip-compressed too) via :mod:`mrcfile`.
+
+Reading follows the MRC2014 specification (Cheng et al. 2015, J. Struct. Biol. 192,
+146; https://www.ccpem.ac.uk/mrc_format/mrc2014.php) and the conventions that real
+files break it with:
+
+* the voxel size is ``cella / (mx, my, mz)`` in Å along (x, y, z) and becomes µm in
+  (z, y, x) order; a cell of 0 Å (never set) or a voxel of 1 Å (the value written
+  when the pixel size was unknown) means *unknown*: the reader warns and records
+  ``None`` unless ``voxel_size=`` gives it;
+* axes stored permuted (``mapc, mapr, maps`` other than 1, 2, 3) are transposed to
+  true (z, y, x), each axis keeping its own voxel size;
+* the position of the first voxel is the header ``origin`` (Å) when it is set,
+  else ``(nxstart, nystart, nzstart)`` voxels (given in column, row, section
+  order), as UCSF Chimera/ChimeraX read it;
+* mode 0 is signed in MRC2014, but IMOD writes unsigned bytes unless bit 0 of
+  ``imodFlags`` (byte 156, after ``imodStamp`` = ``'IMOD'`` at byte 152) is set,
+  and stores a signed byte ``v`` for the value ``v + 128`` (IMOD's ``mrc_format``
+  documentation; ccpem/mrcfile#25, #69). Without an IMOD stamp, header
+  ``dmin``/``dmax`` outside -128..127 mark unsigned bytes. Every reinterpretation
+  is reported in a warning; ``signed_bytes=`` overrides it;
+* a missing ``'MAP '`` id (Amira exports, ccpem/mrcfile#44) or an unknown machine
+  stamp is read anyway (mrcfile's permissive mode) with a warning naming the field;
+* a data block shorter than the header promises raises :class:`~sxtlab.FormatError`
+  with both byte counts.
+
+sxtlab's own attrs (calibration, units, class names, exact voxel size and origin)
+travel in the extended header as UTF-8 JSON, ``EXTTYP = 'JSON'``::
+
+    {"sxtlab": {"version": 1, "name": ..., "dtype": ..., "voxel_size_um": [dz, dy, dx],
+                "origin_um": [z0, y0, x0], "attrs": {...}}}
+
+The header fields stay authoritative: the JSON voxel size and origin are used only
+where they agree with the header (then they replace its float32-rounded values, so
+a round trip is exact), and a tool that drops the extended header loses only the
+attrs. A header label says where the JSON is. The extended header was chosen over
+the ten 80-character labels because it has no size limit and programs such as IMOD
+append to and drop labels; its price is that ``mrcfile.validate`` reports the
+``'JSON'`` code as unrecognised (it accepts only the codes listed in MRC2014), while
+readers skip ``nsymbt`` bytes of an extended header they do not know.
+
+The helpers in the second half of this module (attrs as JSON, voxel-size override,
+output grid and dtype, lazy finiteness check) are shared with :mod:`._tiff`.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import os
+import re
+import sys
+import warnings
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import mrcfile
+import mrcfile.utils
+import numpy as np
+import xarray as xr
+
+from ..errors import FormatError
+from ..volume import DIMS, check_finite, check_voxel_size, label_volume, volume
+
+__all__ = ["read", "write"]
+
+#: Files larger than this (bytes) open lazily as dask arrays.
+LAZY_BYTES = 256 * 2**20
+#: Ångström per micrometre.
+A_PER_UM = 1e4
+#: ``imodStamp`` value (the bytes ``'IMOD'`` read as a little-endian int32).
+IMOD_STAMP = 1146047817
+#: EXTTYP code of sxtlab's JSON extended header.
+EXTTYP_JSON = b"JSON"
+#: Version of the JSON metadata layout that sxtlab writes.
+METADATA_VERSION = 1
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
+_AXES_XYZ = ("x", "y", "z")
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------
+def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool = False,
+         classes: Mapping | None = None, signed_bytes: bool | None = None) -> xr.DataArray:
+    """Read an MRC/CCP4 map (optionally gzip or bzip2 compressed) as a volume.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The file.
+    voxel_size : float or (dz, dy, dx), optional
+        Voxel size in µm. Replaces an unset header value; replaces a set one with a
+        warning when they differ. An entry ``None`` keeps the header's value for that
+        axis.
+    chunks : optional
+        Dask chunks. Given, or for files larger than 256 MiB, the data are a lazy
+        dask array over a memory map (compressed files are decompressed in memory).
+    segmentation : bool
+        ``True`` when called by :func:`sxtlab.io.read_segmentation`: an MRC file holds
+        one volume, so this raises.
+    classes : mapping, optional
+        ``{value: class name}``: return a label volume (integer data only).
+    signed_bytes : bool, optional
+        How to read mode 0 (8-bit) data: ``True`` as signed int8 (MRC2014),
+        ``False`` as unsigned 0..255 (IMOD). Default: decided from the header (see
+        the module notes), with a warning whenever it departs from MRC2014.
+
+    Returns
+    -------
+    xarray.DataArray
+        dims ``(z, y, x)``, coords in µm (voxel centres; voxel indices when the voxel
+        size is unknown), attrs as :func:`sxtlab.volume` makes them plus those that
+        sxtlab stored in the file; ``units`` is ``"gray"`` for foreign files.
+
+    Raises
+    ------
+    sxtlab.FormatError
+        If the file is not a readable MRC file, its data block is shorter than the
+        header promises (the message gives both byte counts), its mode is complex or
+        unknown, its data are 2-D or 4-D, hold NaN/inf (counted and located), or
+        ``voxel_size`` is invalid.
+
+    Warns
+    -----
+    UserWarning
+        Unset voxel size (naming ``cella``), missing ``'MAP '`` id or unknown machine
+        stamp, reinterpreted mode-0 bytes, extra bytes after the data, an override that
+        differs from the header.
+    """
+    path = Path(path)
+    where = str(path)
+    if segmentation:
+        raise FormatError(f"{where}: an MRC file holds one volume, not an image with labels; "
+                          "read the image and the labels files separately")
+    compressed = _compression(path)
+    opener = mrcfile.open if compressed else mrcfile.mmap
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            mrc = opener(path, mode="r", permissive=True)
+    except (ValueError, OSError, EOFError, zlib.error) as err:
+        # mrcfile raises ValueError for a short header; gzip/bz2 raise OSError, EOFError, zlib.error
+        raise FormatError(f"{where}: not a readable MRC file ({type(err).__name__}: {err})") from None
+    with mrc:
+        header = mrc.header.copy()
+        ext = mrc.extended_header
+        raw = mrc.data
+    _check_header(header, where)
+    if raw is None:
+        raise _truncated(path, header, compressed)
+    _warn_nonstandard(header, caught, where)
+    meta = _extended_metadata(header, ext, where)
+
+    if raw.ndim == 4 and raw.shape[0] == 1:
+        raw = raw[0]  # a volume stack (ispg >= 401) that holds a single volume
+    if raw.ndim != 3:
+        what = ("a single 2-D image (ispg = 0, nz = 1)" if raw.ndim == 2 else
+                f"a stack of {raw.shape[0]} volumes (ispg = {int(header.ispg)}, nz / mz = {raw.shape[0]})")
+        raise FormatError(f"{where}: expected one 3-D volume, found {what} with shape {raw.shape}")
+
+    order = _zyx_order(header, where)
+    lazy = chunks is not None or raw.nbytes > LAZY_BYTES
+    native = raw.dtype.newbyteorder("=")
+    if lazy:
+        data = da.from_array(raw, chunks=chunks if chunks is not None else "auto", asarray=True)
+        data = data.astype(native).transpose(order)
+    else:
+        # a writable in-memory copy in native byte order, detached from the file
+        data = np.array(raw.transpose(order), dtype=native, order="C")
+    if data.dtype == np.int8:
+        data = _mode0_bytes(data, header, meta, signed_bytes, where)
+
+    found_vs, unset_reason = _header_voxel_size(header)
+    vs = resolve_voxel_size(found_vs, voxel_size, where=where)
+    if vs is None:
+        warn(f"{where}: {unset_reason}; the voxel size is unknown (coords are voxel indices) and any "
+             "physical measurement will raise until it is given: pass voxel_size=(dz, dy, dx) in µm")
+    origin = _header_origin(header, vs, where)
+    if isinstance(data, da.Array):
+        data = finite_checked(data, where)
+    return build_volume(data, path=path, voxel_size=vs, origin_um=origin, meta=meta, classes=classes)
+
+
+def _compression(path: Path) -> str | None:
+    """``"gzip"``, ``"bzip2"`` or ``None``, from the file's magic bytes (as mrcfile does)."""
+    with open(path, "rb") as fh:
+        head = fh.read(3)
+    if head[:2] == b"\x1f\x8b":
+        return "gzip"
+    if head == b"BZh":
+        return "bzip2"
+    return None
+
+
+def _stream_size(path: Path, compressed: str | None) -> int:
+    """Size in bytes of the (decompressed) MRC stream."""
+    if compressed is None:
+        return os.path.getsize(path)
+    module = gzip if compressed == "gzip" else bz2
+    try:
+        with module.open(path, "rb") as fh:
+            return fh.seek(0, io.SEEK_END)
+    except (OSError, EOFError):
+        # a truncated compressed stream: count what decompresses
+        with module.open(path, "rb") as fh:
+            n = 0
+            try:
+                while chunk := fh.read(2**20):
+                    n += len(chunk)
+            except (OSError, EOFError):
+                pass
+            return n
+
+
+def _check_header(header: np.recarray, where: str) -> None:
+    """Raise for header fields that make the data unreadable (checked before mrcfile's guesses)."""
+    dims = {f: int(header[f]) for f in ("nx", "ny", "nz")}
+    if min(dims.values()) <= 0:
+        raise FormatError(f"{where}: header dimensions (nx, ny, nz) = {tuple(dims.values())}: expected positive "
+                          "numbers of columns, rows and sections")
+    mode = int(header.mode)
+    try:
+        dtype = mrcfile.utils.dtype_from_mode(header.mode)
+    except ValueError:
+        raise FormatError(f"{where}: header 'mode' = {mode} is not an MRC2014 data mode "
+                          "(expected 0, 1, 2, 6 or 12 for a real-valued volume)") from None
+    if dtype.kind == "c":
+        raise FormatError(f"{where}: header 'mode' = {mode} stores complex values (a Fourier transform?); "
+                          "expected real values (mode 0, 1, 2, 6 or 12)")
+
+
+def _truncated(path: Path, header: np.recarray, compressed: str | None) -> FormatError:
+    shape = mrcfile.utils.data_shape_from_header(header)
+    expected = int(np.prod(shape, dtype=np.int64)) * mrcfile.utils.dtype_from_mode(header.mode).itemsize
+    offset = header.nbytes + int(header.nsymbt)
+    found = max(_stream_size(path, compressed) - offset, 0)
+    return FormatError(
+        f"{path}: truncated or corrupt MRC file: the header promises {expected:,} data bytes "
+        f"(nx, ny, nz = {int(header.nx)}, {int(header.ny)}, {int(header.nz)}; mode {int(header.mode)}) "
+        f"after {offset:,} header bytes, but the file holds {found:,}"
+    )
+
+
+def _warn_nonstandard(header: np.recarray, caught: list, where: str) -> None:
+    """Report, naming the fields, what mrcfile's permissive mode let through."""
+    problems = []
+    map_id = bytes(header.map)
+    if map_id[:3] != b"MAP":
+        problems.append(f"no 'MAP ' id string in field 'map' (at byte offset 208: {map_id!r})")
+    try:
+        mrcfile.utils.byte_order_from_machine_stamp(header.machst)
+        stamp_ok = True
+    except ValueError:
+        stamp_ok = False
+    byteorder = header.mode.dtype.byteorder
+    order = "little" if byteorder == "<" or (byteorder in "=|" and sys.byteorder == "little") else "big"
+    if not stamp_ok:
+        problems.append(f"unrecognised machine stamp in field 'machst' ({bytes(header.machst)!r}), "
+                        f"read as {order}-endian")
+    if problems:
+        warn(f"{where}: non-standard MRC header: {'; '.join(problems)}. Loaded anyway (written by Amira, "
+             "SerialEM or an older tool?); check the values")
+    for w in caught:
+        msg = str(w.message)
+        if msg.startswith(("Map ID string not found", "Unrecognised machine stamp")):
+            continue  # reported above with the field names
+        extra = re.match(r"MRC file is (\d+) bytes larger than expected", msg)
+        if extra:
+            warn(f"{where}: {int(extra.group(1)):,} bytes follow the data block that the header does not "
+                 "account for; they are ignored")
+        elif msg.startswith("Machine stamp"):
+            warn(f"{where}: field 'machst': {msg}; the byte order of the 'mode' field was used")
+        else:
+            warn(f"{where}: mrcfile: {msg}")
+
+
+def _extended_metadata(header: np.recarray, ext: np.ndarray | None, where: str) -> dict | None:
+    """sxtlab's JSON from the extended header, or ``None`` if there is none."""
+    if ext is None or ext.size == 0 or bytes(header.exttyp) != EXTTYP_JSON:
+        return None
+    return parse_metadata(ext.tobytes().decode("utf-8", errors="replace"), where=f"{where} (extended header)")
+
+
+def _zyx_order(header: np.recarray, where: str) -> tuple[int, int, int]:
+    """Transpose that takes the stored (section, row, column) axes to true (z, y, x)."""
+    crs = (int(header.mapc), int(header.mapr), int(header.maps))
+    if crs == (0, 0, 0):
+        warn(f"{where}: header 'mapc, mapr, maps' = 0, 0, 0 (unset); assuming 1, 2, 3 "
+             "(columns along x, rows along y, sections along z)")
+        crs = (1, 2, 3)
+    if sorted(crs) != [1, 2, 3]:
+        raise FormatError(f"{where}: header 'mapc, mapr, maps' = {crs}: expected a permutation of 1, 2, 3 "
+                          "(the axes x, y, z along columns, rows and sections)")
+    stored = (crs[2], crs[1], crs[0])  # array axes are (section, row, column)
+    return tuple(stored.index(axis) for axis in (3, 2, 1))  # type: ignore[return-value]
+
+
+def _crs_to_xyz(values: Sequence[float], header: np.recarray) -> tuple[float, float, float]:
+    """Reorder a (column, row, section) triple, such as nxstart..nzstart, to (x, y, z)."""
+    crs = (int(header.mapc), int(header.mapr), int(header.maps))
+    if sorted(crs) != [1, 2, 3]:
+        crs = (1, 2, 3)
+    out = [0.0, 0.0, 0.0]
+    for value, axis in zip(values, crs):
+        out[axis - 1] = float(value)
+    return tuple(out)  # type: ignore[return-value]
+
+
+def _header_voxel_size(header: np.recarray) -> tuple[tuple[float | None, ...], str]:
+    """Voxel size (dz, dy, dx) in µm from cella / (mx, my, mz); ``None`` per unset axis.
+
+    Also returns the reason for the warning given when it stays unknown.
+    """
+    cella = [float(header.cella[a]) for a in _AXES_XYZ]
+    grid = [int(header[f]) for f in ("mx", "my", "mz")]
+    per_axis: dict[str, float | None] = {}
+    for axis, c, m in zip(_AXES_XYZ, cella, grid):
+        angstrom = c / m if m > 0 else 0.0
+        # 0 Å: cella never set; 1 Å: the placeholder many tools write for "no pixel size"
+        unset = not np.isfinite(angstrom) or angstrom <= 0 or np.isclose(angstrom, 1.0, rtol=1e-6, atol=0)
+        per_axis[axis] = None if unset else _float32_digits(angstrom) / A_PER_UM
+    unset_axes = [a for a in _AXES_XYZ if per_axis[a] is None]
+    reason = (
+        f"voxel size unset in the MRC header along {', '.join(unset_axes)}: cella = "
+        f"({', '.join(f'{c:g}' for c in cella)}) Å over (mx, my, mz) = {tuple(grid)} gives "
+        f"({', '.join(f'{c / m:g}' if m > 0 else 'n/a' for c, m in zip(cella, grid))}) Å per voxel, "
+        "and 0 or 1 Å means unset"
+    )
+    return (per_axis["z"], per_axis["y"], per_axis["x"]), reason
+
+
+def _float32_digits(value: float) -> float:
+    """Round to the 7 significant digits that a float32 header field holds.
+
+    ``cella`` and ``origin`` are float32: 23.2 Å is stored as 23.1999998...; keeping
+    only the digits the field can hold gives back the value that was written.
+    """
+    return float(f"{value:.7g}")
+
+
+def _header_origin(header: np.recarray, vs: tuple[float, float, float] | None, where: str) -> tuple[float, ...]:
+    """Centre of the first voxel, (z0, y0, x0) in µm."""
+    origin = [float(header.origin[a]) for a in _AXES_XYZ]
+    if not all(np.isfinite(origin)):
+        raise FormatError(f"{where}: header 'origin' = {tuple(origin)} Å: expected finite numbers")
+    if any(origin):
+        x, y, z = (_float32_digits(o) / A_PER_UM for o in origin)
+        return (z, y, x)
+    if vs is None:
+        return (0.0, 0.0, 0.0)
+    start = _crs_to_xyz([int(header.nxstart), int(header.nystart), int(header.nzstart)], header)
+    return (start[2] * vs[0], start[1] * vs[1], start[0] * vs[2])
+
+
+def _imod_flags(header: np.recarray) -> int | None:
+    """IMOD's ``imodFlags`` (byte offset 156), or ``None`` without ``imodStamp`` (offset 152)."""
+    # mrcfile keeps these bytes inside the opaque 'extra2' field (MRC2014 words 29-49)
+    raw = header.extra2.tobytes()
+    stamp, flags = np.frombuffer(raw[40:48], dtype=header.mode.dtype.byteorder.replace("|", "=") + "i4")
+    return int(flags) if stamp == IMOD_STAMP else None
+
+
+def _mode0_bytes(data, header: np.recarray, meta: dict | None, signed_bytes: bool | None, where: str):
+    """Interpret mode-0 bytes as signed or unsigned; warn when departing from MRC2014."""
+    as_unsigned = lambda a: a.view(np.uint8)  # noqa: E731  (same bytes, 0..255)
+    if signed_bytes is not None:
+        return data if signed_bytes else as_unsigned(data)
+    flags = _imod_flags(header)
+    if meta is not None:
+        # sxtlab marks the unsigned bytes it writes with IMOD's stamp, and only those
+        return as_unsigned(data) if flags == 0 else data
+    if flags is not None and flags & 1:
+        warn(f"{where}: mode 0 bytes carry IMOD's signed flag (imodStamp 'IMOD', imodFlags bit 0 set): "
+             "IMOD stores the value v as the signed byte v - 128, so they were read as unsigned 0..255 "
+             "(signed + 128, e.g. an IMOD mask -128/-127 -> 0/1); pass signed_bytes=True for the raw signed bytes")
+        return as_unsigned(data) ^ np.uint8(0x80)
+    if flags is not None:
+        warn(f"{where}: mode 0 bytes read as unsigned 0..255 (assumed unsigned): the IMOD stamp is present and "
+             "imodFlags bit 0 (signed) is clear, IMOD's convention for unsigned bytes; MRC2014 says signed, "
+             "pass signed_bytes=True to read them so")
+        return as_unsigned(data)
+    dmin, dmax = float(header.dmin), float(header.dmax)
+    stats_set = np.isfinite(dmin) and np.isfinite(dmax) and dmin < dmax
+    if stats_set and dmin >= 0 and dmax > 127:
+        warn(f"{where}: mode 0 bytes read as unsigned 0..255 (assumed unsigned): header dmin, dmax = "
+             f"{dmin:g}, {dmax:g} lie outside the signed range -128..127 of MRC2014; pass signed_bytes=True "
+             "to read them as signed")
+        return as_unsigned(data)
+    if stats_set and dmin < 0:
+        return data  # header statistics confirm MRC2014's signed bytes
+    if isinstance(data, np.ndarray) and not (data < 0).any():
+        return data  # no negative byte: signed and unsigned agree
+    warn(f"{where}: mode 0 bytes read as signed -128..127 (MRC2014; assumed signed): neither an IMOD stamp nor "
+         f"the header dmin, dmax ({dmin:g}, {dmax:g}) tell the signedness; pass signed_bytes=False if they "
+         "are unsigned 0..255")
+    return data
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------
+def write(obj: xr.DataArray, path: Path) -> None:
+    """Write a volume as an MRC2014 file (little-endian, axes 1, 2, 3, no compression).
+
+    The header holds the voxel size (``cella`` = n · voxel, Å) and the first voxel's
+    centre (``origin``, Å); the extended header holds sxtlab's attrs as JSON (see the
+    module notes), so that the data, voxel size, origin, calibration and class names
+    read back exactly. Dask arrays are written chunk by chunk into a memory map.
+
+    Data types: float32, int8, int16 and uint16 are stored as they are (modes 2, 0,
+    1, 6); uint8 and bool as mode 0 with IMOD's unsigned-byte stamp (as IMOD writes
+    them; plain mrcfile reads such bytes as signed); float16 as float32; other
+    integers in the smallest of uint8, int8, uint16, int16 that holds their range,
+    else float32 up to ±2**24 (the original dtype is restored on reading); float64 is
+    rounded to float32.
+
+    Raises
+    ------
+    sxtlab.FormatError
+        If ``obj`` is not a (z, y, x) DataArray, its coords disagree with its voxel
+        size, it holds NaN/inf, complex values or integers beyond ±2**24, or an
+        attr is not JSON-serialisable.
+    """
+    obj, vs, origin = output_grid(obj, path)
+    where = str(path)
+    data = obj.data
+    if isinstance(data, da.Array):
+        data = finite_checked(data, where)
+    else:
+        check_finite(np.asarray(data), where=where)
+    store_dtype = storage_dtype(data, where, ("uint8", "int8", "uint16", "int16"), "float32", "MRC")
+    data = data.astype(store_dtype) if data.dtype != store_dtype else data
+    mode = {"uint8": 0, "int8": 0, "int16": 1, "uint16": 6, "float32": 2}[np.dtype(store_dtype).name]
+    text = json.dumps(metadata(obj, vs, origin, where=where), allow_nan=False).encode("utf-8")
+    text += b" " * (-len(text) % 4)  # keep the data block 4-byte aligned for memory maps
+    ext = np.frombuffer(text, dtype="V1")
+    try:
+        mrc = mrcfile.new_mmap(path, shape=data.shape, mrc_mode=mode, overwrite=True,
+                               extended_header=ext, exttyp=EXTTYP_JSON)
+    except (ValueError, OSError) as err:
+        raise FormatError(f"{where}: cannot create the MRC file ({err})") from None
+    with mrc:
+        target = mrc.data.view(np.uint8) if store_dtype == np.uint8 else mrc.data
+        if isinstance(data, da.Array):
+            da.store(data, target, lock=False)
+        else:
+            target[...] = data
+        h = mrc.header
+        if vs is not None:
+            mrc.voxel_size = (vs[2] * A_PER_UM, vs[1] * A_PER_UM, vs[0] * A_PER_UM)
+        h.origin = (origin[2] * A_PER_UM, origin[1] * A_PER_UM, origin[0] * A_PER_UM)
+        h.nxstart = h.nystart = h.nzstart = 0
+        h.dmin, h.dmax, h.dmean, h.rms = _statistics(target)
+        if store_dtype == np.uint8:
+            # IMOD's stamp with imodFlags bit 0 clear: these bytes are unsigned
+            extra = bytearray(h.extra2.tobytes())
+            extra[40:48] = np.array([IMOD_STAMP, 0], dtype=h.mode.dtype.byteorder.replace("|", "=") + "i4").tobytes()
+            h.extra2 = bytes(extra)
+        mrc.add_label("sxtlab: volume attrs as JSON in the extended header (EXTTYP JSON)")
+
+
+def _statistics(data: np.ndarray) -> tuple[float, float, float, float]:
+    """dmin, dmax, dmean, rms (standard deviation from the mean, as MRC2014 defines it).
+
+    Accumulated over slabs of about 64 MiB so that a large memory-mapped file needs
+    no float64 copy of itself.
+    """
+    step = max(1, (64 * 2**20) // max(1, data[0].size * 8))
+    lo, hi, total, squares = np.inf, -np.inf, 0.0, 0.0
+    for z in range(0, data.shape[0], step):
+        slab = np.asarray(data[z:z + step], dtype=np.float64)
+        lo, hi = min(lo, slab.min()), max(hi, slab.max())
+        total += slab.sum()
+        squares += np.square(slab).sum()
+    mean = total / data.size
+    return float(lo), float(hi), float(mean), float(np.sqrt(max(squares / data.size - mean**2, 0.0)))
+
+
+# ---------------------------------------------------------------------------------------
+# helpers shared with the TIFF module
+# ---------------------------------------------------------------------------------------
+def warn(message: str) -> None:
+    """Issue a UserWarning attributed to the first caller outside sxtlab.
+
+    Pointing at the user's line (not at this module) makes warning filters and
+    ``-W error`` act where the file was opened.
+    """
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def resolve_voxel_size(found: Sequence[float | None], override, *, where: str) -> tuple[float, float, float] | None:
+    """Combine the voxel size a file records with the one a user gives.
+
+    Parameters
+    ----------
+    found : (dz, dy, dx)
+        From the file, µm; ``None`` for each axis the file leaves unknown.
+    override : float, (dz, dy, dx) or None
+        From the user, µm; a ``None`` entry keeps the file's value for that axis.
+
+    Returns
+    -------
+    tuple of 3 float, or None
+        ``None`` when no override is given and the file leaves an axis unknown.
+
+    Raises
+    ------
+    sxtlab.FormatError
+        If the override is malformed, or leaves an axis unknown.
+
+    Warns
+    -----
+    UserWarning
+        If the override differs from a value the file records.
+    """
+    if override is None:
+        return tuple(found) if all(v is not None for v in found) else None  # type: ignore[return-value]
+    values = list(override) if isinstance(override, (list, tuple, np.ndarray)) else [override] * 3
+    if len(values) != 3:
+        raise FormatError(f"{where}: voxel_size={override!r}: expected one value or three (dz, dy, dx) in µm")
+    merged = [o if o is not None else f for o, f in zip(values, found)]
+    missing = [d for d, v in zip(DIMS, merged) if v is None]
+    if missing:
+        raise FormatError(f"{where}: voxel_size={override!r} leaves {', '.join(missing)} unknown and the file "
+                          "does not record it; give all of (dz, dy, dx) in µm")
+    try:
+        vs = check_voxel_size(merged, where=f"{where}: voxel_size=")
+    except (TypeError, ValueError) as err:
+        raise FormatError(f"{where}: voxel_size={override!r}: {err}") from None
+    assert vs is not None
+    differ = [d for d, o, f in zip(DIMS, values, found)
+              if o is not None and f is not None and not np.isclose(float(o), f, rtol=1e-6, atol=0)]
+    if differ:
+        warn(f"{where}: voxel_size=({', '.join(f'{v:g}' for v in vs)}) µm overrides the file's "
+             f"({', '.join('?' if f is None else f'{f:g}' for f in found)}) µm (dz, dy, dx) along {', '.join(differ)}")
+    return vs
+
+
+def prefer_exact(found, meta: dict | None, key: str, *, rtol: float, atol: float = 0.0):
+    """The exact value stored in sxtlab's metadata where it agrees with the (rounded) file value."""
+    if found is None or meta is None or meta.get(key) is None:
+        return found
+    exact = [float(v) for v in meta[key]]
+    return tuple(exact) if np.allclose(exact, found, rtol=rtol, atol=atol) else found
+
+
+def metadata(obj: xr.DataArray, vs: tuple[float, float, float] | None, origin: Sequence[float], *,
+             where: str) -> dict:
+    """sxtlab's JSON payload for a file: name, dtype, exact grid and the other attrs.
+
+    Raises
+    ------
+    sxtlab.FormatError
+        If an attr is not JSON-serialisable (NumPy values are converted).
+    """
+    attrs = {k: v for k, v in obj.attrs.items() if k not in ("voxel_size_um", "source")}
+    payload = {"version": METADATA_VERSION, "name": None if obj.name is None else str(obj.name),
+               "dtype": obj.dtype.name, "voxel_size_um": None if vs is None else list(vs),
+               "origin_um": [float(o) for o in origin], "attrs": {}}
+    for key, value in attrs.items():
+        try:
+            payload["attrs"][str(key)] = json.loads(json.dumps(value, default=_json_default, allow_nan=False))
+        except (TypeError, ValueError) as err:
+            raise FormatError(f"{where}: attr {key!r} = {value!r} cannot be stored as JSON ({err}); "
+                              "convert it to numbers, strings, lists or dicts") from None
+    return {"sxtlab": payload}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def parse_metadata(text: str, *, where: str) -> dict | None:
+    """sxtlab's payload from JSON text, or ``None`` (with a warning if it is damaged)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        warn(f"{where}: sxtlab metadata is not valid JSON ({err}); attrs such as the calibration are not restored")
+        return None
+    payload = doc.get("sxtlab") if isinstance(doc, dict) else None
+    if not isinstance(payload, dict):
+        return None
+    version = payload.get("version")
+    if not isinstance(version, int) or version > METADATA_VERSION:
+        warn(f"{where}: sxtlab metadata version {version!r} is not one this sxtlab reads "
+             f"({METADATA_VERSION}); reading what it understands")
+    if not isinstance(payload.get("attrs", {}), dict):
+        warn(f"{where}: sxtlab metadata field 'attrs' is not a mapping; attrs are not restored")
+        payload = {**payload, "attrs": {}}
+    return payload
+
+
+def build_volume(data, *, path: Path, voxel_size, origin_um, meta: dict | None, classes: Mapping | None,
+                 attrs: Mapping[str, Any] | None = None) -> xr.DataArray:
+    """A volume (or label volume) from read data, the file's own ``attrs`` and sxtlab's metadata."""
+    where = str(path)
+    attrs = {**(attrs or {}), **(meta.get("attrs", {}) if meta else {})}
+    # the grid comes from the header (checked against the metadata by the caller)
+    attrs.pop("voxel_size_um", None)
+    attrs.pop("source", None)
+    if voxel_size is not None and meta is not None:
+        voxel_size = prefer_exact(voxel_size, meta, "voxel_size_um", rtol=1e-5)
+        origin_um = prefer_exact(origin_um, meta, "origin_um", rtol=1e-5, atol=1e-3 * min(voxel_size))
+    data = _restore_dtype(data, meta.get("dtype") if meta else None)
+    name = (meta or {}).get("name") or ("labels" if classes is not None else "lac")
+    image = volume(data, voxel_size, units="gray", origin_um=origin_um, name=name, source=where, attrs=attrs)
+    if classes is None:
+        return image
+    try:
+        return label_volume(data, image, classes, name=name, attrs={"source": where})
+    except FormatError as err:
+        raise FormatError(f"{where}: cannot read as labels: {err}") from None
+
+
+def _restore_dtype(data, stored: str | None):
+    """Cast back to the dtype sxtlab wrote from, where the stored type held it exactly."""
+    if not isinstance(stored, str) or stored == data.dtype.name:
+        return data
+    try:
+        cast = np.dtype(stored)
+    except TypeError:
+        return data
+    exact = (
+        # integers stored narrower, or as float (bool stays uint8: volumes are numeric)
+        cast.kind in "iu" and data.dtype.kind in "iuf"
+        or cast.kind == "f" and data.dtype.kind == "f" and cast.itemsize < data.dtype.itemsize  # float16
+    )
+    return data.astype(cast) if exact else data
+
+
+def output_grid(obj, path: Path) -> tuple[xr.DataArray, tuple[float, float, float] | None, tuple[float, ...]]:
+    """The volume in (z, y, x) order with its voxel size and origin (µm), checked.
+
+    Raises
+    ------
+    sxtlab.FormatError
+        If ``obj`` is not a 3-D DataArray with dims z, y, x, or its coords are not
+        spaced by its ``voxel_size_um``.
+    """
+    where = str(path)
+    if not isinstance(obj, xr.DataArray):
+        raise FormatError(f"{where}: expected an xarray.DataArray volume, got {type(obj).__name__}")
+    if sorted(obj.dims) != sorted(DIMS):
+        raise FormatError(f"{where}: expected a 3-D volume with dims (z, y, x), got dims {obj.dims} "
+                          f"and shape {tuple(obj.shape)}")
+    obj = obj.transpose(*DIMS)
+    if 0 in obj.shape:
+        raise FormatError(f"{where}: the volume is empty: shape (z, y, x) = {tuple(obj.shape)}")
+    vs = check_voxel_size(obj.attrs.get("voxel_size_um"), where=f"{where}: attr voxel_size_um")
+    if vs is None:
+        return obj, None, (0.0, 0.0, 0.0)
+    origin = []
+    for d, step in zip(DIMS, vs):
+        if d not in obj.coords:
+            origin.append(0.0)
+            continue
+        c = np.asarray(obj[d].values, dtype=float)
+        if c.size > 1 and not np.allclose(np.diff(c), step, rtol=1e-6, atol=0):
+            raise FormatError(f"{where}: coords along {d!r} are spaced {np.diff(c)[:3].tolist()}... µm, but attr "
+                              f"voxel_size_um gives {step} µm; fix the attr (e.g. .sxt.with_voxel_size)")
+        origin.append(float(c[0]) if c.size else 0.0)
+    return obj, vs, tuple(origin)
+
+
+def storage_dtype(data, where: str, ints: Sequence[str], floating: str, fmt: str) -> np.dtype:
+    """The dtype a writer stores ``data`` in: its own, or the smallest that holds it exactly.
+
+    Parameters
+    ----------
+    ints : sequence of str
+        Integer dtypes the format stores, smallest first.
+    floating : str
+        The format's float dtype (float16 widens to it, float64 rounds to it).
+
+    Raises
+    ------
+    sxtlab.FormatError
+        If the data are complex or non-numeric, or integers outside every ``ints`` range
+        and beyond what ``floating`` holds exactly.
+    """
+    dtype = data.dtype
+    if dtype.name in ints or dtype.name == floating:
+        return dtype
+    if dtype.kind == "f":
+        return np.dtype(floating)
+    if dtype.kind == "b":
+        return np.dtype("uint8")
+    if dtype.kind not in "iu":
+        raise FormatError(f"{where}: {fmt} cannot store values of dtype {dtype}; expected real numbers")
+    lo, hi = data.min(), data.max()
+    if isinstance(data, da.Array):
+        lo, hi = da.compute(lo, hi)
+    lo, hi = int(lo), int(hi)
+    for name in ints:
+        info = np.iinfo(name)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(name)
+    mantissa = 2 ** (np.finfo(floating).nmant + 1)
+    if -mantissa <= lo and hi <= mantissa:
+        return np.dtype(floating)
+    raise FormatError(f"{where}: {fmt} cannot store {dtype} values {lo}..{hi} exactly (its integer types are "
+                      f"{', '.join(ints)}); rescale or convert them to {floating} first")
+
+
+def finite_checked(data: da.Array, where: str) -> da.Array:
+    """Wrap a dask array so that computing a chunk with NaN/inf raises FormatError.
+
+    Lazy volumes cannot be checked when opened without reading them whole; this
+    check runs on every chunk as it is read.
+    """
+    if data.dtype.kind != "f":
+        return data
+    return data.map_blocks(_check_block, where=where, dtype=data.dtype, meta=np.empty((0, 0, 0), data.dtype))
+
+
+def _check_block(block: np.ndarray, where: str, block_info: dict | None = None) -> np.ndarray:
+    bad = ~np.isfinite(block)
+    if bad.any():
+        start = [lo for lo, _ in block_info[0]["array-location"]] if block_info else [0, 0, 0]
+        first = tuple(int(i + s) for i, s in zip(np.argwhere(bad)[0], start))
+        n, n_nan = int(bad.sum()), int(np.isnan(block).sum())
+        raise FormatError(f"{where}: {n} non-finite values ({n_nan} NaN, {n - n_nan} inf) in the chunk at "
+                          f"(z, y, x) = {tuple(start)}; the first at {first}")
+    return block
+
