@@ -245,7 +245,7 @@ class Task:
             If no entry fits.
         """
         needed = list(self._members())
-        frame = catalog.select(classes=needed, match="any", **dict(self.filters))
+        frame = catalog.select(needed, how="any", **dict(self.filters))
         if frame.empty:
             raise TaskError(
                 f"no catalog entry annotates any of {needed}"
@@ -253,8 +253,9 @@ class Task:
                 + f"; the catalog holds {len(catalog)} entries"
             )
         frame = frame.copy()
-        frame["mapping"] = [self.describe_mapping(dict(enumerate(c, start=1))) for c in frame["classes"]]
-        frame["masked"] = [dict(self.mapping(dict(enumerate(c, start=1))).masked) for c in frame["classes"]]
+        pairs = list(zip(frame["label_classes"], frame["annotated_classes"]))
+        frame["mapping"] = [self.describe_mapping(named, annotated) for named, annotated in pairs]
+        frame["masked"] = [dict(self.mapping(named, annotated).masked) for named, annotated in pairs]
         return frame
 
     def describe_mapping(self, entry_classes: Mapping[int, str], annotated: Sequence[str] | None = None) -> dict[str, str]:

@@ -73,3 +73,25 @@ def test_round_trip_dict():
     t = Task(["cell", "organelle"], merges={"organelle": ["mitochondria", "LD"]}, voxel_size_um=0.04,
              filters={"species": "yeast"})
     assert Task.from_dict(t.to_dict()) == t
+
+
+def test_select_reports_mapping_per_entry(tmp_path):
+    from sxtlab.catalog import Catalog
+
+    image = sxtlab.volume(np.zeros((4, 4, 4), np.float32), voxel_size=0.04)
+    lab = np.zeros((4, 4, 4), np.uint8)
+    lab[1:3, 1:3, 1:3] = 1
+    lab[2, 2, 2] = 2
+    cat = Catalog.create(tmp_path / "cat")
+    a = cat.add(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "nucleus"}), species="yeast")
+    b = cat.add(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "mitochondria"}), species="alga")
+    cat.add(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "vacuole"}), species="yeast")
+    frame = Task(["nucleus", "mitochondria"]).select(cat)
+    assert set(frame.index) == {a, b}
+    assert frame.loc[a, "mapping"]["cell"] == "ignored (not annotated)"
+    assert frame.loc[a, "masked"] == {"cell": "mitochondria"}
+    assert frame.loc[b, "mapping"]["mitochondria"] == "mitochondria"
+    only_yeast = Task(["nucleus", "mitochondria"], filters={"species": "yeast"}).select(cat)
+    assert list(only_yeast.index) == [a]
+    with pytest.raises(TaskError, match=r"no catalog entry annotates any of \['lipid_body'\]; the catalog holds 3"):
+        Task(["lipid_body"]).select(cat)
