@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from . import classes
 from .calibration import Calibration, CalibrationError, estimate_calibration
 from .classes import UNANNOTATED, canonical_name
-from .errors import FormatError, OutputExistsError, SxtlabError, VoxelSizeUnknownError
+from .errors import FormatError, OutputExistsError, SxtlabError, SxtlabWarning, VoxelSizeUnknownError
 from .io import read_project, read_segmentation, read_volume, write_volume
 from .volume import label_volume, segmentation, volume
 
@@ -24,6 +24,7 @@ __all__ = [
     "FormatError",
     "OutputExistsError",
     "SxtlabError",
+    "SxtlabWarning",
     "UNANNOTATED",
     "VoxelSizeUnknownError",
     "canonical_name",

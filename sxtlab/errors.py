@@ -1,4 +1,4 @@
-"""Exceptions raised by sxtlab.
+"""Exceptions raised by sxtlab, and the category of the warnings it gives.
 
 Every error names what was wrong (the file, the field, the value found and the
 value expected), so that a user can fix their input without reading a traceback.
@@ -6,7 +6,7 @@ value expected), so that a user can fix their input without reading a traceback.
 
 from __future__ import annotations
 
-__all__ = ["SxtlabError", "FormatError", "VoxelSizeUnknownError", "OutputExistsError"]
+__all__ = ["SxtlabError", "FormatError", "VoxelSizeUnknownError", "OutputExistsError", "SxtlabWarning"]
 
 
 class SxtlabError(Exception):
@@ -23,3 +23,7 @@ class VoxelSizeUnknownError(SxtlabError, ValueError):
 
 class OutputExistsError(SxtlabError, FileExistsError):
     """An output path exists and ``overwrite=True`` was not given."""
+
+
+class SxtlabWarning(UserWarning):
+    """Warnings about input that sxtlab could read but had to interpret, e.g. an unknown voxel size."""

@@ -45,34 +45,21 @@ from ..calibration import Calibration
 from ..classes import (BACKGROUND, UNANNOTATED, VOCABULARY, UnknownClassError, canonical_name, colour,
                        is_ignore_name)
 from ..errors import FormatError
-from ..volume import DIMS, check_voxel_size, label_volume, volume
+from ..volume import DIMS, label_volume, volume
 from ..volume import segmentation as make_segmentation
 from . import _amiramesh as am
+from ._common import KNOWN_UNITS, LAZY_BYTES, drop_float_noise, length_unit, merge_voxel_size, to_um, warn
 
-__all__ = ["read", "write", "read_project", "BOX_UNITS_UM"]
-
-#: Length units a BoundingBox may be in, as µm per unit.
-BOX_UNITS_UM: dict[str, float] = {
-    "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
-    "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
-    "a": 1e-4, "å": 1e-4, "angstrom": 1e-4, "mm": 1e3, "millimeter": 1e3, "m": 1e6, "meter": 1e6,
-}
-_LAZY_BYTES = 256 << 20  # larger raw lattices open as dask arrays (see sxtlab.io.read_volume)
-_MAGIC = (b"# AmiraMesh", b"# Avizo", b"# HyperMesh")
+__all__ = ["read", "write", "read_project"]
 
 
 # --------------------------------------------------------------------------- grid
-def _unit_factor(unit: str, where: str) -> float:
-    key = unit.strip().lower()
-    if key not in BOX_UNITS_UM:
-        raise FormatError(f"{where}: unknown length unit {unit!r}; known: {', '.join(sorted(BOX_UNITS_UM))}")
-    return BOX_UNITS_UM[key]
-
-
-def _round(v: float) -> float:
-    # extent/(n-1) of a box written from a voxel size carries float noise
-    # (0.030000000000000002); 12 significant digits are far below any physical meaning
-    return float(f"{v:.12g}")
+def _box_unit(unit: str, where: str) -> str:
+    """The NGFF name of a BoundingBox unit (``box_units=`` or a ``Units`` block)."""
+    name = length_unit(unit)
+    if name is None:
+        raise FormatError(f"{where}: unknown length unit {unit!r}; known: {KNOWN_UNITS}")
+    return name
 
 
 def _grid(h: am.Header, dims_xyz: tuple[int, int, int], *, voxel_size: Any, box_units: str | None
@@ -103,7 +90,7 @@ def _grid(h: am.Header, dims_xyz: tuple[int, int, int], *, voxel_size: Any, box_
             units_block = h.parameters.get("Units")
             units = units_block.get("Coordinates") if isinstance(units_block, am.Block) else None
             unit = box_units if box_units is not None else (str(units[0]) if units else None)
-            zyx = [_round(s) for s in reversed(spacing)]  # type: ignore[arg-type]
+            zyx = [drop_float_noise(s) for s in reversed(spacing)]  # type: ignore[arg-type]
             attrs["amira_box_spacing_zyx"] = zyx
             if unit is None:
                 counts = all(abs(s - 1) < 1e-9 for s in zyx)
@@ -113,17 +100,17 @@ def _grid(h: am.Header, dims_xyz: tuple[int, int, int], *, voxel_size: Any, box_
                     + ("; it counts voxels, so it holds no physical size" if counts else "")
                 )
             else:
-                f = _unit_factor(unit, f"{where}: BoundingBox unit")
-                file_vs = tuple(_round(s * f) for s in zyx)
-                origin = tuple(_round(v * f) for v in reversed(lo))
+                name = _box_unit(unit, f"{where}: BoundingBox unit")
+                file_vs = tuple(drop_float_noise(to_um(s, name)) for s in zyx)
+                origin = tuple(drop_float_noise(to_um(v, name)) for v in reversed(lo))
                 attrs["amira_box_units"] = unit
     if voxel_size is not None:
-        vs = check_voxel_size(voxel_size, where=f"{where}: voxel_size=")
-        if file_vs is not None and not np.allclose(vs, file_vs, rtol=1e-6):
-            am.warn(f"{where}: voxel_size={vs} µm replaces the file's {file_vs} µm (from its BoundingBox)")
+        vs, differ = merge_voxel_size(file_vs or (None, None, None), voxel_size, where=where)
+        if differ:
+            warn(f"{where}: voxel_size={vs} µm replaces the file's {file_vs} µm (from its BoundingBox)")
         return vs, origin, attrs
     if file_vs is None:
-        am.warn(
+        warn(
             f"{where}: voxel size unknown: {reason}. It is left unknown (None); pass voxel_size=(dz, dy, dx) "
             "in µm, or box_units='um' (or 'nm', 'A') if the BoundingBox is in that unit.")
     return file_vs, origin, attrs  # type: ignore[return-value]
@@ -217,7 +204,7 @@ def _value_map(h: am.Header, mats: list[_Material], present: dict[int, int], mat
         chosen, how = by_id, "id"
     elif values <= set(by_pos):
         chosen, how = by_pos, "position"
-        am.warn(
+        warn(
             f"{h.path}: material Ids {sorted(by_id)} do not name label values "
             f"{sorted(values - set(by_id))}, but the materials' order does; values are read by order as "
             "Amira numbers materials (pass materials_by='id' to insist on the Ids)")
@@ -274,8 +261,8 @@ def _label_classes(h: am.Header, data: Any, *, class_map: Mapping[str, str] | No
     kinds = {v: _classify(m, class_map) for v, m in by_value.items()}
     unused = [k for k in class_map if not any(_lookup({k: ""}, m.names) is not None for m in mats)]
     if unused:
-        am.warn(f"{h.path}: class_map names {unused}, which are no material of this file "
-                f"(materials: {', '.join(m.names[0] for m in mats)})")
+        warn(f"{h.path}: class_map names {unused}, which are no material of this file "
+             f"(materials: {', '.join(m.names[0] for m in mats)})")
     unmapped = {v: m for v, m in by_value.items() if kinds[v] is None}
     if any(present.get(v, 0) for v in unmapped):
         listing = ", ".join(f"{m.describe()} (value {v}, {present.get(v, 0):,} voxels)"
@@ -286,7 +273,7 @@ def _label_classes(h: am.Header, data: Any, *, class_map: Mapping[str, str] | No
             f"Map them with class_map={{{example}}}; classes: {', '.join(VOCABULARY)}; "
             "'ignore' marks voxels nobody annotated.")
     if unmapped:
-        am.warn(
+        warn(
             f"{h.path}: materials {', '.join(m.describe() for m in unmapped.values())} name no known class "
             "and label no voxel; they are left out of the classes")
     # assign sxtlab values: background 0, unannotated 255, classes keep theirs where free
@@ -359,7 +346,7 @@ def _normalise_chunks(chunks: Any) -> Any:
 def _load_array(h: am.Header, f: am.Field, shape_zyx: tuple[int, int, int], chunks: Any) -> Any:
     """The field's data, shape (z, y, x): in memory, or dask for large/chunked raw files."""
     itemsize = np.dtype(am.DTYPES[f.type]).itemsize if f.type in am.DTYPES else 1
-    lazy = chunks is not None or f.count * itemsize > _LAZY_BYTES
+    lazy = chunks is not None or f.count * itemsize > LAZY_BYTES
     if lazy:
         import dask.array as da
 
@@ -371,11 +358,6 @@ def _load_array(h: am.Header, f: am.Field, shape_zyx: tuple[int, int, int], chun
             return arr if mm.dtype.isnative else arr.astype(native)
         return da.from_array(am.read_field(h, f).reshape(shape_zyx), chunks=chunks)
     return am.read_field(h, f).reshape(shape_zyx)
-
-
-def _looks_like_amira(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(16).startswith(_MAGIC)
 
 
 def _read_labels_data(h: am.Header, f: am.Field, shape: tuple[int, int, int], *, chunks: Any,
@@ -590,7 +572,7 @@ def _project_pair(hx: Path, *, labels: str | None = None) -> tuple[Path, Path | 
                           + ", ".join(f"{a!r} -> {b!r}" for a, b in connects) + "; choose one with labels=")
     images, fields = [], []
     for label, p in resolved.items():
-        if p.is_file() and _looks_like_amira(p):
+        if p.is_file() and am.is_amiramesh(p):
             h = am.read_header(p)
             try:
                 f = h.field()
@@ -610,7 +592,7 @@ def _project_pair(hx: Path, *, labels: str | None = None) -> tuple[Path, Path | 
 
 
 def _read_image(path: Path, *, voxel_size: Any, chunks: Any, box_units: str | None) -> xr.DataArray:
-    if path.is_file() and _looks_like_amira(path):
+    if path.is_file() and am.is_amiramesh(path):
         # Amira keeps a file's name when it saves it in its own format: the templates'
         # blob.tiff is AmiraMesh, so the content decides, not the extension.
         return _read_file(path, voxel_size=voxel_size, chunks=chunks, box_units=box_units, as_labels=False)
@@ -669,9 +651,9 @@ def read_project(path: str | os.PathLike, *, voxel_size: Any = None, chunks: Any
     image = _read_image(image_path, voxel_size=voxel_size, chunks=chunks, box_units=box_units)
     attrs = {"source": str(hx), "image_file": str(image_path)}
     if labels_path is None:
-        am.warn(f"{hx}: the project has no label field; returning its image {image_path.name} only")
+        warn(f"{hx}: the project has no label field; returning its image {image_path.name} only")
         return make_segmentation(image, None, **attrs)
-    if not _looks_like_amira(labels_path):
+    if not am.is_amiramesh(labels_path):
         raise FormatError(f"{hx}: label field {labels_path} is not an AmiraMesh file")
     h = am.read_header(labels_path)
     f = h.field()
@@ -685,8 +667,8 @@ def read_project(path: str | os.PathLike, *, voxel_size: Any = None, chunks: Any
     label_box = h.parameters.get("BoundingBox")
     if image_box is not None and label_box is not None and len(label_box) == 6 and not np.allclose(
             image_box, [float(v) for v in label_box], rtol=1e-6, atol=1e-9):
-        am.warn(f"{hx}: the BoundingBox of {labels_path.name} ({' '.join(map(str, label_box))}) differs "
-                f"from the image's ({' '.join(map(str, image_box))}); the labels take the image's grid")
+        warn(f"{hx}: the BoundingBox of {labels_path.name} ({' '.join(map(str, label_box))}) differs "
+             f"from the image's ({' '.join(map(str, image_box))}); the labels take the image's grid")
     data, classes, extra = _read_labels_data(h, f, shape, chunks=chunks, class_map=class_map,
                                              materials_by=materials_by)
     lab = label_volume(data, image, classes, attrs={**extra, "source": str(labels_path), "amira_field": f.name})

@@ -43,7 +43,6 @@ Facts this module relies on:
 from __future__ import annotations
 
 import re
-import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field as dataclass_field
@@ -53,11 +52,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
+from ._common import warn
 
 __all__ = [
     "Block",
     "Field",
     "Header",
+    "is_amiramesh",
     "read_header",
     "read_field",
     "field_memmap",
@@ -65,7 +66,6 @@ __all__ = [
     "encode_hx_byte_rle",
     "write_amiramesh",
     "DTYPES",
-    "warn",
 ]
 
 #: AmiraMesh primitive types and their NumPy equivalents (byte order added per file).
@@ -74,22 +74,15 @@ DTYPES: dict[str, str] = {
     "int": "i4", "float": "f4", "double": "f8",
 }
 
-_PACKAGE = str(Path(__file__).resolve().parents[1])
-
-
-def warn(message: str) -> None:
-    """Warn, attributing the warning to the first caller outside sxtlab (the user's line)."""
-    import sys
-
-    level, frame = 2, sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
-
-
 _ENCODINGS = {"ASCII": None, "BINARY-LITTLE-ENDIAN": "<", "BINARY": ">", "BINARY-BIG-ENDIAN": ">"}
 _MAGIC_NAMES = ("AmiraMesh", "Avizo", "HyperMesh")
 _HEADER_READ_SIZES = (1 << 20, 1 << 24, 1 << 28)
+
+
+def is_amiramesh(path: str | Path) -> bool:
+    """Whether the file starts as an AmiraMesh file does (``# AmiraMesh``, ``# Avizo``, ``# HyperMesh``)."""
+    with open(path, "rb") as fh:
+        return fh.read(16).startswith(tuple(f"# {name}".encode() for name in _MAGIC_NAMES))
 
 
 # --------------------------------------------------------------------------- header model

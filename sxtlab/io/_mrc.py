@@ -38,9 +38,6 @@ the ten 80-character labels because it has no size limit and programs such as IM
 append to and drop labels; its price is that ``mrcfile.validate`` reports the
 ``'JSON'`` code as unrecognised (it accepts only the codes listed in MRC2014), while
 readers skip ``nsymbt`` bytes of an extended header they do not know.
-
-The helpers in the second half of this module (attrs as JSON, voxel-size override,
-output grid and dtype, lazy finiteness check) are shared with :mod:`._tiff`.
 """
 
 from __future__ import annotations
@@ -65,22 +62,18 @@ import numpy as np
 import xarray as xr
 
 from ..errors import FormatError
-from ..volume import DIMS, check_finite, check_voxel_size, label_volume, volume
+from ._common import (LAZY_BYTES, build_volume, finite_checked, metadata, output_grid, parse_metadata,
+                      resolve_voxel_size, storage_dtype, warn)
 
 __all__ = ["read", "write"]
 
-#: Files larger than this (bytes) open lazily as dask arrays.
-LAZY_BYTES = 256 * 2**20
 #: Ångström per micrometre.
 A_PER_UM = 1e4
 #: ``imodStamp`` value (the bytes ``'IMOD'`` read as a little-endian int32).
 IMOD_STAMP = 1146047817
 #: EXTTYP code of sxtlab's JSON extended header.
 EXTTYP_JSON = b"JSON"
-#: Version of the JSON metadata layout that sxtlab writes.
-METADATA_VERSION = 1
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 _AXES_XYZ = ("x", "y", "z")
 
 
@@ -129,7 +122,7 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
 
     Warns
     -----
-    UserWarning
+    SxtlabWarning
         Unset voxel size (naming ``cella``), missing ``'MAP '`` id or unknown machine
         stamp, reinterpreted mode-0 bytes, extra bytes after the data, an override that
         differs from the header.
@@ -184,7 +177,7 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
         warn(f"{where}: {unset_reason}; the voxel size is unknown (coords are voxel indices) and any "
              "physical measurement will raise until it is given: pass voxel_size=(dz, dy, dx) in µm")
     origin = _header_origin(header, vs, where)
-    if isinstance(data, da.Array):
+    if isinstance(data, da.Array):  # NumPy data are checked by sxtlab.volume
         data = finite_checked(data, where)
     return build_volume(data, path=path, voxel_size=vs, origin_um=origin, meta=meta, classes=classes)
 
@@ -431,11 +424,7 @@ def write(obj: xr.DataArray, path: Path) -> None:
     """
     obj, vs, origin = output_grid(obj, path)
     where = str(path)
-    data = obj.data
-    if isinstance(data, da.Array):
-        data = finite_checked(data, where)
-    else:
-        check_finite(np.asarray(data), where=where)
+    data = finite_checked(obj.data, where)
     store_dtype = storage_dtype(data, where, ("uint8", "int8", "uint16", "int16"), "float32", "MRC")
     data = data.astype(store_dtype) if data.dtype != store_dtype else data
     mode = {"uint8": 0, "int8": 0, "int16": 1, "uint16": 6, "float32": 2}[np.dtype(store_dtype).name]
@@ -482,257 +471,3 @@ def _statistics(data: np.ndarray) -> tuple[float, float, float, float]:
         squares += np.square(slab).sum()
     mean = total / data.size
     return float(lo), float(hi), float(mean), float(np.sqrt(max(squares / data.size - mean**2, 0.0)))
-
-
-# ---------------------------------------------------------------------------------------
-# helpers shared with the TIFF module
-# ---------------------------------------------------------------------------------------
-def warn(message: str) -> None:
-    """Issue a UserWarning attributed to the first caller outside sxtlab.
-
-    Pointing at the user's line (not at this module) makes warning filters and
-    ``-W error`` act where the file was opened.
-    """
-    level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn's caller
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    warnings.warn(message, UserWarning, stacklevel=level)
-
-
-def resolve_voxel_size(found: Sequence[float | None], override, *, where: str) -> tuple[float, float, float] | None:
-    """Combine the voxel size a file records with the one a user gives.
-
-    Parameters
-    ----------
-    found : (dz, dy, dx)
-        From the file, µm; ``None`` for each axis the file leaves unknown.
-    override : float, (dz, dy, dx) or None
-        From the user, µm; a ``None`` entry keeps the file's value for that axis.
-
-    Returns
-    -------
-    tuple of 3 float, or None
-        ``None`` when no override is given and the file leaves an axis unknown.
-
-    Raises
-    ------
-    sxtlab.FormatError
-        If the override is malformed, or leaves an axis unknown.
-
-    Warns
-    -----
-    UserWarning
-        If the override differs from a value the file records.
-    """
-    if override is None:
-        return tuple(found) if all(v is not None for v in found) else None  # type: ignore[return-value]
-    values = list(override) if isinstance(override, (list, tuple, np.ndarray)) else [override] * 3
-    if len(values) != 3:
-        raise FormatError(f"{where}: voxel_size={override!r}: expected one value or three (dz, dy, dx) in µm")
-    merged = [o if o is not None else f for o, f in zip(values, found)]
-    missing = [d for d, v in zip(DIMS, merged) if v is None]
-    if missing:
-        raise FormatError(f"{where}: voxel_size={override!r} leaves {', '.join(missing)} unknown and the file "
-                          "does not record it; give all of (dz, dy, dx) in µm")
-    try:
-        vs = check_voxel_size(merged, where=f"{where}: voxel_size=")
-    except (TypeError, ValueError) as err:
-        raise FormatError(f"{where}: voxel_size={override!r}: {err}") from None
-    assert vs is not None
-    differ = [d for d, o, f in zip(DIMS, values, found)
-              if o is not None and f is not None and not np.isclose(float(o), f, rtol=1e-6, atol=0)]
-    if differ:
-        warn(f"{where}: voxel_size=({', '.join(f'{v:g}' for v in vs)}) µm overrides the file's "
-             f"({', '.join('?' if f is None else f'{f:g}' for f in found)}) µm (dz, dy, dx) along {', '.join(differ)}")
-    return vs
-
-
-def prefer_exact(found, meta: dict | None, key: str, *, rtol: float, atol: float = 0.0):
-    """The exact value stored in sxtlab's metadata where it agrees with the (rounded) file value."""
-    if found is None or meta is None or meta.get(key) is None:
-        return found
-    exact = [float(v) for v in meta[key]]
-    return tuple(exact) if np.allclose(exact, found, rtol=rtol, atol=atol) else found
-
-
-def metadata(obj: xr.DataArray, vs: tuple[float, float, float] | None, origin: Sequence[float], *,
-             where: str) -> dict:
-    """sxtlab's JSON payload for a file: name, dtype, exact grid and the other attrs.
-
-    Raises
-    ------
-    sxtlab.FormatError
-        If an attr is not JSON-serialisable (NumPy values are converted).
-    """
-    attrs = {k: v for k, v in obj.attrs.items() if k not in ("voxel_size_um", "source")}
-    payload = {"version": METADATA_VERSION, "name": None if obj.name is None else str(obj.name),
-               "dtype": obj.dtype.name, "voxel_size_um": None if vs is None else list(vs),
-               "origin_um": [float(o) for o in origin], "attrs": {}}
-    for key, value in attrs.items():
-        try:
-            payload["attrs"][str(key)] = json.loads(json.dumps(value, default=_json_default, allow_nan=False))
-        except (TypeError, ValueError) as err:
-            raise FormatError(f"{where}: attr {key!r} = {value!r} cannot be stored as JSON ({err}); "
-                              "convert it to numbers, strings, lists or dicts") from None
-    return {"sxtlab": payload}
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.generic, np.ndarray)):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def parse_metadata(text: str, *, where: str) -> dict | None:
-    """sxtlab's payload from JSON text, or ``None`` (with a warning if it is damaged)."""
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        warn(f"{where}: sxtlab metadata is not valid JSON ({err}); attrs such as the calibration are not restored")
-        return None
-    payload = doc.get("sxtlab") if isinstance(doc, dict) else None
-    if not isinstance(payload, dict):
-        return None
-    version = payload.get("version")
-    if not isinstance(version, int) or version > METADATA_VERSION:
-        warn(f"{where}: sxtlab metadata version {version!r} is not one this sxtlab reads "
-             f"({METADATA_VERSION}); reading what it understands")
-    if not isinstance(payload.get("attrs", {}), dict):
-        warn(f"{where}: sxtlab metadata field 'attrs' is not a mapping; attrs are not restored")
-        payload = {**payload, "attrs": {}}
-    return payload
-
-
-def build_volume(data, *, path: Path, voxel_size, origin_um, meta: dict | None, classes: Mapping | None,
-                 attrs: Mapping[str, Any] | None = None) -> xr.DataArray:
-    """A volume (or label volume) from read data, the file's own ``attrs`` and sxtlab's metadata."""
-    where = str(path)
-    attrs = {**(attrs or {}), **(meta.get("attrs", {}) if meta else {})}
-    # the grid comes from the header (checked against the metadata by the caller)
-    attrs.pop("voxel_size_um", None)
-    attrs.pop("source", None)
-    if voxel_size is not None and meta is not None:
-        voxel_size = prefer_exact(voxel_size, meta, "voxel_size_um", rtol=1e-5)
-        origin_um = prefer_exact(origin_um, meta, "origin_um", rtol=1e-5, atol=1e-3 * min(voxel_size))
-    data = _restore_dtype(data, meta.get("dtype") if meta else None)
-    name = (meta or {}).get("name") or ("labels" if classes is not None else "lac")
-    image = volume(data, voxel_size, units="gray", origin_um=origin_um, name=name, source=where, attrs=attrs)
-    if classes is None:
-        return image
-    try:
-        return label_volume(data, image, classes, name=name, attrs={"source": where})
-    except FormatError as err:
-        raise FormatError(f"{where}: cannot read as labels: {err}") from None
-
-
-def _restore_dtype(data, stored: str | None):
-    """Cast back to the dtype sxtlab wrote from, where the stored type held it exactly."""
-    if not isinstance(stored, str) or stored == data.dtype.name:
-        return data
-    try:
-        cast = np.dtype(stored)
-    except TypeError:
-        return data
-    exact = (
-        # integers stored narrower, or as float (bool stays uint8: volumes are numeric)
-        cast.kind in "iu" and data.dtype.kind in "iuf"
-        or cast.kind == "f" and data.dtype.kind == "f" and cast.itemsize < data.dtype.itemsize  # float16
-    )
-    return data.astype(cast) if exact else data
-
-
-def output_grid(obj, path: Path) -> tuple[xr.DataArray, tuple[float, float, float] | None, tuple[float, ...]]:
-    """The volume in (z, y, x) order with its voxel size and origin (µm), checked.
-
-    Raises
-    ------
-    sxtlab.FormatError
-        If ``obj`` is not a 3-D DataArray with dims z, y, x, or its coords are not
-        spaced by its ``voxel_size_um``.
-    """
-    where = str(path)
-    if not isinstance(obj, xr.DataArray):
-        raise FormatError(f"{where}: expected an xarray.DataArray volume, got {type(obj).__name__}")
-    if sorted(obj.dims) != sorted(DIMS):
-        raise FormatError(f"{where}: expected a 3-D volume with dims (z, y, x), got dims {obj.dims} "
-                          f"and shape {tuple(obj.shape)}")
-    obj = obj.transpose(*DIMS)
-    if 0 in obj.shape:
-        raise FormatError(f"{where}: the volume is empty: shape (z, y, x) = {tuple(obj.shape)}")
-    vs = check_voxel_size(obj.attrs.get("voxel_size_um"), where=f"{where}: attr voxel_size_um")
-    if vs is None:
-        return obj, None, (0.0, 0.0, 0.0)
-    origin = []
-    for d, step in zip(DIMS, vs):
-        if d not in obj.coords:
-            origin.append(0.0)
-            continue
-        c = np.asarray(obj[d].values, dtype=float)
-        if c.size > 1 and not np.allclose(np.diff(c), step, rtol=1e-6, atol=0):
-            raise FormatError(f"{where}: coords along {d!r} are spaced {np.diff(c)[:3].tolist()}... µm, but attr "
-                              f"voxel_size_um gives {step} µm; fix the attr (e.g. .sxt.with_voxel_size)")
-        origin.append(float(c[0]) if c.size else 0.0)
-    return obj, vs, tuple(origin)
-
-
-def storage_dtype(data, where: str, ints: Sequence[str], floating: str, fmt: str) -> np.dtype:
-    """The dtype a writer stores ``data`` in: its own, or the smallest that holds it exactly.
-
-    Parameters
-    ----------
-    ints : sequence of str
-        Integer dtypes the format stores, smallest first.
-    floating : str
-        The format's float dtype (float16 widens to it, float64 rounds to it).
-
-    Raises
-    ------
-    sxtlab.FormatError
-        If the data are complex or non-numeric, or integers outside every ``ints`` range
-        and beyond what ``floating`` holds exactly.
-    """
-    dtype = data.dtype
-    if dtype.name in ints or dtype.name == floating:
-        return dtype
-    if dtype.kind == "f":
-        return np.dtype(floating)
-    if dtype.kind == "b":
-        return np.dtype("uint8")
-    if dtype.kind not in "iu":
-        raise FormatError(f"{where}: {fmt} cannot store values of dtype {dtype}; expected real numbers")
-    lo, hi = data.min(), data.max()
-    if isinstance(data, da.Array):
-        lo, hi = da.compute(lo, hi)
-    lo, hi = int(lo), int(hi)
-    for name in ints:
-        info = np.iinfo(name)
-        if info.min <= lo and hi <= info.max:
-            return np.dtype(name)
-    mantissa = 2 ** (np.finfo(floating).nmant + 1)
-    if -mantissa <= lo and hi <= mantissa:
-        return np.dtype(floating)
-    raise FormatError(f"{where}: {fmt} cannot store {dtype} values {lo}..{hi} exactly (its integer types are "
-                      f"{', '.join(ints)}); rescale or convert them to {floating} first")
-
-
-def finite_checked(data: da.Array, where: str) -> da.Array:
-    """Wrap a dask array so that computing a chunk with NaN/inf raises FormatError.
-
-    Lazy volumes cannot be checked when opened without reading them whole; this
-    check runs on every chunk as it is read.
-    """
-    if data.dtype.kind != "f":
-        return data
-    return data.map_blocks(_check_block, where=where, dtype=data.dtype, meta=np.empty((0, 0, 0), data.dtype))
-
-
-def _check_block(block: np.ndarray, where: str, block_info: dict | None = None) -> np.ndarray:
-    bad = ~np.isfinite(block)
-    if bad.any():
-        start = [lo for lo, _ in block_info[0]["array-location"]] if block_info else [0, 0, 0]
-        first = tuple(int(i + s) for i, s in zip(np.argwhere(bad)[0], start))
-        n, n_nan = int(bad.sum()), int(np.isnan(block).sum())
-        raise FormatError(f"{where}: {n} non-finite values ({n_nan} NaN, {n - n_nan} inf) in the chunk at "
-                          f"(z, y, x) = {tuple(start)}; the first at {first}")
-    return block
-

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +77,7 @@ from ..classes import UNANNOTATED, UnknownClassError, canonical_name, class_map,
 from ..errors import FormatError
 from ..volume import DIMS, check_voxel_size, label_volume, volume
 from ..volume import segmentation as _segmentation
+from ._common import UM_PER_UNIT, jsonable, length_unit, merge_voxel_size, to_um, warn
 
 __all__ = ["read", "write", "NGFF_VERSION", "DEFAULT_CHUNK", "METADATA_KEY"]
 
@@ -96,26 +96,6 @@ _LABELS_GROUP = "labels"
 _LABEL_NAME = "labels"
 _PROBABILITIES_GROUP = "probabilities"
 
-# Length units of NGFF (UDUNITS-2 names) as (multiply, divide) factors to µm; a
-# division by a power of ten keeps e.g. 50 nm -> 0.05 µm correctly rounded.
-_UM_PER_UNIT: dict[str, tuple[float, float]] = {
-    "femtometer": (1.0, 1e9),
-    "picometer": (1.0, 1e6),
-    "angstrom": (1.0, 1e4),
-    "nanometer": (1.0, 1e3),
-    "micrometer": (1.0, 1.0),
-    "millimeter": (1e3, 1.0),
-    "centimeter": (1e4, 1.0),
-    "decimeter": (1e5, 1.0),
-    "meter": (1e6, 1.0),
-}
-# Names that tools write although NGFF does not define them: read with a warning.
-_UNIT_ALIASES: dict[str, str] = {
-    "micron": "micrometer", "um": "micrometer", "µm": "micrometer", "μm": "micrometer",
-    "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter",
-    "pm": "picometer", "fm": "femtometer", "å": "angstrom", "ångström": "angstrom",
-}
-
 
 # ---------------------------------------------------------------------------------
 # shared helpers
@@ -125,21 +105,6 @@ def _sxtlab_version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _jsonable(value: Any, where: str) -> Any:
-    """``value`` as plain JSON types (NumPy scalars and arrays, tuples -> lists)."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, where) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist(), where)
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    raise FormatError(f"{where}: {type(value).__name__} values cannot be stored in Zarr (JSON) attributes")
 
 
 def _chunks3(chunks: int | Sequence[int]) -> tuple[int, int, int]:
@@ -386,9 +351,9 @@ def _own_metadata(obj: xr.DataArray, kind: str, where: str, **extra: Any) -> dic
         "layout_version": _LAYOUT_VERSION,
         "written_by": f"sxtlab {_sxtlab_version()}",
         "kind": kind,
-        "name": _jsonable(obj.name, f"{where}: name"),
-        "attrs": _jsonable(dict(obj.attrs), f"{where}: {obj.name or kind} attrs"),
-        **{k: _jsonable(v, f"{where}: {k}") for k, v in extra.items()},
+        "name": jsonable(obj.name, f"{where}: name"),
+        "attrs": jsonable(dict(obj.attrs), f"{where}: {obj.name or kind} attrs"),
+        **{k: jsonable(v, f"{where}: {k}") for k, v in extra.items()},
     }
 
 
@@ -653,10 +618,10 @@ def _grouped(found: dict[str, list[int]]) -> list[str]:
     return [msg.format(axes=",".join(str(i) for i in axes)) for msg, axes in found.items()]
 
 
-def _unit_to_um(ms: _Multiscale) -> tuple[list[tuple[float, float]] | None, list[str], list[str]]:
-    """Per-axis (multiply, divide) factors to µm (None unless every axis has a length
-    unit), the problems that make the unit unknown, and notes on units read leniently."""
-    factors: list[tuple[float, float]] = []
+def _axis_units(ms: _Multiscale) -> tuple[list[str] | None, list[str], list[str]]:
+    """Per-axis NGFF length units (None unless every axis has one), the problems that
+    make the unit unknown, and notes on units read leniently."""
+    units: list[str] = []
     problems: dict[str, list[int]] = {}
     notes: dict[str, list[int]] = {}
     for i in ms.keep:
@@ -674,42 +639,39 @@ def _unit_to_um(ms: _Multiscale) -> tuple[list[tuple[float, float]] | None, list
         if not isinstance(unit, str) or not unit.strip():
             problems.setdefault(f"{field} is blank ({unit!r})", []).append(i)
             continue
-        if unit in _UM_PER_UNIT:
-            factors.append(_UM_PER_UNIT[unit])
+        if unit in UM_PER_UNIT:
+            units.append(unit)
             continue
-        key = unit.strip().lower().replace("metre", "meter")
-        # Plurals ("microns", "nanometers") but not short symbols ("ms" is no metre).
-        candidates = [key, key[:-1]] if key.endswith("s") and len(key) > 3 else [key]
-        name = next((_UNIT_ALIASES.get(c, c) for c in candidates if _UNIT_ALIASES.get(c, c) in _UM_PER_UNIT), key)
-        if name in _UM_PER_UNIT:
+        name = length_unit(unit)
+        if name is not None:
             notes.setdefault(f"{field} = {unit!r} is not an NGFF unit name; read as {name!r}", []).append(i)
-            factors.append(_UM_PER_UNIT[name])
+            units.append(name)
         else:
             problems.setdefault(f"{field} = {unit!r} is not a length unit", []).append(i)
-    return (factors if not problems else None), _grouped(problems), _grouped(notes)
-
-
-def _to_um(values: Sequence[float], factors: Sequence[tuple[float, float]]) -> tuple[float, ...]:
-    return tuple(v * m / d for v, (m, d) in zip(values, factors))
+    return (units if not problems else None), _grouped(problems), _grouped(notes)
 
 
 def _geometry(ms: _Multiscale, level: int, voxel_size: Any, recorded_unknown: bool
-              ) -> tuple[tuple[float, float, float] | None, tuple[float, float, float], list[str]]:
-    """Voxel size and origin (µm) of a level ((None, zeros) when the unit is unknown),
-    and the warnings to give."""
+              ) -> tuple[tuple[float, float, float] | None, tuple[float, float, float]]:
+    """Voxel size and origin (µm) of a level ((None, zeros) when the unit is unknown).
+
+    Warns (:class:`~sxtlab.SxtlabWarning`) of units read leniently, an unknown unit
+    and an override that differs from the file.
+    """
     scale, trans = ms.transform(level)
     if any(not math.isfinite(s) or s <= 0 for s in scale):
         raise FormatError(f"{ms.where}: {ms.field}.datasets[{level}] scale {scale} must be positive and finite")
-    factors, problems, notes = _unit_to_um(ms)
-    messages = [f"{ms.where}: {n}" for n in notes]
-    file_vs = _to_um(scale, factors) if factors is not None else None
+    units, problems, notes = _axis_units(ms)
+    for note in notes:
+        warn(f"{ms.where}: {note}")
+    file_vs = tuple(to_um(s, u) for s, u in zip(scale, units)) if units is not None else None
     if voxel_size is not None:
-        vs = check_voxel_size(voxel_size, where="voxel_size")
-        if file_vs is not None and not np.allclose(vs, file_vs, rtol=1e-6):
-            messages.append(f"{ms.where}: voxel_size={vs} µm replaces the file's {tuple(file_vs)} µm "
-                            f"({ms.field}.datasets[{level}] scale with the axes' units)")
+        vs, differ = merge_voxel_size(file_vs or (None, None, None), voxel_size, where=ms.where)
+        if differ:
+            warn(f"{ms.where}: voxel_size={vs} µm replaces the file's {file_vs} µm "
+                 f"({ms.field}.datasets[{level}] scale with the axes' units)")
         # The translation counts the same (possibly unknown) units as the scale.
-        return vs, tuple(t / s * v for t, s, v in zip(trans, scale, vs)), messages  # type: ignore[return-value]
+        return vs, tuple(t / s * v for t, s, v in zip(trans, scale, vs))  # type: ignore[arg-type, return-value]
     if file_vs is None:
         if not recorded_unknown:
             msg = (f"{ms.where}: {'; '.join(problems)}: the voxel size is unknown (the scale "
@@ -718,10 +680,10 @@ def _geometry(ms: _Multiscale, level: int, voxel_size: Any, recorded_unknown: bo
             if misplaced:
                 msg += (f". A unit was found where NGFF defines none ({misplaced[0][0]} = "
                         f"{misplaced[0][1]!r}); it is not used; NGFF puts the unit on each axis")
-            messages.append(msg)
-        return None, (0.0, 0.0, 0.0), messages
+            warn(msg)
+        return None, (0.0, 0.0, 0.0)
     vs_checked = check_voxel_size(file_vs, where=f"{ms.where}: {ms.field}.datasets[{level}] scale")
-    return vs_checked, _to_um(trans, factors), messages  # type: ignore[return-value]
+    return vs_checked, tuple(to_um(t, u) for t, u in zip(trans, units))  # type: ignore[arg-type, return-value]
 
 
 def _own(group: zarr.Group) -> dict[str, Any]:
@@ -764,8 +726,7 @@ def _label_array(group: zarr.Group, where: str, level: int, chunks: Any, like: x
     own = _own(group)
     stored = dict(own.get("attrs") or {})
     if not classes and not stored:
-        warnings.warn(f"{where}: image-label.properties name no classes; the label values are unnamed",
-                      UserWarning, stacklevel=4)
+        warn(f"{where}: image-label.properties name no classes; the label values are unnamed")
     # Keep colours only where they differ from the vocabulary's, which write() restores.
     unannotated = ignore if ignore is not None else stored.get("unannotated_value", UNANNOTATED)
     default = {str(c["label-value"]): c["rgba"] for c in _default_colors(classes, unannotated)}
@@ -855,7 +816,7 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
 
     Warns
     -----
-    UserWarning
+    SxtlabWarning
         When an axis unit is missing, blank or not a length (the voxel size is then
         unknown, ``voxel_size_um`` None, unless ``voxel_size`` is given), when a unit
         is written under a non-NGFF name (``micron``, ``nm``, ``units``), and when
@@ -870,10 +831,7 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
     stored = dict(own.get("attrs") or {})
     recorded_unknown = "voxel_size_um" in stored and stored["voxel_size_um"] is None
     data = ms.array(level, chunks)
-    vs, origin, messages = _geometry(ms, level, voxel_size, recorded_unknown)
-    for message in messages:
-        # stacklevel 3: the caller of sxtlab.io.read_volume / read_segmentation
-        warnings.warn(message, UserWarning, stacklevel=3)
+    vs, origin = _geometry(ms, level, voxel_size, recorded_unknown)
 
     is_label_image = "image-label" in attrs
     units = stored.get("units") if stored.get("units") in ("gray", "1/um") else "gray"

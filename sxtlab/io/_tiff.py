@@ -23,7 +23,7 @@ resolution and origin) that ImageJ/Fiji, napari and tifffile read with the right
 scale. sxtlab's own attrs (calibration, units, class names, the exact voxel size and
 origin, the original dtype) travel as JSON in the ImageJ ``Info`` property, which
 ImageJ shows under Image > Show Info and keeps when it saves the file; the layout is
-the one of :mod:`._mrc` (``{"sxtlab": {...}}``).
+the one of MRC files (``{"sxtlab": {...}}``, :func:`._common.metadata`).
 """
 
 from __future__ import annotations
@@ -41,23 +41,11 @@ import tifffile
 import xarray as xr
 
 from ..errors import FormatError
-from ..volume import check_finite
-from ._mrc import (LAZY_BYTES, build_volume, finite_checked, metadata, output_grid, parse_metadata,
-                   resolve_voxel_size, storage_dtype, warn)
+from ._common import (KNOWN_UNITS, LAZY_BYTES, build_volume, drop_float_noise, finite_checked, length_unit,
+                      metadata, output_grid, parse_metadata, resolve_voxel_size, storage_dtype, to_um, warn)
 
 __all__ = ["read", "write"]
 
-#: Micrometres per unit, for the unit names found in ImageJ, OME and TIFF metadata (lower case).
-UNIT_UM: dict[str, float] = {
-    "pm": 1e-6, "picometer": 1e-6,
-    "å": 1e-4, "a": 1e-4, "angstrom": 1e-4, "ångström": 1e-4,
-    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
-    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
-    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
-    "m": 1e6, "meter": 1e6, "metre": 1e6,
-    "inch": 25400.0, "in": 25400.0,
-}
 #: Unit names that mean "not calibrated".
 _UNCALIBRATED = {"", "pixel", "pixels", "px", "none"}
 #: tifffile's axis letters that may stand for z: Z, or I/Q for pages of unlabelled stacks.
@@ -123,7 +111,7 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
 
     Warns
     -----
-    UserWarning
+    SxtlabWarning
         Voxel size unknown along an axis (naming the missing field, e.g. ImageJ
         ``spacing``), an Amira bounding box in unknown units, an unknown unit name,
         more than one image series, an override that differs from the file.
@@ -187,18 +175,15 @@ def _check_axes(series: tifffile.TiffPageSeries, where: str) -> tuple[int, int, 
     )
 
 
-def _unit_um(unit: Any, field_name: str, where: str) -> float | None:
-    """Micrometres per ``unit``, ``None`` for an uncalibrated or unknown unit (warned)."""
-    if unit is None:
+def _length_unit(unit: Any, field_name: str, where: str) -> str | None:
+    """The NGFF name of ``unit``, ``None`` for an uncalibrated or unknown unit (warned)."""
+    if unit is None or str(unit).strip().lower() in _UNCALIBRATED:
         return None
-    name = str(unit).strip().lower().replace("\\u00b5", "µ")
-    if name in _UNCALIBRATED:
-        return None
-    if name in UNIT_UM:
-        return UNIT_UM[name]
-    warn(f"{where}: unknown length unit {unit!r} in {field_name}; that axis is treated as uncalibrated "
-         f"(known units: {', '.join(sorted(UNIT_UM))})")
-    return None
+    name = length_unit(str(unit))
+    if name is None:
+        warn(f"{where}: unknown length unit {unit!r} in {field_name}; that axis is treated as uncalibrated "
+             f"(known units: {KNOWN_UNITS})")
+    return name
 
 
 def _pixel_size(page: tifffile.TiffPage, tag: str) -> float | None:
@@ -236,11 +221,11 @@ def _ome_grid(tif: tifffile.TiffFile, where: str) -> _Grid:
     for i, axis in enumerate("ZYX"):
         size = pixels.get(f"PhysicalSize{axis}")
         # the OME schema's default unit for PhysicalSize* is µm
-        factor = _unit_um(pixels.get(f"PhysicalSize{axis}Unit", "µm"), f"OME-XML PhysicalSize{axis}Unit", where)
-        if size is None or factor is None or not float(size) > 0:
+        unit = _length_unit(pixels.get(f"PhysicalSize{axis}Unit", "µm"), f"OME-XML PhysicalSize{axis}Unit", where)
+        if size is None or unit is None or not float(size) > 0:
             missing.append(f"PhysicalSize{axis}")
         else:
-            grid.voxel_um[i] = float(size) * factor
+            grid.voxel_um[i] = to_um(float(size), unit)
     grid.missing = f"OME-XML Pixels has no usable {', '.join(missing)} (z spacing / pixel size)" if missing else ""
     return grid
 
@@ -248,19 +233,19 @@ def _ome_grid(tif: tifffile.TiffFile, where: str) -> _Grid:
 def _imagej_grid(md: dict, page: tifffile.TiffPage, where: str) -> _Grid:
     grid = _Grid()
     unit = md.get("unit")
-    factors = {"x": _unit_um(unit, "ImageJ 'unit'", where)}
+    units = {"x": _length_unit(unit, "ImageJ 'unit'", where)}
     for axis in "yz":  # ImageJ writes yunit/zunit only where they differ from 'unit'
         key = f"{axis}unit"
-        factors[axis] = _unit_um(md[key], f"ImageJ {key!r}", where) if key in md else factors["x"]
+        units[axis] = _length_unit(md[key], f"ImageJ {key!r}", where) if key in md else units["x"]
     per_pixel = {"x": _pixel_size(page, "XResolution"), "y": _pixel_size(page, "YResolution"),
                  "z": float(md["spacing"]) if md.get("spacing") is not None else None}
     missing = []
     for i, axis in enumerate("zyx"):
-        size, factor = per_pixel[axis], factors[axis]
-        if size is None or factor is None or not size > 0:
+        size, axis_unit = per_pixel[axis], units[axis]
+        if size is None or axis_unit is None or not size > 0:
             missing.append(axis)
         else:
-            grid.voxel_um[i] = size * factor
+            grid.voxel_um[i] = to_um(size, axis_unit)
         grid.origin_vox[i] = -float(md.get(f"{axis}origin", 0.0))
     reasons = []
     if "z" in missing:
@@ -277,35 +262,33 @@ def _imagej_grid(md: dict, page: tifffile.TiffPage, where: str) -> _Grid:
 def _amira_grid(box: list[float], shape: tuple[int, int, int], box_units: str | None, where: str) -> _Grid:
     """Amira's ``BoundingBox x0 x1 y0 y1 z0 z1``: voxel-centre extents in an unrecorded unit."""
     grid = _Grid()
-    factor = None
+    unit = None
     if box_units is not None:
-        factor = UNIT_UM.get(box_units.strip().lower())
-        if factor is None:
-            raise FormatError(f"{where}: box_units={box_units!r} is not a length unit sxtlab knows "
-                              f"({', '.join(sorted(UNIT_UM))})")
+        unit = length_unit(box_units)
+        if unit is None:
+            raise FormatError(f"{where}: box_units={box_units!r} is not a length unit sxtlab knows ({KNOWN_UNITS})")
     lows = {"x": box[0], "y": box[2], "z": box[4]}
     spacing = {"x": (box[1] - box[0]), "y": (box[3] - box[2]), "z": (box[5] - box[4])}
     sizes = dict(zip("zyx", shape))
     found = {}
     for i, axis in enumerate("zyx"):
         n = sizes[axis]
-        # 12 significant digits drop the float noise of extent / (n - 1), as in ._amira
-        step = float(f"{spacing[axis] / (n - 1):.12g}") if n > 1 else 0.0
+        step = drop_float_noise(spacing[axis] / (n - 1)) if n > 1 else 0.0
         found[axis] = step
         grid.origin_vox[i] = lows[axis] / step if step > 0 else 0.0
-        if factor is not None and step > 0:
-            grid.voxel_um[i] = step * factor
+        if unit is not None and step > 0:
+            grid.voxel_um[i] = to_um(step, unit)
     grid.attrs = {"amira_bounding_box": box, "amira_box_spacing_zyx": [found[a] for a in "zyx"]}
     if box_units is not None:
         grid.attrs["amira_box_units"] = box_units
-    def triple(scale: float) -> str:
-        return ", ".join(f"{found[a] * scale:g}" for a in "zyx")
+    def triple(in_unit: str | None) -> str:
+        return ", ".join(f"{found[a] if in_unit is None else to_um(found[a], in_unit):g}" for a in "zyx")
 
     text = f"the Amira ImageDescription 'BoundingBox {' '.join(f'{v:g}' for v in box)}'"
     grid.missing = (
-        f"{text} gives a spacing (dz, dy, dx) = ({triple(1.0)}) in file units, which Amira does not record "
-        f"(in Å that would be ({triple(UNIT_UM['å'])}) µm, in nm ({triple(UNIT_UM['nm'])}) µm)"
-        if factor is None else
+        f"{text} gives a spacing (dz, dy, dx) = ({triple(None)}) in file units, which Amira does not record "
+        f"(in Å that would be ({triple('angstrom')}) µm, in nm ({triple('nanometer')}) µm)"
+        if unit is None else
         f"{text} gives no positive spacing along an axis (a single voxel, or an inverted box)"
     )
     return grid
@@ -313,12 +296,13 @@ def _amira_grid(box: list[float], shape: tuple[int, int, int], box_units: str | 
 
 def _plain_grid(page: tifffile.TiffPage) -> _Grid:
     grid = _Grid()
-    unit = page.tags.get("ResolutionUnit")
-    factor = {2: UNIT_UM["inch"], 3: UNIT_UM["cm"]}.get(int(unit.value) if unit is not None else 2)
+    tag_unit = page.tags.get("ResolutionUnit")
+    # TIFF ResolutionUnit: 1 none, 2 inch (the default), 3 centimetre
+    unit = {2: "inch", 3: "centimeter"}.get(int(tag_unit.value) if tag_unit is not None else 2)
     for i, tag in ((1, "YResolution"), (2, "XResolution")):
         size = _pixel_size(page, tag)
-        if size is not None and factor is not None:
-            grid.voxel_um[i] = size * factor
+        if size is not None and unit is not None:
+            grid.voxel_um[i] = to_um(size, unit)
     grid.missing = ("no z spacing: a plain TIFF records none (no ImageJ 'spacing', OME PhysicalSizeZ "
                     "or Amira BoundingBox)")
     return grid
@@ -377,11 +361,7 @@ def write(obj: xr.DataArray, path: Path) -> None:
     """
     obj, vs, origin = output_grid(obj, path)
     where = str(path)
-    data = obj.data
-    if isinstance(data, da.Array):
-        data = finite_checked(data, where)
-    else:
-        check_finite(np.asarray(data), where=where)
+    data = finite_checked(obj.data, where)
     store = storage_dtype(data, where, ("uint8", "uint16", "int16"), "float32", "an ImageJ TIFF")
     data = data.astype(store) if data.dtype != store else data
     md: dict[str, Any] = {"axes": "ZYX",
