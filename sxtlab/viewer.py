@@ -53,6 +53,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
+from ._figure import NotebookFigure
 from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, canonical_name, class_map, colour
 from .errors import FormatError
 from .volume import DIMS, check_same_grid
@@ -184,21 +185,6 @@ def _figsize(planes: Sequence[str], grid: _Grid) -> tuple[float, float]:
     single = len(planes) == 1
     scale = min((6.0 if single else 9.0) / sum(widths), (4.5 if single else 3.5) / height)
     return max(4.5, scale * sum(widths) + 0.8 * len(planes) + 1.1), max(3.0, scale * height + 2.0)
-
-
-class _Figure(Figure):
-    """A :class:`~matplotlib.figure.Figure` that shows itself as a cell's value in IPython.
-
-    Figures made without pyplot stay out of pyplot's registry (no leaks in loops, no
-    second copy at the end of a notebook cell), but IPython only knows how to draw a
-    Figure once pyplot's inline backend is active; ``_repr_png_`` covers the rest.
-    Where the inline backend is active its formatter takes precedence.
-    """
-
-    def _repr_png_(self) -> bytes:
-        buf = io.BytesIO()
-        self.savefig(buf, format="png")
-        return buf.getvalue()
 
 
 def _is_ortho(planes: Sequence[str]) -> bool:
@@ -536,7 +522,7 @@ def show_slices(
         layout = {p: (a, *_AXES[p]) for p, a in zip(planes, axes)}
     else:
         if fig is None:
-            fig = _Figure(figsize=_figsize(planes, grid), layout="constrained")
+            fig = NotebookFigure(figsize=_figsize(planes, grid), layout="constrained")
         layout = _layout(fig, planes, grid)
 
     slices = {p: _take(image, p, index[_NORMAL[p]]) for p in planes}
@@ -713,7 +699,7 @@ class SliceViewer:
                               for n in names}
         self.readout = widgets.Label()
 
-        self.figure = _Figure(layout="constrained", dpi=100)
+        self.figure = NotebookFigure(layout="constrained", dpi=100)
         if live:
             from ipympl.backend_nbagg import Canvas, FigureManager
 
