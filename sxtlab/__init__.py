@@ -13,6 +13,28 @@ from .errors import FormatError, OutputExistsError, SxtlabError, SxtlabWarning, 
 from .io import read_project, read_segmentation, read_volume, write_volume
 from .volume import label_volume, segmentation, volume
 
+# Submodules that pull in heavy libraries (torch, matplotlib, scikit-image) load on
+# first use, so that `import sxtlab` stays fast; `sxtlab.measure` etc. work as usual.
+_LAZY_SUBMODULES = {"cascade", "catalog", "measure", "metrics", "phantom", "plot", "stats", "task",
+                    "train", "unet", "viewer", "acquisition", "cli"}
+_LAZY_NAMES = {"Catalog": "catalog", "Task": "task", "CascadeModel": "cascade", "SliceViewer": "viewer",
+               "show_slices": "viewer"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY_NAMES[name]}"), name)
+    raise AttributeError(f"module 'sxtlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY_SUBMODULES | set(_LAZY_NAMES))
+
+
 try:
     __version__ = _version("sxtlab")
 except PackageNotFoundError:  # running from a source tree that was not installed
@@ -37,4 +59,6 @@ __all__ = [
     "segmentation",
     "volume",
     "write_volume",
+    *sorted(_LAZY_NAMES),
+    *sorted(_LAZY_SUBMODULES),
 ]
