@@ -1,0 +1,1033 @@
+"""Synthetic SXT cells with known truth, deterministic from a seed.
+
+:func:`cell` builds one cell: an irregular cell body in its medium, a nucleus with a
+nucleolus, vacuoles, lipid bodies, mitochondria (curved tubes) and, optionally,
+starch granules, each with a LAC drawn per cell from the literature ranges of
+:data:`sxtlab.classes.VOCABULARY` (sxtlab's DESIGN notes, after Henke et al. 1993
+and the SXT literature). The LAC image mixes classes by their partial volume at
+boundaries; the labels are the truth at voxel centres. An optional simulated
+acquisition (:mod:`sxtlab.acquisition`: tilt series, blur, photon noise,
+filtered back-projection) makes the image look like a reconstruction, and
+``gray=True`` hides the LAC behind a random gray-value calibration to be
+estimated. :func:`population` makes cells under conditions (e.g. two lipid
+contents) for tutorials and statistics.
+
+Every shape is drawn in physical units (µm) around the cell's centre, so the same
+seed gives the same physical cell on any voxel grid (anisotropic included) whose
+smallest extent is the same (the default cell radius follows that extent).
+
+Examples
+--------
+>>> from sxtlab import phantom
+>>> ds = phantom.cell(seed=3, shape=(64, 64, 64), voxel_size=0.05)
+>>> sorted(ds.data_vars)
+['instance_labels', 'labels', 'lac']
+>>> ds.labels.attrs["classes"]["5"]
+'lipid_body'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from scipy import ndimage
+from scipy.spatial import cKDTree
+from tqdm.auto import tqdm
+
+from .acquisition import Acquisition, simulate_acquisition
+from .calibration import Calibration
+from .classes import VOCABULARY
+from .volume import check_voxel_size, label_volume, segmentation, volume
+
+__all__ = [
+    "LABELS",
+    "GENERATOR_VERSION",
+    "Acquisition",
+    "simulate_acquisition",
+    "cell",
+    "population",
+]
+
+#: Label value of each class in phantom label volumes (0 is the medium).
+LABELS: dict[str, int] = {
+    "background": 0,
+    "cell": 1,
+    "nucleus": 2,
+    "nucleolus": 3,
+    "mitochondria": 4,
+    "lipid_body": 5,
+    "vacuole": 6,
+    "starch_granule": 7,
+}
+
+#: Version of the generator; bumped whenever a seed would give a different cell.
+GENERATOR_VERSION = "1.0"
+
+# -- geometry constants (µm unless stated), with their sources ----------------------
+#: Cell radius as a fraction of the smallest field-of-view extent, by default. With
+#: the surface's largest excursion (1 + _MAX_RELIEF) the cell keeps ≥ 9.7 % of the
+#: extent free on each side, room for the missing wedge's elongation along z.
+_DEFAULT_RADIUS_FRACTION = 0.36
+#: Largest relative relief of the cell surface (low-order harmonics) and the range of
+#: its ellipsoidal axis ratios: yeast and algal cells are near-ellipsoidal bodies.
+_MAX_RELIEF = 0.12
+_AXIS_RATIO = (0.82, 1.0)
+#: Smallest cell radius that leaves room for organelles of literature sizes.
+_MIN_CELL_RADIUS = 0.5
+#: Gaps kept between organelles and from the cell surface (membranes, cell wall).
+_GAP = 0.03
+_WALL = 0.08
+#: Nucleus radius relative to the cell's equivalent radius: the yeast nucleus is
+#: ~7–10 % of cell volume (Jorgensen et al. 2007, Mol Biol Cell 18:3523), i.e.
+#: 0.41–0.46 of the radius; with the nucleus's own axis ratios (0.85–1) we span
+#: 0.38–0.46 (4–9 % of the cell).
+_NUCLEUS_RADIUS = (0.38, 0.46)
+#: Nucleolus radius relative to the nucleus's smallest semi-axis.
+_NUCLEOLUS_RADIUS = (0.45, 0.60)
+#: Lipid-body diameters, 0.2–0.6 µm (sxtlab's specification; wild-type yeast lipid
+#: droplets are a few tenths of a µm across, Fei et al. 2008, J Cell Biol 180:473).
+_LIPID_DIAMETER = (0.2, 0.6)
+#: Lipid fraction drawn when none is asked (typical unstressed yeast, 1–6 %).
+_LIPID_FRACTION = (0.01, 0.06)
+#: Vacuole radius relative to the cell's equivalent radius, divided by the cube root
+#: of their number (one to three): 4–12 % of the cell as drawn, as in yeast; they
+#: shrink where the nucleus leaves less room (typically 3–6 % placed).
+_VACUOLE_RADIUS = (0.35, 0.50)
+#: Mitochondrial tubules: radius 0.11–0.16 µm (yeast tubules are about 0.3 µm
+#: across, Egner et al. 2002, PNAS 99:3370); segments 0.5–1.8 µm long, about 0.35
+#: per µm³ of cell (our choice, giving 2–8 % of the cell's volume).
+_MITO_RADIUS = (0.11, 0.16)
+_MITO_LENGTH = (0.5, 1.8)
+_MITO_DENSITY = 0.35
+_MITO_MIN_LENGTH = 0.3
+#: Mean radius of curvature of a mitochondrial tube's axis.
+_MITO_CURVATURE = (0.4, 1.2)
+#: Starch granules: lens-shaped ellipsoids, half-length 0.2–0.4 µm, middle and short
+#: axes 0.6–0.9 and 0.3–0.5 of it (algal granules are flattened lenses of around a
+#: micrometre; Buléon et al. 1998, Int J Biol Macromol 23:85), about 0.15 per µm³.
+_STARCH_HALF_LENGTH = (0.2, 0.4)
+_STARCH_DENSITY = 0.15
+#: Gray-value calibration of ``gray=True`` (a 16-bit-like range): scale in µm⁻¹ per
+#: gray unit and the gray value of LAC 0.
+_GRAY_SCALE = (2.0e-5, 4.0e-5)
+_GRAY_ZERO = (3000.0, 12000.0)
+#: Fraction of each literature LAC range kept clear at both ends when drawing a
+#: class's LAC, so that interior voxels lie inside the range with room to spare.
+_LAC_MARGIN = 0.1
+#: Contrast of the nucleus to the cytoplasm (µm⁻¹, either sign): low, as DESIGN notes.
+_NUCLEUS_CONTRAST = (0.015, 0.04)
+
+
+# -- small geometry helpers -----------------------------------------------------------
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random rotation matrix (QR of a Gaussian matrix, sign-fixed)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _unit_vectors(n: int) -> np.ndarray:
+    """``n`` nearly evenly spread unit vectors (Fibonacci sphere), shape (n, 3)."""
+    i = np.arange(n) + 0.5
+    cos_t = 1 - 2 * i / n
+    sin_t = np.sqrt(1 - cos_t ** 2)
+    phi = np.pi * (1 + 5 ** 0.5) * i
+    return np.stack([cos_t, sin_t * np.cos(phi), sin_t * np.sin(phi)], axis=1)
+
+
+def _polar(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Norms and unit directions of points (..., 3); the origin gets direction +z."""
+    norm = np.linalg.norm(p, axis=-1)
+    u = p / np.where(norm > 0, norm, 1.0)[..., None]
+    u[norm == 0] = (1.0, 0.0, 0.0)
+    return norm, u
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The voxel grid in µm relative to the cell centre (the field of view's centre)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+
+    @property
+    def centre_um(self) -> np.ndarray:
+        """Absolute position (µm, volume coords) of the cell centre."""
+        return np.array([(n - 1) / 2 * d for n, d in zip(self.shape, self.spacing)])
+
+    def box(self, lo: np.ndarray, hi: np.ndarray) -> tuple[tuple[slice, ...], list[np.ndarray]]:
+        """Voxel slices covering ``[lo, hi]`` (µm, relative) plus 2 voxels, and their
+        open-grid coordinates (broadcastable (z, 1, 1), (1, y, 1), (1, 1, x))."""
+        slices, coords = [], []
+        for axis, (n, d, c) in enumerate(zip(self.shape, self.spacing, self.centre_um)):
+            i0 = max(0, int(math.floor((c + lo[axis]) / d)) - 2)
+            i1 = min(n, int(math.ceil((c + hi[axis]) / d)) + 3)
+            slices.append(slice(i0, max(i0, i1)))
+            shape = [1, 1, 1]
+            shape[axis] = max(0, i1 - i0)
+            coords.append((np.arange(i0, max(i0, i1)) * d - c).reshape(shape))
+        return tuple(slices), coords
+
+
+class _CellBody:
+    """The cell's surface: a rotated ellipsoid with low-order harmonic relief.
+
+    ``r(u) = R0 · e(u) · (1 + p(u))`` along a unit direction ``u``, with ``e`` the
+    ellipsoid's radius for unit largest semi-axis and ``p`` a random sum of zonal
+    Legendre harmonics of degree 2–4 about random axes, scaled to a largest relief
+    drawn in (0.05, ``_MAX_RELIEF``).
+    """
+
+    def __init__(self, radius: float, rng: np.random.Generator) -> None:
+        self.radius = radius
+        rot = _random_rotation(rng)
+        ratios = np.array([1.0, *rng.uniform(*_AXIS_RATIO, size=2)])
+        self._metric = rot @ np.diag(1 / ratios ** 2) @ rot.T
+        n_terms = 6
+        self._degrees = rng.integers(2, 5, size=n_terms)
+        self._axes = _unit_vectors(n_terms) @ _random_rotation(rng).T
+        self._weights = rng.normal(size=n_terms) / self._degrees
+        relief = rng.uniform(0.05, _MAX_RELIEF)
+        self._weights *= relief / np.max(np.abs(self._relief(_unit_vectors(20000))))
+        self.max_radius = float(np.max(self.r(_unit_vectors(20000)))) * 1.01
+        # Distance to the surface. A Euclidean distance transform (EDT) on a grid of
+        # step s = R/32 (physical, independent of the voxel grid) brackets it: at a
+        # grid point the true distance D lies in [EDT − √3·s, EDT] (any ball of
+        # radius √3/2·s holds a grid point, so one lies outside within √3·s of the
+        # nearest surface point), and trilinear interpolation widens that by
+        # √3/2·s. Most tests are decided by the bracket; the few inside it are
+        # decided against surface samples 0.025 µm apart with a k-d tree (which
+        # alone would be slow: an interior point is nearly equidistant from much of
+        # a closed surface).
+        self._step = self.max_radius / 32
+        n = 34
+        axis = np.arange(-n, n + 1) * self._step
+        pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+        self._edt = ndimage.distance_transform_edt(self.inside(pts), sampling=self._step)
+        self._edt_origin = -n * self._step
+        # Grid points by decreasing distance: those allowing a clearance are a prefix.
+        self._order = np.argsort(-self._edt, axis=None)
+        self._sorted = -self._edt.ravel()[self._order]
+        m = int(np.clip(4 * np.pi * self.max_radius ** 2 / 0.025 ** 2, 4000, 400000))
+        u = _unit_vectors(m)
+        self._surface = cKDTree(u * self.r(u)[:, None])
+
+    def _relief(self, u: np.ndarray) -> np.ndarray:
+        out = np.zeros(u.shape[:-1])
+        for degree, poly in ((2, lambda t, t2: 0.5 * (3 * t2 - 1)),
+                             (3, lambda t, t2: 0.5 * t * (5 * t2 - 3)),
+                             (4, lambda t, t2: (35 * t2 * t2 - 30 * t2 + 3) / 8)):
+            terms = self._degrees == degree
+            if terms.any():
+                t = u @ self._axes[terms].T  # cosines to the harmonics' axes
+                out += poly(t, t * t) @ self._weights[terms]  # Legendre P_degree
+        return out
+
+    def r(self, u: np.ndarray) -> np.ndarray:
+        """Surface radius (µm) along unit directions ``u`` (..., 3)."""
+        e = 1 / np.sqrt(((u @ self._metric) * u).sum(axis=-1))
+        return self.radius * e * (1 + self._relief(u))
+
+    def volume(self) -> float:
+        """Exact volume ``∮ r³/3 dΩ`` (µm³) by Gauss–Legendre × trapezoid quadrature."""
+        mu, wmu = np.polynomial.legendre.leggauss(128)
+        phi = np.linspace(0, 2 * np.pi, 256, endpoint=False)
+        s = np.sqrt(1 - mu ** 2)[:, None]
+        u = np.stack([np.broadcast_to(mu[:, None], (128, 256)), s * np.cos(phi), s * np.sin(phi)], axis=-1)
+        return float(np.sum(wmu[:, None] * self.r(u) ** 3 / 3) * (2 * np.pi / 256))
+
+    def inside(self, p: np.ndarray) -> np.ndarray:
+        """Whether points ``p`` (..., 3) lie inside the surface."""
+        norm, u = _polar(p)
+        return norm < self.r(u)
+
+    def clear(self, p: np.ndarray, distance: np.ndarray) -> np.ndarray:
+        """Whether points ``p`` (n, 3) lie inside, at least ``distance`` (n,) µm from
+        the surface (to within the 0.025 µm spacing of the surface samples)."""
+        s = self._step
+        est = ndimage.map_coordinates(self._edt, ((p - self._edt_origin) / s).T, order=1, cval=0.0)
+        inside = self.inside(p)
+        ok = inside & (est - 1.5 * math.sqrt(3) * s >= distance)
+        unsure = np.flatnonzero(inside & ~ok & (est + math.sqrt(3) / 2 * s >= distance))
+        if unsure.size:
+            dist, _ = self._surface.query(p[unsure], distance_upper_bound=float(np.max(distance[unsure])))
+            ok[unsure] = dist >= distance[unsure]
+        return ok
+
+    def random_points(self, n: int, rng: np.random.Generator, clearance: float) -> np.ndarray:
+        """``n`` random points (n, 3) spread evenly over the grid cells whose distance
+        bracket allows ``clearance`` µm (a superset of where it holds); (0, 3) if
+        none does."""
+        count = int(np.searchsorted(self._sorted, -(clearance - math.sqrt(3) / 2 * self._step), side="right"))
+        if count == 0:
+            return np.zeros((0, 3))
+        flat = self._order[rng.integers(0, count, size=n)]
+        pick = np.stack(np.unravel_index(flat, self._edt.shape), axis=1)
+        return self._edt_origin + (pick + rng.uniform(-0.5, 0.5, size=(n, 3))) * self._step
+
+    def implicit(self, coords: list[np.ndarray]) -> np.ndarray:
+        """``|x| − r(x/|x|)`` at (z, y, x) (µm, broadcastable): negative inside,
+        ≈ signed distance. Computed in slabs along the first axis to bound memory."""
+        shape = np.broadcast_shapes(*(c.shape for c in coords))
+        out = np.empty(shape)
+        rows = max(1, 2 ** 20 // max(1, int(np.prod(shape[1:]))))
+        for s in range(0, shape[0], rows):
+            part = [np.broadcast_to(c, shape)[s:s + rows] for c in coords]
+            norm, u = _polar(np.stack(part, axis=-1))
+            out[s:s + rows] = norm - self.r(u)
+        return out
+
+
+@dataclass
+class _Ellipsoid:
+    """An ellipsoid (sphere when the semi-axes are equal), relative to the cell centre."""
+
+    label: str
+    centre: np.ndarray
+    semi_axes: np.ndarray
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    @property
+    def volume(self) -> float:
+        return float(4 / 3 * np.pi * np.prod(self.semi_axes))
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        half = np.sqrt(((self.rotation * self.semi_axes[None, :]) ** 2).sum(axis=1))
+        return self.centre - half, self.centre + half
+
+    def cover(self) -> tuple[np.ndarray, np.ndarray]:
+        """Spheres (centres (k, 3), radii (k,)) whose union contains the ellipsoid.
+
+        Along the longest axis ``a``, segment ``m`` of width ``δ`` is covered by a
+        sphere through the widest cross-section it holds (radius ``b·√(1 − t²/a²)``
+        with ``b`` the middle semi-axis).
+        """
+        order = np.argsort(self.semi_axes)[::-1]
+        a, b = self.semi_axes[order[0]], self.semi_axes[order[1]]
+        axis = self.rotation[:, order[0]]
+        if a < 1.5 * b:  # near-round: one sphere of the longest semi-axis is tighter
+            return self.centre[None, :].copy(), np.array([a])
+        k = int(math.ceil(a / b))
+        delta = 2 * a / k
+        t = -a + delta * (np.arange(k) + 0.5)
+        inner = np.maximum(np.abs(t) - delta / 2, 0.0)
+        radii = np.sqrt((delta / 2) ** 2 + b ** 2 * (1 - inner ** 2 / a ** 2))
+        return self.centre + t[:, None] * axis[None, :], radii
+
+    def surface_points(self, n: int = 400) -> np.ndarray:
+        return self.centre + (_unit_vectors(n) * self.semi_axes) @ self.rotation.T
+
+    def implicit(self, coords: list[np.ndarray]) -> np.ndarray:
+        """``q − 1`` with ``q`` the ellipsoidal norm of (z, y, x) (µm, broadcastable):
+        negative inside."""
+        d = [c - o for c, o in zip(coords, self.centre)]
+        local = [sum(self.rotation[j, i] * d[j] for j in range(3)) / self.semi_axes[i] for i in range(3)]
+        return np.sqrt(local[0] ** 2 + local[1] ** 2 + local[2] ** 2) - 1
+
+    def record(self, origin: np.ndarray) -> dict[str, Any]:
+        return {"class": self.label, "centre_um": (origin + self.centre).round(4).tolist(),
+                "semi_axes_um": np.round(self.semi_axes, 4).tolist(), "volume_um3": self.volume}
+
+
+@dataclass
+class _Tube:
+    """A tube of radius ``radius`` swept along a polyline axis (n, 3), round ends."""
+
+    label: str
+    axis: np.ndarray
+    radius: float
+
+    @property
+    def length(self) -> float:
+        return float(np.linalg.norm(np.diff(self.axis, axis=0), axis=1).sum())
+
+    @property
+    def volume(self) -> float:
+        # Pappus: πr²L for the swept disc (exact while the axis's radius of curvature
+        # exceeds r, which the walk enforces) plus the two hemispherical ends.
+        return float(np.pi * self.radius ** 2 * self.length + 4 / 3 * np.pi * self.radius ** 3)
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.axis.min(axis=0) - self.radius, self.axis.max(axis=0) + self.radius
+
+    def implicit(self, coords: list[np.ndarray]) -> np.ndarray:
+        """Distance to the axis (a polyline) minus the radius at (z, y, x) (µm,
+        broadcastable): negative inside; capped at 0.2 µm outside."""
+        z, y, x = np.broadcast_arrays(*coords)
+        p = np.stack([z.ravel(), y.ravel(), x.ravel()], axis=1)
+        n_seg = len(self.axis) - 1
+        step = float(np.max(np.linalg.norm(np.diff(self.axis, axis=0), axis=1)))
+        far = self.radius + 0.2
+        # The nearest point of the axis lies on a segment next to one of the nearest
+        # vertices: segments are short (r/2) and the walk never comes back within
+        # 2r of its earlier course, so 4 vertices leave a wide margin.
+        k = min(4, len(self.axis))
+        dist, vert = cKDTree(self.axis).query(p, k=k, distance_upper_bound=far + step)
+        near = np.flatnonzero(np.isfinite(dist[:, 0]))
+        out = np.full(len(p), far)
+        if near.size:
+            v = np.where(np.isfinite(dist[near]), vert[near], vert[near, :1])
+            segs = np.clip(np.concatenate([v - 1, v], axis=1), 0, n_seg - 1)  # (n, 2k)
+            a, seg = self.axis[segs], self.axis[segs + 1] - self.axis[segs]
+            rel = p[near, None, :] - a
+            t = np.clip((rel * seg).sum(axis=-1) / np.maximum((seg * seg).sum(axis=-1), 1e-18), 0.0, 1.0)
+            d = np.sqrt(((rel - t[..., None] * seg) ** 2).sum(axis=-1).min(axis=1))
+            out[near] = np.minimum(d, far)
+        return (out - self.radius).reshape(z.shape)
+
+    def record(self, origin: np.ndarray) -> dict[str, Any]:
+        return {"class": self.label, "centre_um": (origin + self.axis.mean(axis=0)).round(4).tolist(),
+                "length_um": round(self.length, 4), "radius_um": round(self.radius, 4),
+                "volume_um3": self.volume}
+
+
+class _Packer:
+    """Places organelles inside the cell body without overlaps.
+
+    Each placed organelle is represented by covering spheres; a new one must keep
+    ``_WALL`` from the cell surface and ``_GAP`` from every covering sphere.
+    """
+
+    def __init__(self, body: _CellBody) -> None:
+        self.body = body
+        self.centres = np.zeros((0, 3))
+        self.radii = np.zeros(0)
+
+    def add(self, centres: np.ndarray, radii: np.ndarray) -> None:
+        self.centres = np.concatenate([self.centres, centres.reshape(-1, 3)])
+        self.radii = np.concatenate([self.radii, np.ravel(radii)])
+
+    def apart(self, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+        """Whether spheres (…, 3)/(…) keep ``_GAP`` from every placed sphere."""
+        flat_c, flat_r = centres.reshape(-1, 3), radii.reshape(-1)
+        ok = np.ones(flat_r.shape, bool)
+        for s in range(0, flat_c.shape[0] if self.radii.size else 0, 2048):
+            d = np.linalg.norm(flat_c[s:s + 2048, None, :] - self.centres[None, :, :], axis=-1)
+            ok[s:s + 2048] = (d - flat_r[s:s + 2048, None] - self.radii[None, :]).min(axis=1) >= _GAP
+        return ok.reshape(radii.shape)
+
+    def free(self, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+        """Whether spheres (n, 3)/(n,) keep clear of the wall and of all placed ones."""
+        ok = self.apart(centres, radii)
+        ok[ok] = self.body.clear(centres[ok], radii[ok] + _WALL)
+        return ok
+
+    def place(self, offsets: np.ndarray, radii: np.ndarray, rng: np.random.Generator,
+              tries: int = 12) -> np.ndarray | None:
+        """A random free position for an object covered by spheres at ``offsets``
+        (k, 3) from its centre with ``radii`` (k,); ``None`` if none is found."""
+        batch = 32
+        for _ in range(tries):
+            centres = self.body.random_points(batch, rng, float(np.min(radii)) + _WALL)
+            if not len(centres):
+                return None
+            spheres = centres[:, None, :] + offsets[None]
+            rr = np.broadcast_to(radii, (len(centres), len(radii)))
+            candidates = np.flatnonzero(self.apart(spheres, rr).all(axis=1))
+            # The wall test may need the exact (slower) check: run it on a few
+            # candidates at a time, in order, until one passes (at most 64 a batch).
+            for s in range(0, min(candidates.size, 64), 16):
+                idx = candidates[s:s + 16]
+                ok = self.body.clear(spheres[idx].reshape(-1, 3), (rr[idx] + _WALL).ravel())
+                ok = ok.reshape(len(idx), -1).all(axis=1)
+                if ok.any():
+                    return centres[idx[np.argmax(ok)]]
+            batch = min(4 * batch, 2048)
+        return None
+
+
+def _partial_volume(implicit: Callable[[list[np.ndarray]], np.ndarray], coords: list[np.ndarray],
+                    spacing: Sequence[float], sub: int | None = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A shape's implicit function on a box of voxels and each voxel's fraction inside.
+
+    With ``sub``, the fraction is the share of ``sub³`` evenly spread points of the
+    voxel where the implicit function is negative (a box-filtered indicator, so
+    volumes are kept; 3³ points keep a sphere 2 voxels in radius within ~1 %).
+    Only voxels the surface may cross are supersampled: those where ``|g|`` is below
+    0.75 of its variation across the voxel, ``h = Σ|∂g/∂x_i|Δ_i`` (a plane crosses
+    where ``|g| < h/2``; the rest is room for curvature). With ``sub=None`` the fraction is
+    the linear ramp ``clip(0.5 − g/h, 0, 1)``, exact for a plane; on a sphere of
+    radius R it adds ``(h/2R)²`` of the volume (0.03 % for a 2 µm cell at 40 nm,
+    but 4 % for a lipid body 4 voxels in radius), so it serves large bodies only.
+
+    Returns
+    -------
+    g : ndarray
+        The implicit function at the voxel centres (negative inside).
+    fraction : ndarray of float32
+        Volume fraction inside, in [0, 1].
+    """
+    g = implicit(coords)
+    grads = np.gradient(g, *spacing)
+    reach = sum(np.abs(gr) * d for gr, d in zip(grads, spacing))
+    if sub is None:
+        return g, np.clip(0.5 - g / np.maximum(reach, 1e-12), 0, 1).astype(np.float32)
+    frac = (g < 0).astype(np.float32)
+    band = np.nonzero(np.abs(g) < 0.75 * reach)
+    if band[0].size:
+        centres = np.stack([np.broadcast_to(c, g.shape)[band] for c in coords], axis=1)
+        steps = [((np.arange(sub) + 0.5) / sub - 0.5) * d for d in spacing]
+        offsets = np.stack(np.meshgrid(*steps, indexing="ij"), axis=-1).reshape(-1, 3)
+        inside = np.empty(len(centres), np.float32)
+        chunk = max(1, 2 ** 18 // len(offsets))
+        for s in range(0, len(centres), chunk):
+            pts = centres[s:s + chunk, None, :] + offsets[None]
+            inside[s:s + chunk] = (implicit([pts[..., 0], pts[..., 1], pts[..., 2]]) < 0).mean(axis=1)
+        frac[band] = inside
+    return g, frac
+
+
+# -- organelles -------------------------------------------------------------------------
+
+def _nucleus(body: _CellBody, r_eff: float, rng: np.random.Generator) -> tuple[_Ellipsoid, _Ellipsoid]:
+    """The nucleus (a near-round ellipsoid) and its nucleolus (a sphere inside it)."""
+    radius = r_eff * rng.uniform(*_NUCLEUS_RADIUS)
+    semi = radius * np.array([1.0, *rng.uniform(0.85, 1.0, size=2)])
+    rot = _random_rotation(rng)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    # Off-centre, leaving room for a vacuole beside it as in yeast, but no closer to
+    # the wall than it allows (halving the offset up to 8 times, then centred: a
+    # centred nucleus always fits, its radius being < 0.46 of the cell's).
+    offset = rng.uniform(0.15, 0.45) * r_eff
+    nucleus = _Ellipsoid("nucleus", np.zeros(3), semi, rot)
+    for _ in range(8):
+        nucleus.centre = direction * offset
+        points = nucleus.surface_points()
+        if body.clear(points, np.full(len(points), _WALL)).all():
+            break
+        offset /= 2
+    else:
+        nucleus.centre = np.zeros(3)
+    # The nucleolus sits eccentrically inside the sphere inscribed in the nucleus.
+    inner = semi.min()
+    r_nl = inner * rng.uniform(*_NUCLEOLUS_RADIUS)
+    d = rng.normal(size=3)
+    d /= np.linalg.norm(d)
+    shift = rng.uniform(0.3, 1.0) * (inner - r_nl - _GAP)
+    nucleolus = _Ellipsoid("nucleolus", nucleus.centre + shift * d, np.full(3, r_nl))
+    return nucleus, nucleolus
+
+
+def _place_ellipsoids(packer: _Packer, label: str, semi_axes: list[np.ndarray],
+                      rng: np.random.Generator) -> list[_Ellipsoid]:
+    """Place ellipsoids largest first; one that finds no room is retried up to 4
+    times at 0.85 × its size, then left out."""
+    placed = []
+    for semi in sorted(semi_axes, key=lambda s: -float(np.prod(s))):
+        shape = _Ellipsoid(label, np.zeros(3), np.asarray(semi, float), _random_rotation(rng))
+        for _ in range(5):
+            offsets, radii = shape.cover()  # about the origin: the centre is still 0
+            centre = packer.place(offsets, radii, rng)
+            if centre is not None:
+                shape.centre = centre
+                packer.add(offsets + centre, radii)
+                placed.append(shape)
+                break
+            shape.semi_axes = shape.semi_axes * 0.85
+    return placed
+
+
+def _place_lipids(packer: _Packer, radii: list[float], rng: np.random.Generator) -> list[_Ellipsoid]:
+    """Place lipid bodies of the given radii, largest first; one that finds no room is
+    split into two of half its volume (the total is kept) while they stay ≥ 0.2 µm
+    across. Once a body finds no room, the rest of its size or larger are not tried
+    (packing only gets harder), which keeps a hopeless request short.
+
+    Raises
+    ------
+    ValueError
+        If a body would have to split below 0.2 µm across.
+    """
+    placed: list[_Ellipsoid] = []
+    todo = sorted(radii, reverse=True)
+    while todo:
+        failed: list[float] = []
+        for r in todo:
+            if failed and r >= 0.98 * min(failed):
+                failed.append(r)
+                continue
+            shape = _Ellipsoid("lipid_body", np.zeros(3), np.full(3, r))
+            offsets, cover = shape.cover()
+            centre = packer.place(offsets, cover, rng)
+            if centre is None:
+                failed.append(r)
+                continue
+            shape.centre = centre
+            packer.add(offsets + centre, cover)
+            placed.append(shape)
+        todo = sorted((r / 2 ** (1 / 3) for r in failed for _ in range(2)), reverse=True)
+        if todo and todo[-1] < _LIPID_DIAMETER[0] / 2:
+            lost = sum(4 / 3 * np.pi * r ** 3 for r in todo)
+            raise ValueError(
+                f"lipid bodies of {lost:.3g} µm³ find no room in this cell even as bodies 0.2 µm "
+                "across; use a lower lipid_fraction (0.1 fits even a cell 0.85 µm in radius)"
+            )
+    return placed
+
+
+def _lipid_radii(target_um3: float, rng: np.random.Generator) -> list[float]:
+    """Radii (µm) of lipid bodies, diameters in ``_LIPID_DIAMETER``, summing exactly
+    to ``target_um3`` (the last one takes the remainder when it is in range)."""
+    r_min, r_max = _LIPID_DIAMETER[0] / 2, _LIPID_DIAMETER[1] / 2
+    sphere = lambda r: 4 / 3 * np.pi * r ** 3  # noqa: E731
+    radii: list[float] = []
+    total = 0.0
+    while total < target_um3:
+        r = rng.uniform(r_min, r_max)
+        if total + sphere(r) >= target_um3:
+            rest = (3 * (target_um3 - total) / (4 * np.pi)) ** (1 / 3)
+            if rest >= r_min or not radii:
+                radii.append(float(rest))
+            else:
+                # Too little left for a body of its own: grow the others to absorb it.
+                grow = (target_um3 / total) ** (1 / 3)
+                radii = [min(r_max, q * grow) for q in radii]
+            break
+        radii.append(float(r))
+        total += sphere(r)
+    return radii
+
+
+def _mitochondria(packer: _Packer, n: int, r_eff: float, rng: np.random.Generator) -> list[_Tube]:
+    """Tubes along persistent random walks grown from a free start point in both
+    directions, each step clear of the wall, other organelles and the tube's own
+    earlier course; a walk ends where it meets an obstacle. A tube shorter than
+    0.3 µm after 12 starts is left out."""
+    tubes = []
+    for _ in range(n):
+        radius = rng.uniform(*_MITO_RADIUS)
+        length = min(rng.uniform(*_MITO_LENGTH), 1.5 * r_eff)
+        curvature = rng.uniform(*_MITO_CURVATURE)
+        step = radius / 2
+        cover = math.hypot(radius, step / 2)  # a sphere at each point covers its segment
+        # Largest turn per step keeps the axis's radius of curvature ≥ 1.5 r, so the
+        # swept tube never folds onto itself (and Pappus's volume holds).
+        max_turn = step / (1.5 * radius)
+        kappa = step / curvature / math.sqrt(2)
+        skip = int(math.ceil((2 * cover + _GAP) / step)) + 1
+        n_steps = int(length / step)
+
+        def grow(points: list[np.ndarray], direction: np.ndarray) -> None:
+            """Extend ``points`` (in place) from its last point, up to ``n_steps`` in all."""
+            while len(points) <= n_steps:
+                for retry in range(10):
+                    new_dir = direction + kappa * (1 + retry) * rng.normal(size=3)
+                    new_dir /= np.linalg.norm(new_dir)
+                    if math.acos(float(np.clip(new_dir @ direction, -1, 1))) > max_turn:
+                        # Turn only max_turn towards the drawn direction.
+                        perp = new_dir - (new_dir @ direction) * direction
+                        perp /= np.linalg.norm(perp)
+                        new_dir = math.cos(max_turn) * direction + math.sin(max_turn) * perp
+                    p = points[-1] + step * new_dir
+                    if len(points) > skip and np.min(np.linalg.norm(np.asarray(points[:-skip]) - p, axis=1)) \
+                            < 2 * cover + _GAP:
+                        continue
+                    if packer.free(p[None], np.array([cover]))[0]:
+                        points.append(p)
+                        direction = new_dir
+                        break
+                else:
+                    return
+
+        best: list[np.ndarray] = []
+        for _attempt in range(12):
+            start = packer.place(np.zeros((1, 3)), np.array([cover]), rng)
+            if start is None:
+                break
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            points = [start]
+            grow(points, direction)
+            if len(points) <= n_steps:  # blocked: grow on from the other end
+                points.reverse()
+                back = points[-1] - points[-2] if len(points) > 1 else -direction
+                grow(points, back / np.linalg.norm(back))
+            if len(points) > len(best):
+                best = points
+            if len(points) > 0.8 * n_steps:
+                break
+        if (len(best) - 1) * step >= _MITO_MIN_LENGTH:
+            axis = np.asarray(best)
+            packer.add(axis, np.full(len(axis), cover))
+            tubes.append(_Tube("mitochondria", axis, float(radius)))
+    return tubes
+
+
+# -- LAC values -------------------------------------------------------------------------
+
+def _draw_lac(rng: np.random.Generator) -> dict[str, float]:
+    """One LAC (µm⁻¹) per class from the inner part of its literature range."""
+    out = {}
+    for name in LABELS:
+        lo, hi = VOCABULARY[name].lac_range_per_um
+        pad = _LAC_MARGIN * (hi - lo)
+        out[name] = float(rng.uniform(lo + pad, hi - pad))
+    # The nucleus differs little from the cytoplasm (DESIGN notes), but must differ:
+    # a contrast of 0.015–0.04 µm⁻¹ of random sign, flipped if it leaves the range.
+    lo, hi = VOCABULARY["nucleus"].lac_range_per_um
+    contrast = rng.uniform(*_NUCLEUS_CONTRAST) * rng.choice([-1.0, 1.0])
+    value = out["cell"] + contrast
+    out["nucleus"] = float(value if lo <= value <= hi else out["cell"] - contrast)
+    return out
+
+
+# -- the public API ---------------------------------------------------------------------
+
+def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(n) for n in shape)
+        exact = all(int(n) == n for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be 3 integers (z, y, x), got {shape!r}") from None
+    if len(values) != 3 or not exact or min(values) < 16:
+        raise ValueError(f"shape must be 3 integers (z, y, x), each >= 16, got {tuple(shape)!r}")
+    return values  # type: ignore[return-value]
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def cell(
+    seed: int = 0,
+    shape: Sequence[int] = (128, 128, 128),
+    voxel_size: float | Sequence[float] = 0.04,
+    *,
+    lipid_fraction: float | None = None,
+    starch: bool = False,
+    acquisition: Acquisition | bool | None = None,
+    gray: bool = False,
+    cell_radius_um: float | None = None,
+) -> xr.Dataset:
+    """A synthetic SXT cell with its true labels, deterministic from ``seed``.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed; the same seed and arguments give identical arrays.
+    shape : (nz, ny, nx)
+        Voxels per axis, each ≥ 16.
+    voxel_size : float or (dz, dy, dx)
+        Voxel size in µm (SXT: 0.025–0.06); anisotropic allowed.
+    lipid_fraction : float in [0, 0.5], optional
+        Volume fraction of the cell occupied by lipid bodies (0.2–0.6 µm across),
+        met exactly. ``None``: drawn in [0.01, 0.06]. A body that finds no room is
+        split in two of the same total volume, down to 0.2 µm across; beyond that
+        ``ValueError`` is raised. About 0.1 fits a cell 0.85 µm in radius, 0.25 one
+        of 1.8 µm (the default at 128³ × 40 nm).
+    starch : bool
+        Add starch granules (lens-shaped ellipsoids), as in algae.
+    acquisition : Acquisition or bool, optional
+        Simulate a tilt series and its reconstruction (:mod:`sxtlab.acquisition`);
+        ``True`` uses ``Acquisition()``. The noise seed, unless the Acquisition
+        sets one, derives from ``seed``.
+    gray : bool
+        Return gray values ``(LAC − offset) / scale`` of a random 16-bit-like
+        calibration instead of LAC; the truth is in ``ds.attrs["true_lac_scale"]``
+        and ``["true_lac_offset"]``, not on the image (it is to be estimated).
+    cell_radius_um : float, optional
+        Nominal (largest) radius of the cell, µm; default 0.36 × the smallest
+        extent of the field of view. The surface lies within 0.7–1.12 of it.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``lac`` (z, y, x) float32: LAC in µm⁻¹ (units ``"1/um"``), or gray values
+        (units ``"gray"``) with ``gray=True``; partial-volume mixing at boundaries
+        and, with an acquisition, the reconstruction's blur, noise and missing wedge.
+        ``labels`` (z, y, x) uint8: :data:`LABELS` values at voxel centres, with a
+        ``classes`` attr naming 1–6 (and 7 with ``starch``). ``instance_labels``
+        (z, y, x) uint16: each organelle's id (``attrs["instances"][id − 1]``
+        describes it), 0 in cytoplasm and medium; touching instances stay apart
+        here even where their labels merge. ``lac_true``: the
+        noise-free partial-volume LAC (µm⁻¹), present when ``lac`` differs from it
+        (acquisition or gray). attrs: ``generator``, ``generator_version``, ``seed``,
+        ``cell_id``, ``cell_radius_um``, ``cell_volume_um3``,
+        ``class_lac_per_um`` (the drawn LAC of each class), ``class_volume_um3``
+        (exact volumes of the analytic shapes, exclusive as the labels are: the
+        nucleus without its nucleolus, ``cell`` the cytoplasm), ``instance_counts``,
+        ``instances`` (class, centre and size of each organelle),
+        ``lipid_fraction`` (achieved, analytic) and ``lipid_fraction_target``,
+        ``acquisition`` (parameters or ``None``) and, with ``gray``,
+        ``true_lac_scale`` / ``true_lac_offset``.
+
+    Raises
+    ------
+    ValueError
+        If ``shape`` is not three integers ≥ 16, the voxel size is not positive
+        (:class:`sxtlab.FormatError`), ``lipid_fraction`` is outside [0, 0.5] or
+        cannot be packed, or the cell radius does not fit the field of view with
+        its margin or is below 0.5 µm.
+
+    Notes
+    -----
+    Classes and their LAC ranges come from :data:`sxtlab.classes.VOCABULARY` (the
+    DESIGN notes' literature ranges); each cell draws one value per class from the
+    inner 80 % of its range, the nucleus 0.015–0.04 µm⁻¹ off the cytoplasm.
+
+    Organelles are placed in this order, each clear of the others by 0.03 µm and of
+    the cell surface by 0.08 µm: nucleus (off-centre, with its nucleolus inside),
+    vacuoles, lipid bodies, mitochondria (persistent random walks that stop at
+    obstacles), starch granules. Vacuoles and starch granules that find no room
+    shrink, then are left out, as are mitochondria shorter than 0.3 µm;
+    ``instance_counts`` says what was placed.
+
+    The partial volume of an organelle's voxel is supersampled (3³ points where its
+    surface may cross), which keeps each object's LAC integral to < 1 % of its
+    analytic volume; the cell body, much larger than a voxel, uses the linear ramp
+    of its implicit function (see ``_partial_volume``). Each class mixes only into
+    its container (organelle into cytoplasm, nucleolus into nucleus).
+
+    Examples
+    --------
+    >>> ds = cell(seed=0, shape=(64, 64, 64), voxel_size=0.05, lipid_fraction=0.05)
+    >>> round(ds.attrs["lipid_fraction"], 3)
+    0.05
+    >>> int((ds.labels == LABELS["nucleolus"]).sum()) > 0
+    True
+    """
+    seed = _check_seed(seed)
+    grid_shape = _check_shape(shape)
+    spacing = check_voxel_size(voxel_size, where="voxel_size")
+    if lipid_fraction is not None and not (np.isfinite(lipid_fraction) and 0 <= lipid_fraction <= 0.5):
+        raise ValueError(f"lipid_fraction must be in [0, 0.5], got {lipid_fraction!r}")
+    if acquisition is True:
+        acquisition = Acquisition()
+    elif acquisition is False:
+        acquisition = None
+    if acquisition is not None and not isinstance(acquisition, Acquisition):
+        raise TypeError(
+            f"acquisition must be an Acquisition, a bool or None, got {type(acquisition).__name__}"
+        )
+    extent = min(n * d for n, d in zip(grid_shape, spacing))
+    if cell_radius_um is None:
+        cell_radius_um = _DEFAULT_RADIUS_FRACTION * extent
+    # Keep the cell's furthest point ≥ 5 % of the extent (and 2 voxels) from each face.
+    margin = max(0.05 * extent, 2 * max(spacing))
+    largest = (0.5 * extent - margin) / (1 + _MAX_RELIEF)
+    if not (np.isfinite(cell_radius_um) and _MIN_CELL_RADIUS <= cell_radius_um <= largest):
+        raise ValueError(
+            f"cell_radius_um must be in [{_MIN_CELL_RADIUS}, {largest:.3g}] µm for shape {grid_shape} "
+            f"at voxel size {spacing} µm (the cell with its relief must fit the smallest extent, "
+            f"{extent:.3g} µm, with a margin), got {cell_radius_um!r}; change shape or voxel_size"
+        )
+
+    streams = dict(zip(
+        ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray"],
+        np.random.SeedSequence(seed).spawn(9),
+    ))
+    rngs = {k: np.random.default_rng(s) for k, s in streams.items()}
+    grid = _Grid(grid_shape, spacing)
+    body = _CellBody(float(cell_radius_um), rngs["body"])
+    v_cell = body.volume()
+    r_eff = (3 * v_cell / (4 * np.pi)) ** (1 / 3)
+    lac_of = _draw_lac(rngs["lac"])
+
+    packer = _Packer(body)
+    nucleus, nucleolus = _nucleus(body, r_eff, rngs["nucleus"])
+    packer.add(*nucleus.cover())
+
+    rng = rngs["vacuole"]
+    n_vac = int(rng.integers(1, 4))
+    vac_axes = [r_eff * rng.uniform(*_VACUOLE_RADIUS) / n_vac ** (1 / 3)
+                * np.array([1.0, *rng.uniform(0.8, 1.0, size=2)]) for _ in range(n_vac)]
+    vacuoles = _place_ellipsoids(packer, "vacuole", vac_axes, rng)
+
+    rng = rngs["lipid"]
+    target = float(rng.uniform(*_LIPID_FRACTION)) if lipid_fraction is None else float(lipid_fraction)
+    lipid_radii = _lipid_radii(target * v_cell, rng)
+    try:
+        lipids = _place_lipids(packer, lipid_radii, rng)
+    except ValueError as err:
+        raise ValueError(f"lipid_fraction={target:g} does not fit: {err}") from None
+
+    rng = rngs["mito"]
+    n_mito = max(1, int(rng.poisson(min(_MITO_DENSITY * v_cell, 60.0))))
+    mitos = _mitochondria(packer, n_mito, r_eff, rng)
+
+    granules: list[_Ellipsoid] = []
+    if starch:
+        rng = rngs["starch"]
+        n_starch = max(1, int(rng.poisson(_STARCH_DENSITY * v_cell)))
+        starch_axes = []
+        for _ in range(n_starch):
+            a = rng.uniform(*_STARCH_HALF_LENGTH)
+            starch_axes.append(a * np.array([1.0, rng.uniform(0.6, 0.9), rng.uniform(0.3, 0.5)]))
+        granules = _place_ellipsoids(packer, "starch_granule", starch_axes, rng)
+
+    # -- rasterise: labels at voxel centres, LAC by partial volume ----------------------
+    labels = np.zeros(grid_shape, np.uint8)
+    instance_labels = np.zeros(grid_shape, np.uint16)
+    lac = np.full(grid_shape, lac_of["background"], np.float32)
+    bb, coords = grid.box(np.full(3, -body.max_radius), np.full(3, body.max_radius))
+    g, f = _partial_volume(body.implicit, coords, spacing, sub=None)  # R ≫ voxel: a ramp will do
+    f_cell = np.zeros(grid_shape, np.float32)
+    f_cell[bb] = f
+    labels[bb][g < 0] = LABELS["cell"]
+    lac += f_cell * np.float32(lac_of["cell"] - lac_of["background"])
+
+    def paint(shape: _Ellipsoid | _Tube, instance: int, base: str, within: _Ellipsoid | None = None) -> None:
+        sl, cs = grid.box(*shape.bounds())
+        g_s, frac = _partial_volume(shape.implicit, cs, spacing)
+        # A class mixes into what contains it, never beyond it.
+        frac = np.minimum(frac, f_cell[sl])
+        if within is not None:
+            frac = np.minimum(frac, _partial_volume(within.implicit, cs, spacing)[1])
+        labels[sl][g_s < 0] = LABELS[shape.label]
+        instance_labels[sl][g_s < 0] = instance
+        lac[sl] += frac * np.float32(lac_of[shape.label] - lac_of[base])
+
+    # Instance ids 1, 2, … in this order; the nucleolus comes last, inside its nucleus.
+    organelles: list[_Ellipsoid | _Tube] = [nucleus, *vacuoles, *lipids, *granules, *mitos]
+    for i, shape_ in enumerate(organelles, start=1):
+        paint(shape_, i, "cell")
+    paint(nucleolus, len(organelles) + 1, "nucleus", within=nucleus)
+
+    # -- truth record -------------------------------------------------------------------
+    classes = [c for c in LABELS if c != "background" and (starch or c != "starch_granule")]
+    members: dict[str, list] = {c: [] for c in classes}
+    for shape_ in [*organelles, nucleolus]:
+        members[shape_.label].append(shape_)
+    volumes = {c: float(sum(s.volume for s in members[c])) for c in classes}
+    volumes["nucleus"] -= volumes["nucleolus"]
+    volumes["cell"] = v_cell - sum(v for c, v in volumes.items() if c != "cell")
+    origin = grid.centre_um
+    cell_id = f"phantom-{seed}"
+    lipid_volume = float(sum(s.volume for s in lipids))
+    attrs: dict[str, Any] = {
+        "generator": "sxtlab.phantom.cell",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "cell_id": cell_id,
+        "cell_radius_um": float(cell_radius_um),
+        "cell_volume_um3": v_cell,
+        "class_lac_per_um": {c: lac_of[c] for c in ["background", *classes]},
+        "class_volume_um3": volumes,
+        "instance_counts": {c: len(members[c]) for c in classes if c != "cell"},
+        "instances": [{"id": i, **s.record(origin)} for i, s in enumerate([*organelles, nucleolus], start=1)],
+        "lipid_fraction": lipid_volume / v_cell,
+        "lipid_fraction_target": target,
+        "starch": bool(starch),
+        "acquisition": None,
+    }
+
+    truth = lac
+    image = lac
+    if acquisition is not None:
+        if acquisition.seed is None:
+            noise_seed = int(streams["acquisition"].generate_state(1)[0])
+            acquisition = replace(acquisition, seed=noise_seed)
+        truth_da = volume(truth, spacing)
+        image = simulate_acquisition(truth_da, acquisition, medium_lac=lac_of["background"]).values
+        attrs["acquisition"] = acquisition.to_attrs()
+    units = "1/um"
+    if gray:
+        rng = rngs["gray"]
+        scale = float(rng.uniform(*_GRAY_SCALE))
+        cal = Calibration(scale, -scale * float(rng.uniform(*_GRAY_ZERO)))
+        image = cal.invert(image).astype(np.float32)
+        units = "gray"
+        attrs.update(true_lac_scale=cal.scale, true_lac_offset=cal.offset)
+
+    img = volume(image, spacing, units=units, source="sxtlab.phantom", cell_id=cell_id)
+    lab = label_volume(labels, img, {LABELS[c]: c for c in classes})
+    ds = segmentation(img, lab, **attrs)
+    ds["instance_labels"] = xr.DataArray(
+        instance_labels, dims=img.dims, coords=img.coords, name="instance_labels",
+        attrs={"long_name": "organelle instance", "units": "label",
+               "description": "id of each organelle (ds.attrs['instances'][id - 1]); 0 elsewhere"},
+    )
+    if image is not truth:
+        ds["lac_true"] = volume(truth, spacing, name="lac_true", source="sxtlab.phantom", cell_id=cell_id)
+    return ds
+
+
+def population(
+    n_cells: int,
+    *,
+    conditions: Mapping[str, Mapping[str, Any]] | None = None,
+    seed: int = 0,
+    lipid_cv: float = 0.25,
+    progress: bool = True,
+    **cell_kwargs: Any,
+) -> list[xr.Dataset]:
+    """``n_cells`` phantom cells per condition, e.g. two lipid contents.
+
+    Parameters
+    ----------
+    n_cells : int
+        Cells per condition (the list holds ``n_cells × len(conditions)`` cells,
+        condition by condition).
+    conditions : mapping of str to mapping, optional
+        Condition name → :func:`cell` keyword arguments that define it; default
+        ``{"control": {"lipid_fraction": 0.02}, "high_lipid": {"lipid_fraction": 0.08}}``.
+    seed : int
+        Seed of the population; each cell's seed derives from it through
+        :class:`numpy.random.SeedSequence`, so all cells differ and the population
+        is reproducible.
+    lipid_cv : float
+        Cell-to-cell coefficient of variation of a condition's ``lipid_fraction``
+        (lognormal, mean kept), as cells of one culture differ; 0 gives every cell
+        the condition's value exactly. Values are clipped to [0, 0.5].
+    progress : bool
+        Show a progress bar (:mod:`tqdm.auto`: a widget in notebooks).
+    **cell_kwargs
+        Passed to :func:`cell` (e.g. ``shape``, ``voxel_size``, ``acquisition``);
+        a condition's own keywords take precedence.
+
+    Returns
+    -------
+    list of xarray.Dataset
+        As :func:`cell`, each with ``attrs["condition"]``.
+
+    Raises
+    ------
+    ValueError
+        If ``n_cells`` < 1, ``lipid_cv`` < 0 or a condition is not a mapping; and as
+        :func:`cell`.
+
+    Examples
+    --------
+    >>> cells = population(2, shape=(48, 48, 48), voxel_size=0.06, progress=False)
+    >>> [ds.attrs["condition"] for ds in cells]
+    ['control', 'control', 'high_lipid', 'high_lipid']
+    """
+    return list(_iter_population(n_cells, conditions, seed, lipid_cv, progress, cell_kwargs))
+
+
+def _iter_population(n_cells: int, conditions: Mapping[str, Mapping[str, Any]] | None, seed: int,
+                     lipid_cv: float, progress: bool, cell_kwargs: dict[str, Any]) -> Iterator[xr.Dataset]:
+    if isinstance(n_cells, (bool, np.bool_)) or not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
+        raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
+    if not (np.isfinite(lipid_cv) and lipid_cv >= 0):
+        raise ValueError(f"lipid_cv must be >= 0, got {lipid_cv!r}")
+    if conditions is None:
+        conditions = {"control": {"lipid_fraction": 0.02}, "high_lipid": {"lipid_fraction": 0.08}}
+    for name, kw in conditions.items():
+        if not isinstance(kw, Mapping):
+            raise ValueError(f"condition {name!r} must map cell() keywords to values, got {kw!r}")
+    children = iter(np.random.SeedSequence(_check_seed(seed)).spawn(n_cells * len(conditions)))
+    sigma = math.sqrt(math.log1p(lipid_cv ** 2))
+    with tqdm(total=n_cells * len(conditions), desc="phantom cells", disable=not progress) as bar:
+        for name, kw in conditions.items():
+            for _ in range(n_cells):
+                child = next(children)
+                kwargs = {**cell_kwargs, **kw}
+                if kwargs.get("lipid_fraction") is not None and sigma > 0:
+                    factor = np.random.default_rng(child).lognormal(-sigma ** 2 / 2, sigma)
+                    kwargs["lipid_fraction"] = float(np.clip(kwargs["lipid_fraction"] * factor, 0, 0.5))
+                ds = cell(int(child.generate_state(1, np.uint64)[0]), **kwargs)
+                ds.attrs["condition"] = str(name)
+                bar.update()
+                yield ds
