@@ -265,3 +265,83 @@ class Task:
         entry = {int(v): canonical_name(n) for v, n in entry_classes.items()}
         entry.setdefault(BACKGROUND, "background")
         return {entry[v]: names[m.values[v]] for v in sorted(entry)}
+
+    # -- training ----------------------------------------------------------------------
+    def training_set(self, source) -> tuple[list[xr.Dataset], pd.DataFrame]:
+        """The cells a task trains on, with labels mapped onto its classes.
+
+        Parameters
+        ----------
+        source : sxtlab.catalog.Catalog or iterable of xarray.Dataset
+            A catalog (entries chosen by :meth:`select`) or segmented cells
+            (``lac`` + ``labels``; the classes their labels name count as annotated).
+
+        Returns
+        -------
+        cells : list of xarray.Dataset
+            ``lac`` and task ``labels`` (values 0, 1..K, 255), resampled to the
+            task's voxel size where it is set.
+        report : pandas.DataFrame
+            One row per cell: id, voxel size, how its classes map, what was masked,
+            and how many voxels each task class and the masked value hold.
+        """
+        from .catalog import Catalog
+
+        if isinstance(source, Catalog):
+            frame = self.select(source)
+            items = [(entry_id, source.get(entry_id), list(row["annotated_classes"]))
+                     for entry_id, row in frame.iterrows()]
+        else:
+            items = [(str(ds.attrs.get("cell_id", ds["lac"].attrs.get("cell_id", f"cell {i}"))), ds, None)
+                     for i, ds in enumerate(source)]
+        if not items:
+            raise TaskError("no cells to train on")
+        cells, rows = [], []
+        for name, ds, annotated in items:
+            labels = self.remap(ds["labels"], annotated)
+            lac = ds["lac"]
+            if self.voxel_size_um is not None and lac.sxt.has_voxel_size and not np.allclose(
+                    lac.sxt.voxel_size, self.voxel_size_um, rtol=0.02):
+                lac, labels = lac.sxt.resample(self.voxel_size_um), labels.sxt.resample(self.voxel_size_um)
+            values, counts = np.unique(np.asarray(labels.values), return_counts=True)
+            voxels = dict(zip(values.tolist(), counts.tolist()))
+            rows.append({"id": name, "voxel_size_um": lac.attrs.get("voxel_size_um"),
+                         "mapping": self.describe_mapping(ds["labels"].sxt.classes, annotated),
+                         "masked": labels.attrs["masked_as_unannotated"],
+                         **{f"{c}_voxels": voxels.get(v, 0) for v, c in self.output_classes.items()},
+                         "unannotated_voxels": voxels.get(UNANNOTATED, 0)})
+            cells.append(xr.Dataset({"lac": lac, "labels": labels}, attrs={"cell_id": name}))
+        return cells, pd.DataFrame(rows).set_index("id")
+
+    def train(self, source, config=None, *, fast: bool = False, init=None, progress: bool = True):
+        """Train a cascade whose outputs are exactly this task's classes.
+
+        Parameters
+        ----------
+        source : sxtlab.catalog.Catalog or iterable of xarray.Dataset
+            Where the training cells come from (see :meth:`training_set`).
+        config : sxtlab.train.CascadeConfig, optional
+            Training settings; default :func:`sxtlab.train.CascadeConfig` defaults
+            (or a short run with ``fast=True``).
+        init : sxtlab.cascade.CascadeModel, optional
+            Fine-tune from this model (same classes) instead of training from
+            scratch, e.g. after adding corrected cells to the catalog.
+        progress : bool
+            Show progress bars.
+
+        Returns
+        -------
+        model : sxtlab.cascade.CascadeModel
+            Its ``info`` records the task (``info["task"]``) and the data used
+            (``info["training_data"]``).
+        history : pandas.DataFrame
+            Validation history of both stages.
+        """
+        from .train import CascadeConfig, fast_config, train_cascade
+
+        cells, report = self.training_set(source)
+        cfg = config or (fast_config() if fast else CascadeConfig())
+        model, history = train_cascade(cells, list(self.classes), cfg, init=init, progress=progress)
+        model.info["task"] = self.to_dict()
+        model.info["training_data"] = report.reset_index().to_dict(orient="records")
+        return model, history

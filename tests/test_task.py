@@ -95,3 +95,31 @@ def test_select_reports_mapping_per_entry(tmp_path):
     assert list(only_yeast.index) == [a]
     with pytest.raises(TaskError, match=r"no catalog entry annotates any of \['lipid_body'\]; the catalog holds 3"):
         Task(["lipid_body"]).select(cat)
+
+
+def _cells():
+    from sxtlab import phantom
+
+    return [phantom.cell(seed=s, shape=(32, 32, 32), voxel_size=0.06)[["lac", "labels"]] for s in (1, 2)]
+
+
+def test_training_set_maps_and_reports():
+    cells, report = Task(["nucleus", "lipid_body"]).training_set(_cells())
+    assert cells[0]["labels"].attrs["classes"] == {"1": "nucleus", "2": "lipid_body"}
+    assert set(np.unique(cells[0]["labels"].values)) <= {0, 1, 2}
+    assert report["nucleus_voxels"].gt(0).all()
+    assert report.iloc[0]["mapping"]["nucleolus"] == "nucleus"
+
+
+def test_train_records_the_task_and_fine_tunes():
+    from sxtlab.train import fast_config
+
+    task = Task(["nucleus"])
+    cfg = fast_config((4, 4))
+    model, history = task.train(_cells(), cfg, progress=False)
+    assert model.classes == ["nucleus"] and model.info["task"]["classes"] == ["nucleus"]
+    assert len(model.info["training_data"]) == 2
+    tuned, _ = task.train(_cells(), cfg, init=model, progress=False)
+    assert tuned.info["fine_tuned_from"] == model.weights_sha256
+    with pytest.raises(ValueError, match=r"cannot fine-tune a model for \['nucleus'\]"):
+        Task(["lipid_body"]).train(_cells(), cfg, init=model, progress=False)

@@ -1,0 +1,819 @@
+"""Two-stage (cascaded) 3-D U-Net segmentation of whole SXT cells.
+
+Stage 1 sees the whole cell block-mean downsampled by an integer factor (a large
+receptive field on little memory) and gives a coarse probability map of each
+class. Stage 2 works on full-resolution patches whose input channels are the LAC
+plus the stage-1 probabilities of the foreground classes, upsampled to full
+resolution, and refines the boundaries.
+
+This follows the seed project's ``ncxt_sxtcnn`` cascade (stage 1 on a block-mean
+downsampled volume; its probabilities upsampled, Gaussian smoothed and fed with the
+LAC to stage 2) and nnU-Net's ``3d_cascade_fullres`` (Isensee et al. 2021, Nature
+Methods 18, 203), whose one-hot variant is available as ``context="onehot"``.
+
+Prediction (this module) needs no training code: :class:`CascadeModel` holds both
+networks and everything needed to apply them (classes, downsampling factor, the
+global LAC normalisation, the voxel size it was trained at), saves them as
+safetensors weights plus JSON metadata, and loads them without executing code
+from the file. Training lives in :mod:`sxtlab.train` (:func:`sxtlab.train.train_cascade`).
+
+Inference
+---------
+1. The LAC is normalised with the model's fixed offset/scale (µm⁻¹), never with
+   per-image statistics: absolute LAC is the signal in SXT.
+2. Stage 1 runs on the block-mean downsampled volume (dask ``coarsen`` for lazy
+   input), by sliding window with its training patch.
+3. Its probabilities are smoothed (Gaussian, ``smooth_sigma`` full-resolution
+   voxels, applied on the coarse grid) and trilinearly interpolated between block
+   centres to any full-resolution window, on demand.
+4. Stage 2 runs by sliding window (Gaussian blending, σ = patch/8, step half a
+   patch, :mod:`sxtlab.inference`). Windows where stage 1 calls every voxel
+   background with probability ≥ ``skip_background`` take the stage-1
+   probabilities instead of running stage 2: whole-cell volumes are mostly medium,
+   so this is where the time goes.
+5. Larger than memory: ``predict(volume, out="seg.ome.zarr")`` builds the result
+   lazily per output block (each block from the global window grid, so it equals
+   the in-memory result) and writes it chunk by chunk through
+   :func:`sxtlab.io.write_volume`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version as _pkg_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from scipy import ndimage
+
+from .classes import UNANNOTATED, canonical_name
+from .errors import FormatError
+from .inference import WindowGrid, blend_block, crop_padded, flip_tta, importance_map, sliding_window
+from .unet import UNet3D, UNetConfig
+from .volume import DIMS, check_voxel_size, label_volume, segmentation
+
+__all__ = ["CascadeModel", "Normalisation", "Context", "block_mean", "block_labels",
+           "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE"]
+
+LOG = logging.getLogger(__name__)
+
+#: ``format`` field of a model's ``model.json``.
+FORMAT_NAME = "sxtlab.cascade"
+#: Highest model format version this sxtlab reads (and the one it writes).
+FORMAT_VERSION = 1
+_META = "model.json"
+_WEIGHTS = "weights.safetensors"
+#: Relative voxel-size difference above which the input is resampled.
+_VOXEL_RTOL = 0.02
+#: Largest stage-1 window edge (coarse voxels) at inference: a 512³ volume at factor
+#: 4 is seen in one pass (about 0.5 GB of activations for the default network).
+STAGE1_MAX_EDGE = 128
+
+
+def _sxtlab_version() -> str:
+    try:
+        return _pkg_version("sxtlab")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _triple(v: int | Sequence[int], what: str) -> tuple[int, int, int]:
+    a = np.broadcast_to(np.asarray(v), (3,))
+    if not np.issubdtype(a.dtype, np.integer) or np.any(a < 1):
+        raise ValueError(f"{what} must be 1 or 3 positive integers, got {v!r}")
+    return tuple(int(x) for x in a)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------
+# Intensities and grids
+# ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Normalisation:
+    """Global LAC normalisation ``x = (LAC − offset) / scale``, both in µm⁻¹.
+
+    Fixed for a model (recorded in its metadata), the same for every image, so that
+    a lipid body's absolute LAC means the same to the network in every cell.
+    """
+
+    offset: float
+    scale: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.offset) and np.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"normalisation needs a finite offset and a positive scale (µm⁻¹), "
+                             f"got offset={self.offset}, scale={self.scale}")
+
+    def apply(self, lac):
+        """Normalised float32 values of a LAC array (NumPy or dask)."""
+        return (lac.astype(np.float32) - np.float32(self.offset)) / np.float32(self.scale)
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "Normalisation":
+        """Offset/scale from LAC values of annotated cells (mean and std after clipping).
+
+        As nnU-Net's CT scheme: clip to the 0.5–99.5 percentiles, then mean and standard
+        deviation; rounded so that the model file reads cleanly.
+        """
+        v = np.asarray(values, np.float64).ravel()
+        if v.size == 0:
+            raise ValueError("cannot fit a LAC normalisation: no annotated foreground voxels")
+        lo, hi = np.percentile(v, [0.5, 99.5])
+        v = np.clip(v, lo, hi)
+        return cls(round(float(v.mean()), 4), round(max(float(v.std()), 1e-3), 4))
+
+
+def block_mean(data, factor: Sequence[int]):
+    """Block mean by ``factor`` per axis, edge-padding a trailing remainder.
+
+    Padding (rather than trimming, as ``.sxt.downsample`` does) keeps the last
+    partial block, so every full-resolution voxel has a coarse voxel of its own.
+    Works lazily on dask arrays (``dask.array.coarsen``), so that a larger-than-memory
+    volume is reduced chunk by chunk.
+
+    Parameters
+    ----------
+    data : ndarray or dask array, shape (Z, Y, X)
+    factor : (fz, fy, fx)
+
+    Returns
+    -------
+    array of shape ``ceil(Z/fz), ceil(Y/fy), ceil(X/fx)``, float32
+    """
+    pad = [(0, -n % f) for n, f in zip(data.shape, factor)]
+    if isinstance(data, np.ndarray):
+        x = np.pad(data.astype(np.float32), pad, mode="edge") if any(p for _, p in pad) else data
+        s = x.shape
+        r = x.reshape(s[0] // factor[0], factor[0], s[1] // factor[1], factor[1], s[2] // factor[2], factor[2])
+        return r.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    import dask.array as da
+
+    x = da.pad(data.astype(np.float32), pad, mode="edge") if any(p for _, p in pad) else data
+    # coarsen needs every chunk to be a multiple of the factor
+    x = x.rechunk(tuple(max(f, (c // f) * f) for c, f in zip(x.chunksize, factor)))
+    return da.coarsen(np.mean, x, dict(enumerate(factor)), trim_excess=False).astype(np.float32)
+
+
+def block_labels(labels: np.ndarray, factor: Sequence[int], n_classes: int,
+                 ignore: int = UNANNOTATED) -> np.ndarray:
+    """Coarse labels: the most frequent *annotated* label of each block.
+
+    Unannotated voxels do not vote, so a sparsely annotated plane survives
+    downsampling (a block mode that counted them would erase it); a block with no
+    annotated voxel becomes ``ignore``. Ties go to the lower label.
+
+    Parameters
+    ----------
+    labels : ndarray (Z, Y, X), values ``0 … n_classes−1`` or ``ignore``
+    factor : (fz, fy, fx)
+    n_classes : int
+
+    Returns
+    -------
+    ndarray, uint8, shape ``ceil(Z/fz), ceil(Y/fy), ceil(X/fx)``
+    """
+    pad = [(0, -n % f) for n, f in zip(labels.shape, factor)]
+    x = np.pad(labels, pad, constant_values=ignore)
+    s = x.shape
+    r = x.reshape(s[0] // factor[0], factor[0], s[1] // factor[1], factor[1], s[2] // factor[2], factor[2])
+    counts = np.stack([(r == c).sum(axis=(1, 3, 5)) for c in range(n_classes)])
+    out = counts.argmax(axis=0).astype(np.uint8)
+    out[counts.sum(axis=0) == 0] = ignore
+    return out
+
+
+def _linear_index(u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour indices and weight for linear interpolation at positions ``u`` (clamped)."""
+    u = np.clip(u, 0, n - 1)
+    i0 = np.minimum(np.floor(u).astype(np.int64), n - 1)
+    i1 = np.minimum(i0 + 1, n - 1)
+    return i0, i1, (u - i0).astype(np.float32)
+
+
+def _interp_axis(a: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> np.ndarray:
+    a0 = np.take(a, i0, axis=axis)
+    a1 = np.take(a, i1, axis=axis)
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    return a0 + (a1 - a0) * w.reshape(shape)
+
+
+class Context:
+    """Stage-1 output on the coarse grid, turned into stage-2 input channels on demand.
+
+    Parameters
+    ----------
+    probabilities : ndarray, float32, shape (K, lz, ly, lx)
+        Stage-1 class probabilities (background first) on the coarse grid.
+    factor : (fz, fy, fx)
+        Downsampling factor between the full and the coarse grid.
+    mode : {"probabilities", "onehot"}
+        Feed smoothed, trilinearly upsampled probabilities (``ncxt_sxtcnn``) or the
+        one-hot arg-max upsampled by repetition (nnU-Net cascade).
+    smooth_sigma : float
+        Gaussian σ in full-resolution voxels (``ncxt_sxtcnn`` uses 2), applied on the
+        coarse grid as σ/factor; 0 disables.
+
+    Notes
+    -----
+    Full-resolution voxel ``i`` lies at coarse position ``(i + 0.5)/f − 0.5`` (block
+    centres), clamped at the borders. Interpolation is separable, so any window is
+    computed alone and equals the same region of a whole-volume upsampling.
+    """
+
+    def __init__(self, probabilities: np.ndarray, factor: Sequence[int], *, mode: str = "probabilities",
+                 smooth_sigma: float = 2.0) -> None:
+        if mode not in ("probabilities", "onehot"):
+            raise ValueError(f"context mode must be 'probabilities' or 'onehot', got {mode!r}")
+        self.factor = _triple(factor, "factor")
+        self.mode = mode
+        p = np.asarray(probabilities, np.float32)
+        if smooth_sigma > 0:
+            sig = [0.0] + [smooth_sigma / f for f in self.factor]
+            p = ndimage.gaussian_filter(p, sig, mode="nearest")
+        self.probabilities = p
+        if mode == "onehot":
+            arg = np.asarray(probabilities).argmax(axis=0)
+            self.features = (arg[None] == np.arange(p.shape[0])[:, None, None, None]).astype(np.float32)[1:]
+        else:
+            self.features = p[1:]
+
+    @property
+    def n_channels(self) -> int:
+        """Stage-2 context channels (foreground classes)."""
+        return self.features.shape[0]
+
+    def _indices(self, starts: Sequence[int], size: Sequence[int], order: int):
+        out = []
+        for s, n, f, m in zip(starts, size, self.factor, self.probabilities.shape[1:]):
+            i = np.arange(s, s + n)
+            if order == 0:
+                i0 = np.clip(i // f, 0, m - 1)
+                out.append((i0, i0, np.zeros(n, np.float32)))
+            else:
+                out.append(_linear_index((i + 0.5) / f - 0.5, m))
+        return out
+
+    def _upsample(self, low: np.ndarray, starts, size, order: int,
+                  transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        idx = self._indices(starts, size, order)
+        lo = [int(i0.min()) for i0, _, _ in idx]
+        hi = [int(i1.max()) + 1 for _, i1, _ in idx]
+        a = low[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
+        if transform is not None:
+            a = transform(a)
+        for axis, ((i0, i1, w), o) in enumerate(zip(idx, lo)):
+            a = _interp_axis(a, axis + 1, i0 - o, i1 - o, w)
+        return np.ascontiguousarray(a, dtype=np.float32)
+
+    def channels(self, starts: Sequence[int], size: Sequence[int],
+                 transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+        """Context channels ``(K−1, *size)`` of the full-resolution box at ``starts``.
+
+        ``transform`` (training only) is applied to the coarse crop first, e.g. the
+        corruption that keeps stage 2 from trusting stage 1 blindly.
+        """
+        return self._upsample(self.features, starts, size, 0 if self.mode == "onehot" else 1, transform)
+
+    def probabilities_at(self, starts: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """Upsampled stage-1 probabilities ``(K, *size)`` (all classes) of a box."""
+        return self._upsample(self.probabilities, starts, size, 1)
+
+    def background_min(self, starts: Sequence[int], size: Sequence[int]) -> float:
+        """Least stage-1 background probability over the coarse voxels a box interpolates from."""
+        idx = self._indices(starts, size, 1)
+        region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
+        return float(self.probabilities[(0, *region)].min())
+
+
+def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int]) -> tuple[int, int, int]:
+    """Stage-1 window for a coarse volume: all of it, up to :data:`STAGE1_MAX_EDGE` per axis.
+
+    Stage 1 is meant to see the whole cell: one window over the whole coarse volume
+    normalises (instance norm) over the cell and its medium together, so that pure
+    medium far from the cell is still recognised, whereas a tile of medium alone
+    would normalise to featureless input. Larger volumes fall back to a sliding
+    window of that edge (or the training ``patch`` if larger), so one pass stays
+    bounded in memory. Edges are rounded up to multiples of ``divisor``.
+    """
+    cap = max(STAGE1_MAX_EDGE, *patch)
+    return tuple(min(-(-int(n) // divisor) * divisor, cap - cap % divisor) for n in coarse_shape)  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------
+def _softmax_predictor(net: UNet3D) -> Callable[[torch.Tensor], torch.Tensor]:
+    def predict(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.softmax(net(x), dim=1)
+
+    return predict
+
+
+def _json_voxel_size(vs) -> list[float] | str:
+    return "unknown" if vs is None else [float(v) for v in vs]
+
+
+class CascadeModel:
+    """Trained two-stage segmentation model: prediction, saving and loading.
+
+    Parameters
+    ----------
+    stage1, stage2 : UNet3D
+        Stage 1 takes 1 channel (normalised LAC); stage 2 takes ``1 + K − 1``
+        (LAC and the foreground context); both output ``K = len(classes) + 1``.
+    classes : sequence of str
+        Foreground class names (canonical, see :mod:`sxtlab.classes`) for label
+        values 1, 2, …; 0 is background.
+    factor : int or (fz, fy, fx)
+        Downsampling factor of stage 1.
+    normalisation : Normalisation
+        Global LAC offset/scale (µm⁻¹).
+    voxel_size : (dz, dy, dx) or None
+        Full-resolution voxel size (µm) of the training data; ``None`` if unknown
+        (then inputs are never resampled).
+    stage1_patch, stage2_patch : int or (pz, py, px)
+        Window sizes (coarse voxels for stage 1, full-resolution for stage 2);
+        multiples of the networks' ``divisor``.
+    context : {"probabilities", "onehot"}
+        How stage-1 output is fed to stage 2 (see :class:`Context`).
+    smooth_sigma : float
+        Smoothing of the stage-1 probabilities, full-resolution voxels.
+    info : dict, optional
+        Free-form, JSON-serialisable notes (how it was trained).
+    """
+
+    def __init__(self, stage1: UNet3D, stage2: UNet3D, classes: Sequence[str], *,
+                 factor: int | Sequence[int], normalisation: Normalisation,
+                 voxel_size: Sequence[float] | None, stage1_patch: int | Sequence[int],
+                 stage2_patch: int | Sequence[int], context: str = "probabilities",
+                 smooth_sigma: float = 2.0, info: dict[str, Any] | None = None) -> None:
+        self.classes = [canonical_name(c) for c in classes]
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct, got {self.classes}")
+        k = len(self.classes) + 1
+        self.stage1, self.stage2 = stage1, stage2
+        c1, c2 = stage1.config, stage2.config
+        if (c1.in_channels, c1.out_channels) != (1, k):
+            raise ValueError(f"stage 1 must map 1 channel to {k} classes, it maps "
+                             f"{c1.in_channels} to {c1.out_channels}")
+        if (c2.in_channels, c2.out_channels) != (k, k):
+            raise ValueError(f"stage 2 must map {k} channels (LAC + {k - 1} context) to {k} classes, "
+                             f"it maps {c2.in_channels} to {c2.out_channels}")
+        self.factor = _triple(factor, "factor")
+        self.normalisation = normalisation
+        self.voxel_size = check_voxel_size(voxel_size, where="model voxel size")
+        self.stage1_patch = _triple(stage1_patch, "stage1_patch")
+        self.stage2_patch = _triple(stage2_patch, "stage2_patch")
+        for net, patch, name in ((stage1, self.stage1_patch, "stage1_patch"),
+                                 (stage2, self.stage2_patch, "stage2_patch")):
+            if any(p % net.config.divisor for p in patch):
+                raise ValueError(f"{name} {patch} must be multiples of {net.config.divisor} "
+                                 f"(the U-Net's depth is {net.config.depth})")
+        if context not in ("probabilities", "onehot"):
+            raise ValueError(f"context must be 'probabilities' or 'onehot', got {context!r}")
+        self.context = context
+        self.smooth_sigma = float(smooth_sigma)
+        self.info = dict(info or {})
+        stage1.eval()
+        stage2.eval()
+
+    # -- identity -------------------------------------------------------------------
+    @property
+    def n_classes(self) -> int:
+        """Number of output classes, background included."""
+        return len(self.classes) + 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights of both stages, keys prefixed ``stage1.`` / ``stage2.``."""
+        out = {f"stage1.{k}": v for k, v in self.stage1.state_dict().items()}
+        out.update({f"stage2.{k}": v for k, v in self.stage2.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    def _weights_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        return save(self.state_dict())
+
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights as saved (identifies the model in results)."""
+        return hashlib.sha256(self._weights_bytes()).hexdigest()
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON metadata written beside the weights."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "sxtlab_version": _sxtlab_version(),
+            "classes": self.classes,
+            "factor": list(self.factor),
+            "normalisation": {"offset": self.normalisation.offset, "scale": self.normalisation.scale,
+                              "units": "1/um", "formula": "(lac - offset) / scale"},
+            "voxel_size_um": _json_voxel_size(self.voxel_size),
+            "context": {"mode": self.context, "smooth_sigma": self.smooth_sigma},
+            "stage1": {"unet": self.stage1.config.to_dict(), "patch": list(self.stage1_patch)},
+            "stage2": {"unet": self.stage2.config.to_dict(), "patch": list(self.stage2_patch)},
+            "info": self.info,
+        }
+
+    def __repr__(self) -> str:
+        vs = "unknown" if self.voxel_size is None else f"{tuple(round(v, 5) for v in self.voxel_size)} µm"
+        return (f"CascadeModel(classes={self.classes}, factor={self.factor}, voxel_size={vs}, "
+                f"stage2_patch={self.stage2_patch})")
+
+    # -- saving and loading ---------------------------------------------------------
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Save as a folder with ``model.json`` and ``weights.safetensors``.
+
+        Written atomically (a temporary folder renamed into place).
+
+        Raises
+        ------
+        sxtlab.OutputExistsError
+            If ``path`` exists and ``overwrite`` is false.
+        """
+        from .io import atomic_output
+
+        data = self._weights_bytes()
+        meta = self.metadata()
+        meta["weights"] = {"file": _WEIGHTS, "sha256": hashlib.sha256(data).hexdigest()}
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir()
+            (tmp / _WEIGHTS).write_bytes(data)
+            (tmp / _META).write_text(json.dumps(meta, indent=1))
+
+        return atomic_output(path, write, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, classes: Sequence[str] | None = None) -> "CascadeModel":
+        """Load a model saved by :meth:`save`; never executes code from the files.
+
+        Parameters
+        ----------
+        path : path-like
+            The model folder (or its ``model.json``).
+        classes : sequence of str, optional
+            Classes the caller expects, in label order; a model for other classes
+            is refused.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        sxtlab.FormatError
+            If ``path`` is not an sxtlab model (no ``model.json``, not JSON, wrong
+            ``format``), was written by a newer sxtlab (``format_version`` above
+            :data:`FORMAT_VERSION`), its weights are missing, corrupt (checksum) or
+            do not fit the recorded architecture, or it was made for other classes
+            than ``classes``.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such model folder")
+        folder = path.parent if path.is_file() else path
+        meta_path = folder / _META
+        if not meta_path.is_file():
+            raise FormatError(f"{path}: not an sxtlab model: expected a folder with {_META} and "
+                              f"{_WEIGHTS}, found {sorted(p.name for p in folder.iterdir())[:10]}")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise FormatError(f"{meta_path}: not an sxtlab model: not valid JSON ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise FormatError(f"{meta_path}: not an sxtlab model: 'format' is {found!r}, "
+                              f"expected {FORMAT_NAME!r}")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise FormatError(f"{meta_path}: 'format_version' must be a positive integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise FormatError(
+                f"{meta_path}: model format version {version} was written by sxtlab "
+                f"{meta.get('sxtlab_version', '?')}; this sxtlab ({_sxtlab_version()}) reads up to "
+                f"version {FORMAT_VERSION}: upgrade sxtlab")
+        try:
+            model_classes = [canonical_name(c) for c in meta["classes"]]
+            if classes is not None:
+                expected = [canonical_name(c) for c in classes]
+                if expected != model_classes:
+                    raise FormatError(f"{path}: the model segments classes {model_classes}, "
+                                      f"expected {expected}")
+            s1 = UNet3D(UNetConfig.from_dict(meta["stage1"]["unet"]))
+            s2 = UNet3D(UNetConfig.from_dict(meta["stage2"]["unet"]))
+            weights_file = folder / meta["weights"]["file"]
+            data = weights_file.read_bytes() if weights_file.is_file() else None
+            if data is None:
+                raise FormatError(f"{path}: weights file {weights_file.name} is missing")
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != meta["weights"]["sha256"]:
+                raise FormatError(f"{weights_file}: checksum {digest[:12]}… does not match the "
+                                  f"recorded {str(meta['weights']['sha256'])[:12]}… (corrupt or replaced)")
+            try:
+                tensors = load(data)
+            except SafetensorError as e:
+                raise FormatError(f"{weights_file}: not a safetensors file ({e})") from None
+            for prefix, net in (("stage1.", s1), ("stage2.", s2)):
+                sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                try:
+                    net.load_state_dict(sd, strict=True)
+                except RuntimeError as e:
+                    raise FormatError(f"{weights_file}: weights do not fit the recorded "
+                                      f"{prefix.rstrip('.')} architecture: {e}") from None
+            vs = meta["voxel_size_um"]
+            norm = meta["normalisation"]
+            return cls(s1, s2, model_classes, factor=meta["factor"],
+                       normalisation=Normalisation(float(norm["offset"]), float(norm["scale"])),
+                       voxel_size=None if vs == "unknown" else vs,
+                       stage1_patch=meta["stage1"]["patch"], stage2_patch=meta["stage2"]["patch"],
+                       context=meta["context"]["mode"], smooth_sigma=meta["context"]["smooth_sigma"],
+                       info=meta.get("info", {}))
+        except (KeyError, TypeError) as e:
+            raise FormatError(f"{meta_path}: incomplete model metadata: missing or malformed {e}") from None
+
+    # -- stages ---------------------------------------------------------------------
+    def stage1_probabilities(self, lac_normalised, *, tta: bool = False, progress: bool = False) -> np.ndarray:
+        """Stage-1 probabilities ``(K, lz, ly, lx)`` on the coarse grid.
+
+        Parameters
+        ----------
+        lac_normalised : ndarray or dask array (Z, Y, X)
+            Normalised LAC at full resolution (dask: reduced chunk by chunk).
+        """
+        low = block_mean(lac_normalised, self.factor)
+        if not isinstance(low, np.ndarray):
+            import dask
+
+            with dask.config.set(scheduler="synchronous"):
+                low = low.compute()
+        net = _softmax_predictor(self.stage1)
+        window = stage1_window(low.shape, self.stage1.config.divisor, self.stage1_patch)
+        return sliding_window(low[None], net, window, out_channels=self.n_classes, tta=tta, progress=progress)
+
+    def context_for(self, lac_normalised, **kwargs: Any) -> Context:
+        """Stage-1 :class:`Context` of a normalised full-resolution volume."""
+        return Context(self.stage1_probabilities(lac_normalised, **kwargs), self.factor, mode=self.context,
+                       smooth_sigma=self.smooth_sigma)
+
+    def stage2_block(self, source, origin: Sequence[int], shape: Sequence[int], context: Context,
+                     block: tuple[slice, slice, slice], *, step: float | int = 0.5, tta: bool = False,
+                     skip_background: float | None = 0.95, batch_size: int = 1,
+                     progress: bool = False) -> tuple[np.ndarray, dict[str, int]]:
+        """Stage-2 probabilities ``(K, *block)`` of one output block.
+
+        Parameters
+        ----------
+        source : ndarray (z, y, x)
+            Normalised LAC of a region of the volume that contains every window
+            intersecting ``block`` (clipped to the volume), starting at ``origin``.
+        shape : (Z, Y, X)
+            Shape of the whole volume (the window grid is global).
+        context : Context
+            Stage-1 output for the whole volume.
+        block : slices
+            Output region in volume voxels.
+        skip_background : float or None
+            Windows whose stage-1 background probability is at least this everywhere
+            take the stage-1 probabilities instead of running stage 2.
+        """
+        grid = WindowGrid.make(shape, self.stage2_patch, step)
+        patch = grid.patch
+
+        def fetch(starts):
+            lac = crop_padded(source, [s - o for s, o in zip(starts, origin)], patch)
+            return np.concatenate([lac[None], context.channels(starts, patch)])
+
+        def skip(starts) -> bool:
+            return context.background_min(starts, patch) >= skip_background
+
+        def fallback(b) -> np.ndarray:
+            return context.probabilities_at([s.start for s in b], [s.stop - s.start for s in b])
+
+        use = skip_background is not None
+        net = _softmax_predictor(self.stage2)
+        return blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
+                           weights=importance_map(patch), skip=skip if use else None,
+                           fallback=fallback if use else None, batch_size=batch_size, progress=progress)
+
+    def _region(self, shape, block, step) -> tuple[slice, slice, slice]:
+        """Union of the windows that intersect ``block``, clipped to the volume."""
+        grid = WindowGrid.make(shape, self.stage2_patch, step)
+        out = []
+        for a, b in enumerate(block):
+            starts = [s for s in grid.starts(a) if s < b.stop and s + grid.patch[a] > b.start]
+            out.append(slice(starts[0], min(starts[-1] + grid.patch[a], shape[a])))
+        return tuple(out)  # type: ignore[return-value]
+
+    # -- input checks ---------------------------------------------------------------
+    def _as_lac(self, volume: xr.DataArray) -> xr.DataArray:
+        if not isinstance(volume, xr.DataArray):
+            raise TypeError(f"predict expects an xarray.DataArray volume (z, y, x), got {type(volume).__name__}")
+        if volume.dims != DIMS:
+            raise FormatError(f"predict expects dims {DIMS}, got {volume.dims}")
+        units = volume.attrs.get("units")
+        if units == "gray":
+            LOG.info("converting gray values to LAC with the recorded calibration")
+            return volume.sxt.to_lac()
+        if units is None:
+            warnings.warn("the volume has no 'units' attr; assuming LAC in 1/um", stacklevel=3)
+        elif units != "1/um":
+            raise FormatError(f"predict needs LAC (units '1/um') or calibrated gray values, "
+                              f"got units {units!r}")
+        return volume
+
+    def _needs_resampling(self, volume: xr.DataArray) -> bool:
+        if self.voxel_size is None:
+            return False
+        vs = volume.attrs.get("voxel_size_um")
+        if vs is None:
+            warnings.warn(f"the volume's voxel size is unknown; assuming the model's "
+                          f"{self.voxel_size} µm (no resampling)", stacklevel=3)
+            return False
+        return not np.allclose(vs, self.voxel_size, rtol=_VOXEL_RTOL, atol=0)
+
+    def _dataset(self, volume: xr.DataArray, probs, extra: dict[str, Any]) -> xr.Dataset:
+        labels = probs.argmax(axis=0).astype(np.uint8)  # NumPy or lazily for dask
+        lab = label_volume(labels, volume, {str(i + 1): c for i, c in enumerate(self.classes)})
+        prob = xr.DataArray(probs, dims=("class", *DIMS),
+                            coords={"class": ["background", *self.classes], **{d: volume[d] for d in DIMS}},
+                            name="probabilities", attrs={"long_name": "class probability", "units": "1"})
+        attrs = {
+            "model": FORMAT_NAME,
+            "model_format_version": FORMAT_VERSION,
+            "model_classes": list(self.classes),
+            "model_weights_sha256": self.weights_sha256,
+            "model_voxel_size_um": _json_voxel_size(self.voxel_size),
+            "sxtlab_version": _sxtlab_version(),
+            **extra,
+        }
+        return segmentation(volume.rename("lac"), lab, prob, **attrs)
+
+    # -- prediction -----------------------------------------------------------------
+    def predict(self, volume: xr.DataArray, *, out: str | os.PathLike | None = None,
+                overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
+                skip_background: float | None = 0.95, batch_size: int = 1, block_size: int = 128,
+                progress: bool = True) -> xr.Dataset:
+        """Segment a volume.
+
+        Parameters
+        ----------
+        volume : xarray.DataArray (z, y, x)
+            LAC (``units`` ``"1/um"``) or gray values with a recorded calibration;
+            NumPy- or dask-backed.
+        out : path-like, optional
+            Write the segmentation to this OME-Zarr folder chunk by chunk (memory
+            bounded by ``block_size``, not by the volume) and return it opened lazily.
+        overwrite : bool
+            Replace an existing ``out``.
+        tta : bool
+            Average over the 8 axis mirrorings (8× slower).
+        step : float or int
+            Window step, fraction of the patch or voxels (default half a patch).
+        skip_background : float or None
+            Skip stage 2 in windows stage 1 calls background with at least this
+            probability everywhere (``None``: run it everywhere).
+        batch_size : int
+            Windows per network call.
+        block_size : int
+            Output block edge (voxels) for lazy/Zarr prediction; bigger blocks
+            recompute fewer windows at block borders but need more memory
+            (about ``(K + 2)·block³·4`` bytes).
+        progress : bool
+            Show progress bars.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``lac`` (the input), ``labels`` (uint8; ``classes`` attr names the model's
+            classes) and ``probabilities`` (class, z, y, x), on the input's grid with
+            its coords and attrs; the model's identity in the Dataset attrs.
+
+        Raises
+        ------
+        sxtlab.FormatError
+            If the volume is not (z, y, x) LAC.
+        ValueError
+            If the input must be resampled (its voxel size differs from the model's)
+            and it is dask-backed or ``out`` is given: resample it first with
+            ``.sxt.resample(model.voxel_size)``.
+
+        Notes
+        -----
+        A volume whose voxel size differs from the model's by more than 2% is
+        resampled to the model's voxel size (linear), segmented, and its
+        probabilities interpolated back to the input grid; a warning says so.
+        """
+        volume = self._as_lac(volume)
+        lazy = out is not None or not isinstance(volume.data, np.ndarray)
+        if self._needs_resampling(volume):
+            if lazy:
+                raise ValueError(
+                    f"the volume's voxel size {volume.attrs['voxel_size_um']} µm differs from the "
+                    f"model's {list(self.voxel_size)} µm; blockwise prediction does not resample: "
+                    f"resample it first with .sxt.resample({list(self.voxel_size)})")
+            return self._predict_resampled(volume, tta=tta, step=step, skip_background=skip_background,
+                                           batch_size=batch_size, progress=progress)
+        if lazy:
+            ds = self.predict_lazy(volume, tta=tta, step=step, skip_background=skip_background,
+                                   batch_size=batch_size, block_size=block_size)
+            import dask
+
+            if out is None:
+                with dask.config.set(scheduler="synchronous"):
+                    return ds.compute()
+            from .io import read_segmentation, write_volume
+
+            # One block at a time: torch already uses the cores, and a threaded
+            # scheduler would keep several blocks (and their inputs) in memory.
+            with dask.config.set(scheduler="synchronous"):
+                write_volume(ds, out, overwrite=overwrite)
+            return read_segmentation(out)
+        data = np.asarray(volume.values, np.float32)
+        norm = self.normalisation.apply(data)
+        ctx = self.context_for(norm, tta=tta)
+        block = tuple(slice(0, n) for n in data.shape)
+        probs, counts = self.stage2_block(norm, (0, 0, 0), data.shape, ctx, block, step=step, tta=tta,
+                                          skip_background=skip_background, batch_size=batch_size,
+                                          progress=progress)
+        LOG.info("stage 2 ran on %d of %d windows", counts["windows"] - counts["skipped"], counts["windows"])
+        return self._dataset(volume, probs, {"windows": counts["windows"], "windows_skipped": counts["skipped"],
+                                             "tta": tta})
+
+    def _predict_resampled(self, volume: xr.DataArray, **kwargs: Any) -> xr.Dataset:
+        src = tuple(volume.attrs["voxel_size_um"])
+        msg = (f"resampling the volume from {src} µm to the model's voxel size {self.voxel_size} µm, "
+               f"and the result back to the input grid")
+        LOG.warning(msg)
+        warnings.warn(msg, stacklevel=3)
+        resampled = volume.sxt.resample(self.voxel_size)
+        seg = self.predict(resampled, **kwargs)
+        p = seg["probabilities"].values
+        for axis, d in enumerate(DIMS):
+            # model-grid index of each input voxel centre
+            src_c, dst_c = resampled[d].values, volume[d].values
+            u = (dst_c - src_c[0]) / self.voxel_size[axis]
+            i0, i1, w = _linear_index(u, len(src_c))
+            p = _interp_axis(p, axis + 1, i0, i1, w)
+        return self._dataset(volume, np.ascontiguousarray(p, np.float32),
+                             {**{k: v for k, v in seg.attrs.items() if not k.startswith(("model", "sxtlab"))},
+                              "resampled_from_um": list(self.voxel_size)})
+
+    def predict_lazy(self, volume: xr.DataArray, *, tta: bool = False, step: float | int = 0.5,
+                     skip_background: float | None = 0.95, batch_size: int = 1,
+                     block_size: int = 128) -> xr.Dataset:
+        """A dask-backed segmentation Dataset computed block by block when stored.
+
+        Stage 1 runs now (on the coarse volume); each ``block_size``³ output block
+        of stage 2 is a dask task that reads only the input region its windows need.
+        Values equal :meth:`predict`'s in memory. Parameters as :meth:`predict`.
+        """
+        import dask
+        import dask.array as da
+
+        volume = self._as_lac(volume)
+        data = volume.data if not isinstance(volume.data, np.ndarray) else da.from_array(volume.data)
+        norm = self.normalisation.apply(data)
+        ctx = self.context_for(norm, tta=tta)
+        shape = tuple(int(n) for n in volume.shape)
+        b = _triple(block_size, "block_size")
+        k = self.n_classes
+
+        def run(region_data: np.ndarray, region, block) -> np.ndarray:
+            origin = [r.start for r in region]
+            probs, _ = self.stage2_block(region_data, origin, shape, ctx, block, step=step, tta=tta,
+                                         skip_background=skip_background, batch_size=batch_size)
+            return probs
+
+        # Explicit task names: letting dask tokenize `run` would pickle the context.
+        token = f"sxtlab-stage2-{uuid.uuid4().hex}"
+        delayed_run = dask.delayed(run, pure=False)
+        rows = []
+        edges = [list(range(0, n, bb)) for n, bb in zip(shape, b)]
+        for z0 in edges[0]:
+            plane = []
+            for y0 in edges[1]:
+                line = []
+                for x0 in edges[2]:
+                    block = tuple(slice(s, min(s + bb, n)) for s, bb, n in zip((z0, y0, x0), b, shape))
+                    region = self._region(shape, block, step)
+                    task = delayed_run(norm[region], region, block,
+                                       dask_key_name=f"{token}-{z0}-{y0}-{x0}")
+                    line.append(da.from_delayed(task, (k, *(s.stop - s.start for s in block)), np.float32))
+                plane.append(line)
+            rows.append(plane)
+        probs = da.block(rows)
+        return self._dataset(volume, probs, {"tta": tta, "block_size": list(b)})

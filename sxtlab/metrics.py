@@ -1,0 +1,179 @@
+"""Segmentation quality: Dice overlap and boundary error, with an ignore label.
+
+Voxels whose *true* label is the ignore value (:data:`sxtlab.classes.UNANNOTATED`,
+255, unless told otherwise) were never annotated: they count neither as hits nor
+as misses, whatever the prediction says there. Counting them as background is the
+classic error with sparse annotation (nnU-Net issues #1104, #1821): a prediction
+that extends into unannotated space is then punished as false positive.
+
+Dice follows Dice (1945) / Sørensen (1948): ``2·TP / (2·TP + FP + FN)``. Boundary
+errors are surface distances in µm (average symmetric surface distance and the
+95th-percentile Hausdorff distance), computed with
+:func:`scipy.ndimage.distance_transform_edt` and the voxel size as ``sampling``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import ndimage
+
+from .classes import UNANNOTATED, class_map
+
+__all__ = ["dice", "boundary_error", "evaluate"]
+
+
+def _arrays(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    p, t = np.asarray(pred), np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction has shape {p.shape}, truth has {t.shape}")
+    return p, t
+
+
+def dice(pred, truth, labels: Iterable[int] | None = None, *, ignore: int | None = UNANNOTATED
+         ) -> dict[int, float]:
+    """Dice coefficient per label value, leaving out voxels whose truth is ``ignore``.
+
+    Parameters
+    ----------
+    pred, truth : integer arrays of the same shape
+        Predicted and true label values (e.g. ``(z, y, x)``).
+    labels : iterable of int, optional
+        Label values to score; default every value in ``truth`` or ``pred`` except
+        0 (background) and ``ignore``.
+    ignore : int or None
+        True-label value of unannotated voxels (default 255); ``None`` scores all.
+
+    Returns
+    -------
+    dict
+        ``{label: dice}``; NaN where the label is absent from both prediction and
+        truth within the annotated voxels (Dice is undefined there, and averaging
+        it as 1 or 0 would bias a mean).
+
+    Examples
+    --------
+    >>> t = np.array([1, 1, 0, 255]); p = np.array([1, 0, 0, 1])
+    >>> dice(p, t)
+    {1: 0.6666666666666666}
+    """
+    p, t = _arrays(pred, truth)
+    valid = t != ignore if ignore is not None else np.ones(t.shape, bool)
+    pv, tv = p[valid], t[valid]
+    if labels is None:
+        labels = [int(v) for v in np.union1d(np.unique(tv), np.unique(pv)) if v != 0 and v != ignore]
+    out: dict[int, float] = {}
+    for c in labels:
+        pc, tc = pv == c, tv == c
+        tp = int(np.count_nonzero(pc & tc))
+        denom = int(np.count_nonzero(pc)) + int(np.count_nonzero(tc))
+        out[int(c)] = 2.0 * tp / denom if denom else float("nan")
+    return out
+
+
+def _surface(mask: np.ndarray, outside: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a 6-neighbour in ``outside``.
+
+    The volume's own border is no boundary (the object may continue beyond the
+    field), nor is the edge of an unannotated region (``outside`` leaves it out).
+    """
+    return mask & ndimage.binary_dilation(outside)
+
+
+def boundary_error(pred, truth, label: int, *, spacing: Sequence[float] | float = 1.0,
+                   ignore: int | None = UNANNOTATED) -> dict[str, float]:
+    """Surface distances between the predicted and true region of one label.
+
+    Parameters
+    ----------
+    pred, truth : integer arrays ``(z, y, x)``
+        Label volumes on the same grid.
+    label : int
+        The label value to compare.
+    spacing : float or (dz, dy, dx)
+        Voxel size in µm (distances come out in µm); 1 gives voxels.
+    ignore : int or None
+        True-label value of unannotated voxels. Predicted surface voxels lying there
+        are left out, and the true region's edge against them is no surface, since
+        nobody said where the boundary runs there.
+
+    Returns
+    -------
+    dict
+        ``assd`` (average symmetric surface distance), ``hd95`` (95th percentile of
+        the symmetric distances) and ``hausdorff`` (maximum), in the units of
+        ``spacing``; NaN when either surface is empty within the annotated voxels.
+    """
+    p, t = _arrays(pred, truth)
+    if p.ndim != 3:
+        raise ValueError(f"boundary_error needs 3-D (z, y, x) label volumes, got {p.ndim}-D")
+    sampling = np.broadcast_to(np.asarray(spacing, float), (3,))
+    valid = t != ignore if ignore is not None else np.ones(t.shape, bool)
+    pm, tm = p == label, t == label
+    sp = _surface(pm, ~pm)
+    st = _surface(tm, ~tm & valid)
+    sp_v, st_v = sp & valid, st
+    nan = {"assd": float("nan"), "hd95": float("nan"), "hausdorff": float("nan")}
+    if not sp_v.any() or not st_v.any():
+        return nan
+    # Distance from every voxel to the nearest surface voxel of the other region.
+    d_to_t = ndimage.distance_transform_edt(~st, sampling=sampling)
+    d_to_p = ndimage.distance_transform_edt(~sp, sampling=sampling)
+    d = np.concatenate([d_to_t[sp_v], d_to_p[st_v]])
+    return {"assd": float(d.mean()), "hd95": float(np.percentile(d, 95)), "hausdorff": float(d.max())}
+
+
+def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
+             classes: Mapping | None = None, boundary: bool = False) -> pd.DataFrame:
+    """Per-class Dice (and optionally boundary error) of a segmentation against its truth.
+
+    Classes are matched by *name*, so a prediction whose label values differ from the
+    truth's (another model's class order) is still scored correctly.
+
+    Parameters
+    ----------
+    pred : xarray.DataArray or xarray.Dataset
+        Predicted label volume with a ``classes`` attr, or a segmentation Dataset
+        (its ``labels`` are used).
+    truth : xarray.DataArray
+        True label volume with a ``classes`` attr; value 255 is unannotated.
+    classes : mapping, optional
+        ``{value: name}`` of the truth, if its attrs lack it.
+    boundary : bool
+        Also compute surface distances (µm when the voxel size is known, else voxels).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by class name, columns ``dice``, ``n_true``, ``n_pred`` (annotated
+        voxels) and, with ``boundary``, ``assd``, ``hd95`` and ``hausdorff``.
+        Classes of the truth that the prediction does not know get Dice 0 if present.
+    """
+    if isinstance(pred, xr.Dataset):
+        pred = pred["labels"]
+    t_classes = class_map(classes if classes is not None else truth.attrs.get("classes", {}))
+    p_classes = class_map(pred.attrs.get("classes", {}))
+    if not t_classes:
+        raise ValueError("the truth has no 'classes' attr naming its label values; pass classes=")
+    by_name = {n: v for v, n in p_classes.items()}
+    p, t = _arrays(pred.values, truth.values)
+    valid = t != UNANNOTATED
+    vs = truth.attrs.get("voxel_size_um")
+    spacing = vs if vs is not None else 1.0
+    rows = []
+    for value, name in sorted(t_classes.items()):
+        pv = by_name.get(name, -1)
+        tc, pc = (t == value) & valid, (p == pv) & valid
+        n_t, n_p = int(tc.sum()), int(pc.sum())
+        tp = int((tc & pc).sum())
+        row = {"class": name, "dice": 2 * tp / (n_t + n_p) if n_t + n_p else float("nan"),
+               "n_true": n_t, "n_pred": n_p}
+        if boundary:
+            # Map both to a common binary encoding so the label values may differ.
+            both = np.where(valid, tc.astype(np.uint8), np.uint8(UNANNOTATED))
+            row.update(boundary_error(pc.astype(np.uint8), both, 1, spacing=spacing))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("class")

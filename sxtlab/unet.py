@@ -1,0 +1,197 @@
+"""A small, configurable 3-D U-Net for volumetric segmentation.
+
+The architecture follows the 3-D U-Net of Çiçek et al. (2016, MICCAI, "3D U-Net:
+learning dense volumetric segmentation from sparse annotation") with the choices
+that nnU-Net (Isensee et al. 2021, Nature Methods 18, 203) found robust: two
+3×3×3 convolutions per level, instance (or group) normalisation, leaky ReLU,
+channels doubled per level up to a cap, transposed-convolution upsampling and a
+1×1×1 output convolution that gives logits.
+
+The default is deliberately small (8, 16, 32 channels on three levels, about 80 k
+parameters) so that it trains and predicts on a laptop CPU; widen it with
+``base_width``/``depth`` when a GPU is available.
+
+Examples
+--------
+>>> import torch
+>>> net = UNet3D(UNetConfig(in_channels=1, out_channels=3))
+>>> net(torch.zeros(1, 1, 16, 16, 16)).shape
+torch.Size([1, 3, 16, 16, 16])
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["UNetConfig", "UNet3D"]
+
+Norm = Literal["instance", "group"]
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Hyper-parameters of :class:`UNet3D` (JSON-serialisable via :meth:`to_dict`).
+
+    Attributes
+    ----------
+    in_channels : int
+        Input channels (1 for LAC alone; 1 + K−1 for a cascade's stage 2).
+    out_channels : int
+        Output channels: the number of classes, background included.
+    depth : int
+        Number of resolution levels (``depth − 1`` poolings by 2); inputs must have
+        every spatial size divisible by ``2 ** (depth − 1)`` (see :attr:`divisor`).
+    base_width : int
+        Channels of the first level; doubled per level.
+    max_width : int
+        Cap on the channels of any level (nnU-Net caps at 320 for 3-D).
+    norm : {"instance", "group"}
+        Normalisation after each convolution. Instance norm is nnU-Net's default;
+        group norm (``groups`` groups) behaves the same for batch size 1.
+    groups : int
+        Number of groups for group norm; must divide every level's width.
+    convs_per_level : int
+        Convolutions per level and per path (2 in Çiçek et al. and nnU-Net).
+    negative_slope : float
+        Slope of the leaky ReLU (0.01 as in nnU-Net).
+    """
+
+    in_channels: int = 1
+    out_channels: int = 2
+    depth: int = 3
+    base_width: int = 8
+    max_width: int = 256
+    norm: Norm = "instance"
+    groups: int = 4
+    convs_per_level: int = 2
+    negative_slope: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "depth", "base_width", "max_width", "groups",
+                     "convs_per_level"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"UNetConfig.{name} must be a positive integer, got {value!r}")
+        if self.out_channels < 2:
+            raise ValueError(f"UNetConfig.out_channels must be ≥ 2 (background + one class), "
+                             f"got {self.out_channels}")
+        if self.norm not in ("instance", "group"):
+            raise ValueError(f"UNetConfig.norm must be 'instance' or 'group', got {self.norm!r}")
+        if self.norm == "group":
+            bad = [w for w in self.widths if w % self.groups]
+            if bad:
+                raise ValueError(f"group norm with {self.groups} groups needs widths divisible by "
+                                 f"{self.groups}; widths {self.widths} include {bad}")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels per level, e.g. ``(8, 16, 32)``."""
+        return tuple(min(self.base_width * 2**i, self.max_width) for i in range(self.depth))
+
+    @property
+    def divisor(self) -> int:
+        """Every spatial input size must be a multiple of this (``2 ** (depth − 1)``)."""
+        return 2 ** (self.depth - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise a ``ValueError`` naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown U-Net settings {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _norm(cfg: UNetConfig, channels: int) -> nn.Module:
+    if cfg.norm == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    return nn.GroupNorm(cfg.groups, channels)
+
+
+def _block(cfg: UNetConfig, c_in: int, c_out: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(cfg.convs_per_level):
+        # No bias: the normalisation that follows removes it anyway.
+        layers += [
+            nn.Conv3d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1, bias=False),
+            _norm(cfg, c_out),
+            nn.LeakyReLU(cfg.negative_slope, inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class UNet3D(nn.Module):
+    """3-D U-Net: encoder with max pooling, decoder with transposed convolutions and skips.
+
+    Parameters
+    ----------
+    config : UNetConfig, optional
+        Architecture; the default is the small CPU-friendly network.
+
+    Notes
+    -----
+    ``forward`` maps ``(batch, in_channels, z, y, x)`` float32 to logits of shape
+    ``(batch, out_channels, z, y, x)``; each spatial size must be a multiple of
+    ``config.divisor`` (sliding-window inference and the trainer pad to that).
+    """
+
+    def __init__(self, config: UNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or UNetConfig()
+        w = cfg.widths
+        self.encoders = nn.ModuleList(
+            [_block(cfg, cfg.in_channels if i == 0 else w[i - 1], w[i]) for i in range(cfg.depth)]
+        )
+        self.pool = nn.MaxPool3d(2)
+        self.ups = nn.ModuleList(
+            [nn.ConvTranspose3d(w[i + 1], w[i], kernel_size=2, stride=2) for i in range(cfg.depth - 1)]
+        )
+        self.decoders = nn.ModuleList([_block(cfg, 2 * w[i], w[i]) for i in range(cfg.depth - 1)])
+        self.head = nn.Conv3d(w[0], cfg.out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, out_channels, z, y, x)`` for input ``(batch, in_channels, z, y, x)``.
+
+        Raises
+        ------
+        ValueError
+            If the input is not 5-D, has the wrong number of channels, or a spatial
+            size that is not a multiple of ``config.divisor``.
+        """
+        cfg = self.config
+        if x.ndim != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"UNet3D expects (batch, {cfg.in_channels}, z, y, x), got {tuple(x.shape)}")
+        if any(s % cfg.divisor for s in x.shape[2:]):
+            raise ValueError(f"UNet3D of depth {cfg.depth} needs spatial sizes divisible by "
+                             f"{cfg.divisor}, got {tuple(x.shape[2:])}")
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x)
+            if i < cfg.depth - 1:
+                skips.append(x)
+                x = self.pool(x)
+        for i in reversed(range(cfg.depth - 1)):
+            x = self.decoders[i](torch.cat([skips[i], self.ups[i](x)], dim=1))
+        return self.head(x)
+
+    def flops_per_voxel(self) -> int:
+        """Multiply-adds ×2 per output voxel of one forward pass (for speed estimates)."""
+        cfg, w = self.config, self.config.widths
+        total = 0.0
+        for i in range(cfg.depth):
+            c_in = cfg.in_channels if i == 0 else w[i - 1]
+            level = 27 * (c_in * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i])
+            if i < cfg.depth - 1:
+                level += w[i + 1] * w[i]  # transposed conv: one kernel tap per fine voxel
+                level += 27 * (2 * w[i] * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i])
+            total += 2 * level / 8**i
+        return int(total + 2 * w[0] * cfg.out_channels)

@@ -1,0 +1,294 @@
+"""The cascade: sliding window (case 16), stage-1 context, training, prediction, files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from sxtlab import phantom
+from sxtlab.cascade import CascadeModel, Context, Normalisation, block_labels, block_mean
+from sxtlab.classes import UNANNOTATED
+from sxtlab.errors import FormatError
+from sxtlab.inference import WindowGrid, importance_map, sliding_window, window_starts
+from sxtlab.metrics import dice
+from sxtlab.train import CascadeConfig, TrainConfig, train_cascade
+from sxtlab.unet import UNetConfig
+from sxtlab.volume import label_volume, segmentation, volume
+
+
+# --- sliding window ---------------------------------------------------------------
+def test_case16_sliding_window_covers_and_blends_exactly(field_case) -> None:
+    folder, exp = field_case("16")
+    vol = np.load(folder / exp["input"])
+    params = exp["params"]
+    patch = tuple(params["patch_zyx"])
+    step = patch[1] - params["overlap_voxels"]
+    assert window_starts(vol.shape[1], patch[1], step) == exp["notes"]["yx_patch_starts_full_tiling"]
+    for blend in params["blend"]:
+        out = sliding_window(vol[None], lambda x: x, patch, step=step, blend=blend)[0]
+        assert out.shape == tuple(exp["expect"]["output_shape_zyx"])
+        assert not np.isnan(out).any()
+        assert np.count_nonzero(out == 0) == 0
+        assert np.abs(out - vol).max() <= exp["expect"]["max_abs_error_vs_input"]
+
+
+def test_every_voxel_gets_weight_and_small_inputs_are_cropped_back() -> None:
+    ones = sliding_window(np.zeros((1, 5, 70, 33), np.float32), lambda x: torch.ones_like(x), 16,
+                          step=0.5)
+    assert ones.shape == (1, 5, 70, 33) and np.all(ones == 1)
+    w = importance_map((64, 64, 64))
+    assert w.min() > 0 and w.max() == 1
+    grid = WindowGrid.make((40, 150, 150), 64, 0.5)
+    assert grid.step == (32, 32, 32) and grid.starts(1) == [0, 32, 64, 86]
+
+
+# --- stage-1 context --------------------------------------------------------------
+def test_block_mean_pads_and_works_lazily() -> None:
+    import dask.array as da
+
+    x = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    low = block_mean(x, (2, 2, 2))
+    assert low.shape == (3, 3, 4)
+    assert low[0, 0, 0] == x[:2, :2, :2].mean()
+    np.testing.assert_allclose(block_mean(da.from_array(x, chunks=3), (2, 2, 2)).compute(), low)
+
+
+def test_block_labels_keep_sparse_planes() -> None:
+    lab = np.full((8, 8, 8), UNANNOTATED, np.uint8)
+    lab[4] = 1                 # one annotated plane: 1 voxel in 8 of each block
+    lab[4, :4] = 2
+    low = block_labels(lab, (2, 2, 2), 3)
+    assert (low[2] != UNANNOTATED).all() and (low[0] == UNANNOTATED).all()
+    assert set(np.unique(low[2])) == {1, 2}
+
+
+@pytest.mark.parametrize("mode", ["probabilities", "onehot"])
+def test_context_windows_equal_whole_volume_upsampling(mode: str) -> None:
+    rng = np.random.default_rng(0)
+    p = rng.random((3, 5, 6, 7)).astype(np.float32)
+    p /= p.sum(0)
+    ctx = Context(p, (4, 4, 4), mode=mode, smooth_sigma=2.0)
+    whole = ctx.channels((0, 0, 0), (20, 24, 28))
+    assert whole.shape == (2, 20, 24, 28)
+    np.testing.assert_array_equal(ctx.channels((3, 5, 9), (8, 9, 10)), whole[:, 3:11, 5:14, 9:19])
+    # outside the volume the values stay those of the border
+    np.testing.assert_array_equal(ctx.channels((-4, 0, 0), (4, 24, 28))[:, -1], whole[:, 0])
+    full = ctx.probabilities_at((0, 0, 0), (20, 24, 28))
+    np.testing.assert_allclose(full.sum(0), 1, atol=1e-5)
+    # a lower bound of the interpolated values (they are convex combinations)
+    assert ctx.background_min((0, 0, 0), (20, 24, 28)) <= full[0].min() + 1e-6
+    assert ctx.background_min((2, 2, 2), (4, 4, 4)) <= full[0, 2:6, 2:6, 2:6].min() + 1e-6
+
+
+def test_constant_context_upsamples_to_constant() -> None:
+    p = np.zeros((2, 3, 3, 3), np.float32)
+    p[0], p[1] = 0.25, 0.75
+    ctx = Context(p, (2, 3, 4))
+    np.testing.assert_allclose(ctx.channels((0, 0, 0), (6, 9, 12)), 0.75, atol=1e-6)
+
+
+# --- a small trained cascade --------------------------------------------------------
+SHAPE, VS = (32, 32, 32), 0.12
+CLASSES = ["cell", "nucleus"]
+
+
+def _config(iterations: int = 20) -> CascadeConfig:
+    net = UNetConfig(depth=2, base_width=8)
+
+    def stage(n: int) -> TrainConfig:
+        return TrainConfig(patch_size=(16, 16, 16), batch_size=2, iterations=n, val_every=n, lr=1e-2)
+
+    # stage 1 works on 8× fewer voxels: twice the steps cost little
+    return CascadeConfig(factor=2, stage1=stage(2 * iterations), stage2=stage(iterations), stage1_unet=net,
+                         stage2_unet=net)
+
+
+@pytest.fixture(scope="module")
+def cells() -> list[xr.Dataset]:
+    return [phantom.cell(seed=s, shape=SHAPE, voxel_size=VS) for s in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def trained(cells) -> tuple[CascadeModel, object]:
+    return train_cascade(cells[:2], CLASSES, _config(), validation=cells[2:], progress=False)
+
+
+def _region_truth(ds: xr.Dataset) -> np.ndarray:
+    """Phantom labels merged to cell (1) and nucleus (2), as the model learns them."""
+    lab = ds["labels"].values
+    out = np.where(lab > 0, 1, 0).astype(np.uint8)
+    out[(lab == 2) | (lab == 3)] = 2
+    return out
+
+
+def test_trained_cascade_beats_chance_and_keeps_the_grid(trained) -> None:
+    model, history = trained
+    test = phantom.cell(seed=11, shape=SHAPE, voxel_size=VS)
+    seg = model.predict(test["lac"], progress=False)
+    assert set(seg.data_vars) == {"lac", "labels", "probabilities"}
+    assert seg["labels"].shape == test["lac"].shape and seg["labels"].dtype == np.uint8
+    assert seg["probabilities"].dims == ("class", "z", "y", "x")
+    assert list(seg["class"].values) == ["background", *CLASSES]
+    for d in "zyx":
+        np.testing.assert_array_equal(seg[d].values, test[d].values)
+    assert seg["lac"].attrs["voxel_size_um"] == test["lac"].attrs["voxel_size_um"]
+    assert seg["labels"].attrs["classes"] == {"1": "cell", "2": "nucleus"}
+    assert seg.attrs["model_classes"] == CLASSES and len(seg.attrs["model_weights_sha256"]) == 64
+    np.testing.assert_allclose(seg["probabilities"].sum("class"), 1, atol=1e-4)
+    truth = _region_truth(test)
+    score = dice(seg["labels"].values, truth, [1])[1]
+    # chance (a random labelling with the true class share) scores the class share,
+    # here about 0.17; the nucleus, whose LAC may equal the cytoplasm's in these
+    # noise-free phantoms, needs longer training (see benchmarks/bench_cascade.py)
+    assert score > max(0.7, 3 * (truth == 1).mean()), score
+    assert set(history["stage"]) == {"stage 1", "stage 2"}
+    assert {"dice_cell", "dice_nucleus"} <= set(history.columns)
+
+
+def test_skipping_background_windows_changes_little(trained, cells, monkeypatch) -> None:
+    model, _ = trained
+    # the cell in a wider field of medium, as whole-cell volumes are; a stage 1 that
+    # is sure of the medium (a briefly trained one is not), so that the test is
+    # about skipping, not about stage 1's training
+    lac = volume(np.pad(cells[2]["lac"].values, 16, mode="edge"), VS)
+    truth = np.pad(_region_truth(cells[2]), 16)
+    coarse = block_labels(truth, (2, 2, 2), 3)
+    sure = (coarse[None] == np.arange(3)[:, None, None, None]).astype(np.float32)
+    monkeypatch.setattr(model, "stage1_probabilities", lambda *a, **k: sure)
+    full = model.predict(lac, skip_background=None, step=16, progress=False)
+    fast = model.predict(lac, skip_background=0.95, step=16, progress=False)
+    assert full.attrs["windows_skipped"] == 0 and fast.attrs["windows_skipped"] > 0
+    # skipped windows take stage 1's (here certain) background; the cell is untouched
+    assert np.all(fast["labels"].values[:16, :16, :16] == 0)
+    assert np.all(fast["probabilities"].values[0, :16, :16, :16] == 1)
+    inner = (slice(24, 40),) * 3
+    np.testing.assert_array_equal(fast["labels"].values[inner], full["labels"].values[inner])
+    accuracy = {k: np.mean(seg["labels"].values == truth) for k, seg in (("full", full), ("fast", fast))}
+    assert accuracy["fast"] >= accuracy["full"] - 0.01, accuracy
+
+
+def test_save_load_gives_identical_predictions(trained, cells, tmp_path) -> None:
+    model, _ = trained
+    path = model.save(tmp_path / "model")
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["classes"] == CLASSES and meta["factor"] == [2, 2, 2]
+    assert meta["voxel_size_um"] == [VS] * 3 and meta["format_version"] == 1
+    assert set(meta["normalisation"]) >= {"offset", "scale", "units"}
+    assert meta["info"]["trained_on"] and "sxtlab_version" in meta
+    loaded = CascadeModel.load(path, classes=CLASSES)
+    a = model.predict(cells[2]["lac"], progress=False)
+    b = loaded.predict(cells[2]["lac"], progress=False)
+    np.testing.assert_array_equal(a["probabilities"].values, b["probabilities"].values)
+    assert a.attrs["model_weights_sha256"] == b.attrs["model_weights_sha256"] == meta["weights"]["sha256"]
+
+
+def test_load_refuses_what_is_not_this_model(trained, tmp_path) -> None:
+    model, _ = trained
+    path = model.save(tmp_path / "model")
+    with pytest.raises(FormatError, match=r"classes \['cell', 'nucleus'\], expected \['nucleus', 'cell'\]"):
+        CascadeModel.load(path, classes=["nucleus", "cell"])
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save({"x": torch.zeros(1)}, other / "model.pt")
+    with pytest.raises(FormatError, match="not an sxtlab model"):
+        CascadeModel.load(other)
+    (other / "model.json").write_text("{not json")
+    with pytest.raises(FormatError, match="not valid JSON"):
+        CascadeModel.load(other)
+    meta = json.loads((path / "model.json").read_text())
+    (path / "model.json").write_text(json.dumps({**meta, "format_version": 99}))
+    with pytest.raises(FormatError, match="format version 99.*upgrade sxtlab"):
+        CascadeModel.load(path)
+    (path / "model.json").write_text(json.dumps(meta))
+    (path / "weights.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(FormatError, match="checksum"):
+        CascadeModel.load(path)
+    with pytest.raises(FileNotFoundError):
+        CascadeModel.load(tmp_path / "missing")
+
+
+def test_zarr_backed_prediction_is_blockwise_and_equal(trained, cells, tmp_path) -> None:
+    from sxtlab.io import read_volume, write_volume
+
+    model, _ = trained
+    lac = cells[2]["lac"]
+    src = write_volume(lac, tmp_path / "cell.ome.zarr")
+    lazy_in = read_volume(src, chunks=10)
+    assert not isinstance(lazy_in.data, np.ndarray)
+    memory = model.predict(lac, progress=False)
+    out = model.predict(lazy_in, out=tmp_path / "seg.ome.zarr", block_size=16, progress=False)
+    np.testing.assert_array_equal(out["labels"].values, memory["labels"].values)
+    np.testing.assert_allclose(out["probabilities"].values, memory["probabilities"].values, atol=1e-6)
+    assert out["labels"].attrs["classes"] == {"1": "cell", "2": "nucleus"}
+    for d in "zyx":
+        np.testing.assert_allclose(out[d].values, lac[d].values)
+
+
+def test_other_voxel_size_is_resampled_and_mapped_back(trained) -> None:
+    model, _ = trained
+    test = phantom.cell(seed=12, shape=(28, 28, 28), voxel_size=0.144)
+    with pytest.warns(UserWarning, match="resampling the volume"):
+        seg = model.predict(test["lac"], progress=False)
+    assert seg["labels"].shape == (28, 28, 28)
+    np.testing.assert_array_equal(seg["x"].values, test["x"].values)
+    assert dice(seg["labels"].values, _region_truth(test), [1])[1] > 0.6
+
+
+def test_unknown_voxel_size_trains_and_predicts_without_resampling() -> None:
+    rng = np.random.default_rng(5)
+    samples = []
+    for i in range(3):
+        lab = np.zeros((16, 16, 16), np.uint8)
+        c = 8 + rng.integers(-2, 3)
+        lab[c - 5:c + 5, 3:13, 3:13] = 1
+        lab[c - 2:c + 2, 6:10, 6:10] = 2
+        lab[:, :, 14:] = UNANNOTATED      # an unannotated slab
+        img = volume(np.choose(np.minimum(lab, 3), [0.1, 0.25, 0.35, 0.1]).astype(np.float32), None)
+        samples.append(segmentation(img, label_volume(lab, img, {"1": "cell", "2": "nucleus"})))
+    cfg = _config(iterations=2)
+    cfg.stage1 = TrainConfig(patch_size=(8, 8, 8), iterations=2, batch_size=1)
+    cfg.stage2 = TrainConfig(patch_size=(16, 16, 16), iterations=2, batch_size=1)
+    cfg.context, cfg.stage1_folds = "onehot", 2
+    model, history = train_cascade(samples, None, cfg, progress=False)
+    assert model.voxel_size is None and model.classes == ["cell", "nucleus"]
+    assert model.metadata()["voxel_size_um"] == "unknown"
+    assert set(history["stage"]) == {"stage 1", "stage 1 fold 0", "stage 1 fold 1", "stage 2"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        seg = model.predict(volume(np.full((20, 16, 16), 0.2, np.float32), None), progress=False)
+    assert seg["labels"].shape == (20, 16, 16) and seg.attrs["model_voxel_size_um"] == "unknown"
+
+
+def test_invalid_inputs_are_named() -> None:
+    with pytest.raises(ValueError, match="positive scale"):
+        Normalisation(0.2, 0.0)
+    lab = np.zeros((8, 8, 8), np.uint8)
+    lab[2:6, 2:6, 2:6] = 1
+
+    def sample(vs: float) -> xr.Dataset:
+        img = volume(np.where(lab, 0.3, 0.1).astype(np.float32), vs)
+        return segmentation(img, label_volume(lab, img, {"1": "cell"}))
+
+    with pytest.raises(ValueError, match=r"different voxel sizes \[\[0.05, 0.05, 0.05\], \[0.08"):
+        train_cascade([sample(0.05), sample(0.08)], ["cell"], _config(1), progress=False)
+    with pytest.raises(ValueError, match="no classes to learn"):
+        train_cascade([sample(0.05)], [], _config(1), progress=False)
+    model = train_cascade([sample(0.05)] * 2, ["cell"], _config(1), progress=False)[0]
+    with pytest.raises(FormatError, match=r"dims \('z', 'y', 'x'\), got \('x', 'y', 'z'\)"):
+        model.predict(sample(0.05)["lac"].transpose("x", "y", "z"))
+    with pytest.raises(ValueError, match="resample it first"):
+        model.predict(sample(0.1)["lac"].chunk(4))
+
+
+def test_prediction_does_not_import_the_trainer() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, sxtlab.cascade; "
+            "assert 'sxtlab.train' not in sys.modules, 'sxtlab.cascade imported sxtlab.train'")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,67 @@
+"""The 3-D U-Net: shapes, options, configuration round trip, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sxtlab.unet import UNet3D, UNetConfig
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_output_shape(norm: str, depth: int) -> None:
+    net = UNet3D(UNetConfig(in_channels=2, out_channels=5, depth=depth, base_width=4, norm=norm, groups=2))
+    x = torch.randn(2, 2, 8, 12, 16)
+    y = net(x)
+    assert y.shape == (2, 5, 8, 12, 16)
+    assert y.dtype == torch.float32
+
+
+def test_widths_and_default_is_small() -> None:
+    cfg = UNetConfig(depth=4, base_width=8, max_width=32)
+    assert cfg.widths == (8, 16, 32, 32)
+    assert cfg.divisor == 8
+    n = sum(p.numel() for p in UNet3D().parameters())
+    assert n < 200_000, "the default network must stay CPU-sized"
+
+
+def test_config_round_trip() -> None:
+    cfg = UNetConfig(in_channels=3, out_channels=4, depth=2, base_width=6, norm="group", groups=3)
+    assert UNetConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown U-Net settings"):
+        UNetConfig.from_dict({**cfg.to_dict(), "dropout": 0.5})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"norm": "batch"}, "norm"),
+    ({"out_channels": 1}, "out_channels"),
+    ({"depth": 0}, "depth"),
+    ({"norm": "group", "groups": 3, "base_width": 8}, "divisible by 3"),
+])
+def test_invalid_config(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        UNetConfig(**kwargs)
+
+
+def test_invalid_input_names_the_problem() -> None:
+    net = UNet3D(UNetConfig(in_channels=1, out_channels=2, depth=3, base_width=4))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.zeros(1, 1, 10, 16, 16))
+    with pytest.raises(ValueError, match=r"\(batch, 1, z, y, x\)"):
+        net(torch.zeros(1, 2, 16, 16, 16))
+
+
+def test_same_seed_same_weights() -> None:
+    torch.manual_seed(3)
+    a = UNet3D(UNetConfig(base_width=4))
+    torch.manual_seed(3)
+    b = UNet3D(UNetConfig(base_width=4))
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+
+
+def test_gradients_reach_every_parameter() -> None:
+    net = UNet3D(UNetConfig(depth=3, base_width=4))
+    net(torch.randn(1, 1, 8, 8, 8)).sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
