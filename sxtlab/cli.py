@@ -61,31 +61,153 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import phantom
-    from .io import read_segmentation, write_volume
+def _read_input(path: str, voxel_size) -> xr.Dataset:
+    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``."""
+    from .io import detect_format, read_segmentation, read_volume
+
+    p = Path(path)
+    if p.suffix.lower() == ".hx" or (detect_format(p) == "omezarr" and (p / "labels").is_dir()):
+        return read_segmentation(p, voxel_size=voxel_size)
+    return read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    # Checked before the work starts, so a long run never ends in a refusal.
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+
+
+def _write_csv(table, path: Path, overwrite: bool) -> Path:
+    from .io import atomic_output
+
+    return atomic_output(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
+
+
+def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, tta: bool) -> xr.Dataset:
+    """Predict, writing to ``out`` block by block where no resampling is needed."""
+    from .io import write_volume
+
+    same_grid = (model.voxel_size is None or not image.sxt.has_voxel_size
+                 or np.allclose(image.sxt.voxel_size, model.voxel_size, rtol=0.02))
+    if out is not None and same_grid:
+        return model.predict(image, out=out, overwrite=overwrite, tta=tta)
+    seg = model.predict(image.load(), tta=tta)
+    if out is not None:
+        write_volume(seg, out, overwrite=overwrite)
+    return seg
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from .models import load_model
 
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    size = args.size
-    cell = phantom.cell(seed=args.seed, shape=(size, size, size), voxel_size=args.voxel_size,
-                        acquisition=phantom.Acquisition())
-    path = write_volume(cell, out / "phantom_cell.ome.zarr", overwrite=args.overwrite)
-    back = read_segmentation(path)
-    xr.testing.assert_identical(back.compute(), cell)
-    print(describe(back))
-    print(f"wrote {path} (OME-Zarr with an NGFF labels group; read back identical)")
+    _refuse_existing(out, args.overwrite)
+    image = _read_input(args.input, args.voxel_size)["lac"]
+    model = load_model(args.model)
+    log.info("model %s: classes %s", args.model, ", ".join(model.classes))
+    seg = _segment(image, model, out, args.overwrite, args.tta)
+    print(describe(seg))
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_measure(args: argparse.Namespace) -> int:
+    from . import measure
+    from .io import read_segmentation
+
+    out = Path(args.output)
+    _refuse_existing(out, args.overwrite)
+    seg = read_segmentation(args.segmentation, voxel_size=args.voxel_size)
+    kwargs = {"allow_voxel_units": args.allow_voxel_units}
+    if args.table == "distances":
+        pairs = [tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else None
+        if not pairs:
+            raise SxtlabError("--table distances needs --pairs, e.g. --pairs mitochondria:nucleus,lipid_body:cell")
+        table = measure.distances(seg, pairs, **kwargs)
+    else:
+        table = getattr(measure, args.table)(seg, **kwargs)
+    _write_csv(table, out, args.overwrite)
+    print(f"{len(table)} rows ({args.table}) -> {out}")
+    return 0
+
+
+def _cmd_catalog(args: argparse.Namespace) -> int:
+    from .catalog import Catalog
+
+    if args.catalog_command == "create":
+        Catalog.create(args.catalog)
+        print(f"created catalog {args.catalog}")
+        return 0
+    cat = Catalog.open(args.catalog)
+    if args.catalog_command == "list":
+        frame = cat.to_frame()
+        columns = [c for c in ("annotated_classes", "shape", "dz_um", "dy_um", "dx_um", "species", "condition",
+                               "source") if c in frame]
+        print(frame[columns].to_string() if len(frame) else f"{args.catalog}: empty catalog")
+        return 0
+    ds = _read_input(args.image, args.voxel_size)
+    if args.labels:
+        labels = _read_input(args.labels, args.voxel_size)["lac"]
+        if not labels.sxt.is_labels:
+            raise SxtlabError(f"{args.labels}: not a label volume (it names no classes)")
+    elif "labels" in ds:
+        labels = ds["labels"]
+    else:
+        raise SxtlabError(f"{args.image}: holds no labels; give the label file as a second argument")
+    metadata = dict(_key_value(kv) for kv in args.meta)
+    classes = args.classes.split(",") if args.classes else None
+    entry = cat.add(ds["lac"], labels, classes=classes, **metadata)
+    print(f"added {entry} to {args.catalog} ({len(cat)} entries)")
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SxtlabError(f"--meta takes KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .task import Task
+
+    out = Path(args.output)
+    _refuse_existing(out, args.overwrite)
+    task = Task(args.task, voxel_size_um=args.task_voxel_size)
+    if args.catalog:
+        from .catalog import Catalog
+
+        model, history = task.train(Catalog.open(args.catalog), fast=args.fast)
+    elif args.inputs:
+        cells = []
+        for path in args.inputs:
+            ds = _read_input(path, args.voxel_size)
+            if "labels" not in ds:
+                raise SxtlabError(f"{path}: has no label field; training needs labels "
+                                  "(`sxtlab segment` works without them)")
+            cells.append(ds)
+        model, history = task.train(cells, fast=args.fast)
+    else:
+        raise SxtlabError("give labelled input files or --catalog CAT to train from")
+    model.save(out, overwrite=args.overwrite)
+    best = history.groupby("stage")["mean_dice"].max() if "mean_dice" in history else None
+    if best is not None:
+        print("best validation Dice per stage:", ", ".join(f"{k}: {v:.3f}" for k, v in best.items()))
+    print(f"model for {', '.join(model.classes)} -> {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    paths = run_demo(Path(args.output), seed=args.seed, size=args.size, overwrite=args.overwrite)
+    for what, path in paths.items():
+        print(f"{what:>13}: {path}")
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .io import read_segmentation, read_volume
-
-    try:
-        obj: xr.DataArray | xr.Dataset = read_segmentation(args.path, voxel_size=args.voxel_size)
-    except SxtlabError:
-        obj = read_volume(args.path, voxel_size=args.voxel_size)
-    print(describe(obj))
+    print(describe(_read_input(args.path, args.voxel_size)))
     return 0
 
 
@@ -108,20 +230,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done, step by step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="make a phantom cell, write it to OME-Zarr and summarise it",
-                          description="Make a synthetic SXT cell with known truth (simulated acquisition), "
-                                      "write it with its labels to OME-Zarr and print a summary.")
+    vs_help = "voxel size in µm ('D' or 'DZ,DY,DX') where the file records none"
+
+    demo = sub.add_parser("demo", help="segment and measure a sample cell; write OME-Zarr, CSV and PNG",
+                          description="Segment a sample cell with the shipped model, measure its organelles "
+                                      "and write the segmentation (OME-Zarr), the table (CSV) and a figure "
+                                      "(PNG).")
     demo.add_argument("-o", "--output", default="sxtlab-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="phantom seed (default: %(default)s)")
-    demo.add_argument("--size", type=int, default=96, help="voxels per side (default: %(default)s)")
-    demo.add_argument("--voxel-size", type=float, default=0.06, help="µm (default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=1000, help="phantom seed (default: %(default)s)")
+    demo.add_argument("--size", type=int, default=128, help="phantom voxels per side (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     demo.set_defaults(func=_cmd_demo)
 
+    seg = sub.add_parser("segment", help="segment a volume with a model",
+                         description="Segment a volume (MRC, AmiraMesh/.hx, TIFF, OME-Zarr) and write an "
+                                     "OME-Zarr segmentation with labels and class probabilities.")
+    seg.add_argument("input", help="volume file")
+    seg.add_argument("-o", "--output", required=True, help="output OME-Zarr folder (e.g. seg.zarr)")
+    seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
+    seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
+    seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    seg.set_defaults(func=_cmd_segment)
+
+    meas = sub.add_parser("measure", help="measure a segmentation into a CSV table",
+                          description="Measure organelles of a segmentation (OME-Zarr or .hx) into a CSV "
+                                      "table with units in the column names.")
+    meas.add_argument("segmentation", help="OME-Zarr segmentation or Amira project")
+    meas.add_argument("-o", "--output", required=True, help="output CSV file")
+    meas.add_argument("--table", choices=("instances", "classes", "distances"), default="instances",
+                      help="one row per organelle, per class, or per distance (default: %(default)s)")
+    meas.add_argument("--pairs", help="class pairs for --table distances, e.g. mitochondria:nucleus,lipid_body:cell")
+    meas.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    meas.add_argument("--allow-voxel-units", action="store_true",
+                      help="measure in voxels when the voxel size is unknown")
+    meas.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    meas.set_defaults(func=_cmd_measure)
+
+    cat = sub.add_parser("catalog", help="create, fill and list a reference catalog of segmented cells")
+    cat_sub = cat.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    create = cat_sub.add_parser("create", help="create an empty catalog")
+    create.add_argument("catalog", help="catalog folder")
+    listing = cat_sub.add_parser("list", help="list the entries")
+    listing.add_argument("catalog", help="catalog folder")
+    add = cat_sub.add_parser("add", help="add an image and its labels")
+    add.add_argument("catalog", help="catalog folder")
+    add.add_argument("image", help="image file, or an Amira project / OME-Zarr that holds labels too")
+    add.add_argument("labels", nargs="?", help="label file (AmiraMesh .labels, OME-Zarr, ...)")
+    add.add_argument("--classes", help="the classes annotated, comma-separated (default: those the labels name)")
+    add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                     help="metadata, e.g. --meta species=yeast --meta condition=control")
+    add.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    cat.set_defaults(func=_cmd_catalog)
+
+    train = sub.add_parser("train", help="train a model for a task",
+                           description="Train a cascade for the classes a task needs, from labelled files "
+                                       "(sparse annotations allowed) or from a catalog.")
+    train.add_argument("inputs", nargs="*", help="labelled volumes (.hx projects, OME-Zarr segmentations)")
+    train.add_argument("--task", required=True, help="classes, comma-separated, e.g. nucleus,lipid_body")
+    train.add_argument("--catalog", help="train from every entry of this catalog that fits the task")
+    train.add_argument("-o", "--output", required=True, help="output model folder")
+    train.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    train.add_argument("--task-voxel-size", type=_voxel_size, default=None,
+                       help="resolution (µm) the model works at; catalog entries are resampled to it")
+    train.add_argument("--fast", action="store_true", help="a short training run, for trying things out")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    train.set_defaults(func=_cmd_train)
+
     info = sub.add_parser("info", help="summarise a volume file (MRC, AmiraMesh, TIFF, OME-Zarr, .hx)")
     info.add_argument("path")
-    info.add_argument("--voxel-size", type=_voxel_size, default=None,
-                      help="voxel size in µm ('D' or 'DZ,DY,DX') where the file has none")
+    info.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
     info.set_defaults(func=_cmd_info)
     return parser
 

@@ -1,0 +1,61 @@
+"""The command line: outputs, exit codes and one-line reasons."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sxtlab
+from sxtlab.cli import main
+
+
+@pytest.fixture
+def seg_file(tmp_path):
+    image = sxtlab.volume(np.full((16, 20, 24), 0.25, np.float32), voxel_size=(0.05, 0.03, 0.03))
+    lab = np.zeros(image.shape, np.uint8)
+    lab[4:12, 5:15, 6:18] = 1
+    lab[6:10, 8:12, 9:15] = 2
+    seg = sxtlab.segmentation(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "nucleus"}))
+    return sxtlab.write_volume(seg, tmp_path / "seg.ome.zarr")
+
+
+def test_measure_writes_csv_with_units(seg_file, tmp_path, capsys):
+    out = tmp_path / "table.csv"
+    assert main(["measure", str(seg_file), "-o", str(out)]) == 0
+    table = pd.read_csv(out)
+    nucleus = table[table["class"] == "nucleus"].iloc[0]
+    assert nucleus["volume_um3"] == pytest.approx(4 * 4 * 6 * 0.05 * 0.03 * 0.03)
+    assert "rows (instances)" in capsys.readouterr().out
+
+
+def test_existing_output_is_refused_with_code_3(seg_file, tmp_path, capsys):
+    out = tmp_path / "table.csv"
+    out.write_text("keep me")
+    assert main(["measure", str(seg_file), "-o", str(out)]) == 3
+    assert out.read_text() == "keep me"
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["measure", str(seg_file), "-o", str(out), "--overwrite"]) == 0
+
+
+def test_bad_input_is_one_line_with_code_2(tmp_path, capsys):
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"not an mrc file")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sxtlab: ") and "broken.mrc" in err[-1]
+    assert main(["info", str(tmp_path / "missing.rec")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_info_summarises_with_voxel_size(seg_file, capsys):
+    assert main(["info", str(seg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "voxel size 0.05 × 0.03 × 0.03 µm" in out and "nucleus" in out
+
+
+def test_catalog_create_add_list(seg_file, tmp_path, capsys):
+    cat = tmp_path / "refs.catalog"
+    assert main(["catalog", "create", str(cat)]) == 0
+    assert main(["catalog", "add", str(cat), str(seg_file), "--meta", "species=yeast"]) == 0
+    assert main(["catalog", "list", str(cat)]) == 0
+    assert "yeast" in capsys.readouterr().out
+    assert main(["catalog", "add", str(cat), str(seg_file), "--meta", "oops"]) == 2
