@@ -264,12 +264,13 @@ def segmentation(image: xr.DataArray, labels: xr.DataArray | None = None,
     return xr.Dataset(data, attrs=dict(attrs))
 
 
-def _factors(factor: int | Sequence[int]) -> tuple[int, int, int]:
-    f = np.atleast_1d(np.asarray(factor)).ravel()
+def int_triple(value: int | Sequence[int], what: str) -> tuple[int, int, int]:
+    """``(z, y, x)`` positive integers from one or three values; ``what`` names them in errors."""
+    f = np.atleast_1d(np.asarray(value)).ravel()
     if f.size == 1:
         f = np.repeat(f, 3)
     if f.size != 3 or not np.all(f == np.round(f)) or np.any(f < 1):
-        raise ValueError(f"downsampling factor must be 1 or 3 positive integers, got {factor!r}")
+        raise ValueError(f"{what} must be 1 or 3 positive integers (z, y, x), got {value!r}")
     return tuple(int(v) for v in f)  # type: ignore[return-value]
 
 
@@ -432,7 +433,7 @@ class SxtAccessor:
         A trailing remainder that does not fill a block is dropped. The new coords
         are the centres of the blocks and the voxel size is multiplied by the factor.
         """
-        f = _factors(factor)
+        f = int_triple(factor, "downsampling factor")
         obj = self._obj
         factors = dict(zip(DIMS, f))
         if self.is_labels:

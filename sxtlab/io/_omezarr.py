@@ -75,7 +75,7 @@ import zarr
 
 from ..classes import UNANNOTATED, UnknownClassError, canonical_name, class_map, colour, is_ignore_name
 from ..errors import FormatError
-from ..volume import DIMS, check_voxel_size, label_volume, volume
+from ..volume import DIMS, check_voxel_size, int_triple, label_volume, volume
 from ..volume import segmentation as _segmentation
 from ._common import UM_PER_UNIT, jsonable, length_unit, merge_voxel_size, to_um, warn
 
@@ -105,15 +105,6 @@ def _sxtlab_version() -> str:
     from .. import __version__
 
     return __version__
-
-
-def _chunks3(chunks: int | Sequence[int]) -> tuple[int, int, int]:
-    c = np.atleast_1d(np.asarray(chunks)).ravel()
-    if c.size == 1:
-        c = np.repeat(c, 3)
-    if c.size != 3 or not np.all(c == np.round(c)) or np.any(c < 1):
-        raise ValueError(f"chunks must be 1 or 3 positive integers (z, y, x), got {chunks!r}")
-    return tuple(int(v) for v in c)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------
@@ -420,7 +411,7 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
     for other, what in ((labels, "labels"), (probs, "probabilities")):
         if other is not None and tuple(other.shape[-3:]) != tuple(image.shape):
             raise FormatError(f"{where}: {what} have shape {tuple(other.shape)}, the image has {tuple(image.shape)}")
-    chunk3 = _chunks3(chunks)
+    chunk3 = int_triple(chunks, "chunks")
     plan = _plan_levels(tuple(image.shape), vs, origin, chunk3, levels)  # type: ignore[arg-type]
     known = vs is not None
 
