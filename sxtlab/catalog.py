@@ -66,6 +66,7 @@ True
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -76,6 +77,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,9 +88,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from tqdm.auto import tqdm
 
-from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, canonical_name, class_map
-from .errors import FormatError, OutputExistsError, SxtlabError
+from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, UnknownClassError, canonical_name, class_map
+from .errors import FormatError, OutputExistsError, SxtlabError, SxtlabWarning
+from .io import read_project
 from .io._atomic import atomic_output
 from .volume import DIMS, check_finite, check_same_grid, check_voxel_size
 
@@ -100,6 +104,7 @@ __all__ = [
     "InvalidEntryError",
     "FORMAT_VERSION",
     "STANDARD_METADATA",
+    "import_projects",
 ]
 
 #: Version of the on-disk layout this module writes; it reads this one and older.
@@ -1109,3 +1114,108 @@ class Catalog:
                 )
             keep &= _matches(frame[key], condition)
         return frame[keep]
+
+
+# ---------------------------------------------------------------------------------
+# Importing an archive of Amira projects
+# ---------------------------------------------------------------------------------
+
+def _fingerprint(paths: Iterable[Path]) -> str:
+    """SHA-256 of the files' bytes, in order: the identity of an imported cell."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def import_projects(catalog: Catalog, folder: str | os.PathLike, *, pattern: str = "*.hx",
+                    class_map: Mapping[str, str] | None = None, voxel_size: Any = None,
+                    progress: bool = True, **metadata: Any) -> pd.DataFrame:
+    """Add every segmented Amira project under a folder that the catalog lacks.
+
+    Each project (``.hx``, searched recursively) is read with
+    :func:`sxtlab.io.read_project`: its image and the label field connected to it,
+    with the field's ``Materials`` mapped onto the vocabulary and materials named like
+    ``ignore`` made unannotated. A project whose materials name no known class is
+    **not** guessed at: it is reported with those names, to be mapped with
+    ``class_map`` on a later run. The entry id is the project's name plus the first
+    12 hex digits of the SHA-256 of its image and label files, so re-running the
+    import adds only projects whose files are new (moving or renaming a folder does
+    not duplicate its cells; editing a label field adds the edited cell anew).
+
+    Parameters
+    ----------
+    catalog : Catalog
+        Where the cells go.
+    folder : path-like
+        Searched recursively for ``pattern``.
+    pattern : str
+        Glob of the project files.
+    class_map : mapping of str to str, optional
+        Material name → class (or ``"ignore"``), for names the vocabulary lacks.
+    voxel_size : float or (dz, dy, dx), optional
+        Voxel size in µm for projects whose files record none (Amira's
+        ``BoundingBox`` in voxel units); without it their voxel size stays unknown.
+    progress : bool
+        Show a progress bar.
+    **metadata
+        Added to every entry (e.g. ``species="yeast"``), next to the provenance:
+        ``source`` (the project), ``image_file``, ``labels_file``, ``sha256``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per project: ``project``, ``status`` (``"added"``, ``"present"``:
+        already in the catalog, ``"unmapped"``: materials no class matches,
+        ``"no labels"``: no label field, ``"failed"``: unreadable), ``entry``,
+        ``classes`` (annotated), ``voxel_size_um`` and ``message`` (the reason, or
+        the reader's warnings, e.g. an unknown voxel size).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``folder`` is not a folder.
+
+    Examples
+    --------
+    >>> report = import_projects(cat, "/archive/amira", class_map={"Inside": "cell"})  # doctest: +SKIP
+    >>> report.status.value_counts()  # doctest: +SKIP
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder of Amira projects")
+    rows = []
+    for hx in tqdm(sorted(root.rglob(pattern)), desc="import", unit="project", disable=not progress):
+        row: dict[str, Any] = {"project": str(hx), "status": "failed", "entry": None, "classes": None,
+                               "voxel_size_um": None, "message": ""}
+        rows.append(row)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SxtlabWarning)
+                ds = read_project(hx, voxel_size=voxel_size, class_map=class_map)
+            row["message"] = " | ".join(str(w.message) for w in caught)
+            if "labels" not in ds:
+                row["status"] = "no labels"
+                continue
+            files = [Path(ds.attrs["image_file"]), Path(ds.attrs["labels_file"])]
+            sha = _fingerprint(files)
+            entry_id = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', hx.stem)}-{sha[:12]}"
+            row["entry"] = entry_id
+            row["voxel_size_um"] = ds["lac"].attrs.get("voxel_size_um")
+            if entry_id in catalog:
+                row["status"] = "present"
+                row["classes"] = catalog.entry_classes(entry_id)
+                continue
+            provenance = {"source": str(hx), "image_file": str(files[0]), "labels_file": str(files[1]),
+                          "sha256": sha}
+            catalog.add(ds["lac"], ds["labels"], entry_id=entry_id, **{**metadata, **provenance})
+            row["status"], row["classes"] = "added", catalog.entry_classes(entry_id)
+        except UnknownClassError as exc:
+            row["status"], row["message"] = "unmapped", str(exc)
+        except EntryExistsError:  # another process imported it meanwhile
+            row["status"] = "present"
+        except (SxtlabError, OSError, ValueError) as exc:
+            row["message"] = f"{type(exc).__name__}: {exc}"
+    return pd.DataFrame(rows, columns=["project", "status", "entry", "classes", "voxel_size_um", "message"])

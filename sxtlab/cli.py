@@ -139,6 +139,8 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
         print(f"created catalog {args.catalog}")
         return 0
     cat = Catalog.open(args.catalog)
+    if args.catalog_command == "import":
+        return _import(cat, args)
     if args.catalog_command == "list":
         frame = cat.to_frame()
         columns = [c for c in ("annotated_classes", "shape", "dz_um", "dy_um", "dx_um", "species", "condition",
@@ -161,10 +163,28 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_value(text: str) -> tuple[str, str]:
+def _import(cat, args: argparse.Namespace) -> int:
+    from .catalog import import_projects
+
+    class_map = dict(_key_value(kv, "--class-map") for kv in args.class_map)
+    metadata = dict(_key_value(kv) for kv in args.meta)
+    report = import_projects(cat, args.folder, pattern=args.pattern, class_map=class_map,
+                             voxel_size=args.voxel_size, **metadata)
+    for row in report.itertuples():
+        detail = f" {row.entry} ({', '.join(row.classes)})" if row.status in ("added", "present") else ""
+        print(f"{row.status:>9}  {row.project}{detail}")
+        if row.status in ("unmapped", "failed", "no labels") and row.message:
+            print(f"           {row.message}")
+    counts = report["status"].value_counts()
+    print(f"{len(report)} projects: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {len(cat)} entries")
+    # Projects left out are a reason to look, and scripts should see it.
+    return 2 if counts.get("unmapped", 0) or counts.get("failed", 0) else 0
+
+
+def _key_value(text: str, option: str = "--meta") -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise SxtlabError(f"--meta takes KEY=VALUE, got {text!r}")
+        raise SxtlabError(f"{option} takes KEY=VALUE, got {text!r}")
     return key, value
 
 
@@ -281,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                      help="metadata, e.g. --meta species=yeast --meta condition=control")
     add.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    imp = cat_sub.add_parser(
+        "import", help="add every segmented Amira project (.hx) under a folder that is not in yet",
+        description="Walk FOLDER for Amira projects, map their materials onto sxtlab's classes and add each "
+                    "cell with its provenance. Materials that match no class are reported, not guessed; "
+                    "materials named like 'ignore' mark unannotated voxels. Re-running adds only new cells.")
+    imp.add_argument("catalog", help="catalog folder")
+    imp.add_argument("folder", help="folder searched recursively for projects")
+    imp.add_argument("--pattern", default="*.hx", help="glob of the project files (default: *.hx)")
+    imp.add_argument("--class-map", action="append", default=[], metavar="MATERIAL=CLASS",
+                     help="map a material name onto a class (or 'ignore'), e.g. --class-map Inside=cell")
+    imp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                     help="metadata for every imported cell, e.g. --meta species=yeast")
+    imp.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
     cat.set_defaults(func=_cmd_catalog)
 
     train = sub.add_parser("train", help="train a model for a task",

@@ -529,3 +529,34 @@ def test_get_missing_folder(cat):
         cat.get(entry)
     cat.remove(entry)
     assert len(cat) == 0
+
+
+def test_import_projects_reports_unmapped_names_and_adds_only_new(shared, tmp_path):
+    import shutil
+
+    from sxtlab.catalog import import_projects
+
+    archive = tmp_path / "archive"
+    shutil.copytree(shared / "data" / "ncxt", archive)
+    cat = Catalog.create(tmp_path / "cat")
+    first = import_projects(cat, archive, progress=False, species="yeast").set_index("project")
+    sample = str(archive / "sample_12.hx")
+    assert first.loc[sample, "status"] == "added" and first.loc[sample, "classes"] == ["cell"]
+    assert "voxel size unknown" in first.loc[sample, "message"]
+    templates = first.drop(index=sample)
+    assert (templates["status"] == "unmapped").all() and len(templates) == 2
+    assert templates["message"].str.contains("'Inside'").all()  # the name it could not map
+    assert len(cat) == 1
+
+    again = import_projects(cat, archive, class_map={"Inside": "cell"}, progress=False).set_index("project")
+    assert again.loc[sample, "status"] == "present"
+    assert (again.drop(index=sample)["status"] == "added").all() and len(cat) == 3
+    entry = cat.to_frame().loc[first.loc[sample, "entry"]]
+    assert entry["source"] == sample and entry["species"] == "yeast" and len(entry["sha256"]) == 64
+    assert np.isnan(entry["dz_um"])  # unknown voxel size stays unknown
+    labels = cat.get(first.loc[sample, "entry"])["labels"].values
+    assert {0, 1, UNANNOTATED} <= set(np.unique(labels).tolist())  # 'ignore' became unannotated
+    assert (import_projects(cat, archive, class_map={"Inside": "cell"}, progress=False)["status"]
+            == "present").all()
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        import_projects(cat, tmp_path / "nowhere")

@@ -59,3 +59,19 @@ def test_catalog_create_add_list(seg_file, tmp_path, capsys):
     assert main(["catalog", "list", str(cat)]) == 0
     assert "yeast" in capsys.readouterr().out
     assert main(["catalog", "add", str(cat), str(seg_file), "--meta", "oops"]) == 2
+
+
+def test_catalog_import_reports_and_exits_2_on_unmapped_materials(shared, tmp_path, capsys):
+    import shutil
+
+    shutil.copytree(shared / "data" / "ncxt" / "template-ver63", tmp_path / "archive")
+    cat = str(tmp_path / "cat")
+    assert main(["catalog", "create", cat]) == 0
+    assert main(["catalog", "import", cat, str(tmp_path / "archive")]) == 2
+    out = capsys.readouterr().out
+    assert "unmapped" in out and "'Inside'" in out and "0 entries" in out
+    assert main(["catalog", "import", cat, str(tmp_path / "archive"), "--class-map", "Inside=cell",
+                 "--meta", "species=yeast"]) == 0
+    assert "1 added; 1 entries" in capsys.readouterr().out
+    assert main(["catalog", "import", cat, str(tmp_path / "archive"), "--class-map", "Inside"]) == 2
+    assert "--class-map takes KEY=VALUE" in capsys.readouterr().err

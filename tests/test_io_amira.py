@@ -218,6 +218,14 @@ def test_sample_12_project(ncxt):
     assert float(ds.lac.where(ds.labels == 1).mean()) > 3 * float(ds.lac.where(ds.labels == 0).mean())
 
 
+def test_project_given_by_a_relative_path(ncxt, monkeypatch):
+    # ${SCRIPTDIR} of a relative project path once got the folder joined twice
+    monkeypatch.chdir(ncxt.parent)
+    ds = read_project(Path("ncxt") / "sample_12.hx", voxel_size=0.032)
+    assert ds.lac.shape == (58, 61, 58)
+    assert Path(ds.attrs["labels_file"]).resolve() == (ncxt / "sample_12-files" / "sample_12.labels").resolve()
+
+
 @pytest.mark.parametrize("version", ["template-ver63", "template-ver2019"])
 def test_templates(ncxt, version):
     hx = ncxt / version / "template.hx"

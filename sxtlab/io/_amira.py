@@ -533,8 +533,8 @@ def _parse_hx(hx: Path) -> tuple[dict[str, str], list[tuple[str, str]]]:
 def _resolve(hx: Path, target: str) -> Path:
     def sub(m: re.Match) -> str:
         name = m.group(1) or m.group(2)
-        if name == "SCRIPTDIR":
-            return str(hx.parent)
+        if name == "SCRIPTDIR":  # absolute, so that the result is not joined to it again
+            return str(hx.parent.absolute())
         raise FileNotFoundError(
             f"{hx}: the project loads {target!r}, whose variable ${{{name}}} sxtlab cannot resolve "
             "(only ${SCRIPTDIR}, the project's folder, is known)")
