@@ -60,7 +60,7 @@ from .classes import UNANNOTATED, canonical_name
 from .errors import FormatError
 from .inference import WindowGrid, blend_block, crop_padded, flip_tta, importance_map, sliding_window
 from .unet import UNet3D, UNetConfig
-from .volume import DIMS, check_voxel_size, label_volume, segmentation
+from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
 __all__ = ["CascadeModel", "Normalisation", "Context", "block_mean", "block_labels",
            "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE"]
@@ -78,6 +78,8 @@ _VOXEL_RTOL = 0.02
 #: Largest stage-1 window edge (coarse voxels) at inference: a 512³ volume at factor
 #: 4 is seen in one pass (about 0.5 GB of activations for the default network).
 STAGE1_MAX_EDGE = 128
+#: What a model's input can be: LAC in µm⁻¹, or uncalibrated gray values.
+INPUT_UNITS = ("1/um", "gray")
 
 
 def _sxtlab_version() -> str:
@@ -87,49 +89,60 @@ def _sxtlab_version() -> str:
         return "0+unknown"
 
 
-def _triple(v: int | Sequence[int], what: str) -> tuple[int, int, int]:
-    a = np.broadcast_to(np.asarray(v), (3,))
-    if not np.issubdtype(a.dtype, np.integer) or np.any(a < 1):
-        raise ValueError(f"{what} must be 1 or 3 positive integers, got {v!r}")
-    return tuple(int(x) for x in a)  # type: ignore[return-value]
-
-
 # ---------------------------------------------------------------------------------
 # Intensities and grids
 # ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Normalisation:
-    """Global LAC normalisation ``x = (LAC − offset) / scale``, both in µm⁻¹.
+    """Global intensity normalisation ``x = (value − offset) / scale``.
 
     Fixed for a model (recorded in its metadata), the same for every image, so that
     a lipid body's absolute LAC means the same to the network in every cell.
+
+    Attributes
+    ----------
+    offset, scale : float
+        In the units of the values (µm⁻¹ for LAC).
+    units : {"1/um", "gray"}
+        What the model takes: LAC in µm⁻¹ (the default; calibrated gray values are
+        converted), or the **uncalibrated gray values** of reconstructions like the
+        one it was trained on (a model trained from sparse annotations of a single
+        volume that has no calibration, :func:`sxtlab.sparse.fit_sparse`).
     """
 
     offset: float
     scale: float
+    units: str = "1/um"
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.offset) and np.isfinite(self.scale) and self.scale > 0):
-            raise ValueError(f"normalisation needs a finite offset and a positive scale (µm⁻¹), "
-                             f"got offset={self.offset}, scale={self.scale}")
+            raise ValueError(f"normalisation needs a finite offset and a positive scale, "
+                             f"got offset={self.offset}, scale={self.scale} ({self.units})")
+        if self.units not in INPUT_UNITS:
+            raise ValueError(f"normalisation units must be one of {INPUT_UNITS}, got {self.units!r}")
 
-    def apply(self, lac):
-        """Normalised float32 values of a LAC array (NumPy or dask)."""
-        return (lac.astype(np.float32) - np.float32(self.offset)) / np.float32(self.scale)
+    def apply(self, values):
+        """Normalised float32 values of an array (NumPy or dask) in :attr:`units`."""
+        return (values.astype(np.float32) - np.float32(self.offset)) / np.float32(self.scale)
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> "Normalisation":
-        """Offset/scale from LAC values of annotated cells (mean and std after clipping).
+    def fit(cls, values: np.ndarray, units: str = "1/um") -> "Normalisation":
+        """Offset/scale from the values of annotated cells (mean and std after clipping).
 
         As nnU-Net's CT scheme: clip to the 0.5–99.5 percentiles, then mean and standard
-        deviation; rounded so that the model file reads cleanly.
+        deviation. LAC is rounded to 0.0001 µm⁻¹ so that the model file reads cleanly
+        (with a floor of 0.001 µm⁻¹ on the scale); gray values, whose range can be
+        anything (sample_12's cells span about 0.01), keep 6 significant digits.
         """
         v = np.asarray(values, np.float64).ravel()
         if v.size == 0:
-            raise ValueError("cannot fit a LAC normalisation: no annotated foreground voxels")
+            raise ValueError("cannot fit an intensity normalisation: no annotated foreground voxels")
         lo, hi = np.percentile(v, [0.5, 99.5])
         v = np.clip(v, lo, hi)
-        return cls(round(float(v.mean()), 4), round(max(float(v.std()), 1e-3), 4))
+        mean, std = float(v.mean()), float(v.std())
+        if units == "1/um":
+            return cls(round(mean, 4), round(max(std, 1e-3), 4), units)
+        return cls(float(f"{mean:.6g}"), float(f"{std or max(abs(mean), 1.0):.6g}"), units)
 
 
 def block_mean(data, factor: Sequence[int]):
@@ -234,7 +247,7 @@ class Context:
                  smooth_sigma: float = 2.0) -> None:
         if mode not in ("probabilities", "onehot"):
             raise ValueError(f"context mode must be 'probabilities' or 'onehot', got {mode!r}")
-        self.factor = _triple(factor, "factor")
+        self.factor = int_triple(factor, "factor")
         self.mode = mode
         p = np.asarray(probabilities, np.float32)
         if smooth_sigma > 0:
@@ -370,11 +383,11 @@ class CascadeModel:
         if (c2.in_channels, c2.out_channels) != (k, k):
             raise ValueError(f"stage 2 must map {k} channels (LAC + {k - 1} context) to {k} classes, "
                              f"it maps {c2.in_channels} to {c2.out_channels}")
-        self.factor = _triple(factor, "factor")
+        self.factor = int_triple(factor, "factor")
         self.normalisation = normalisation
         self.voxel_size = check_voxel_size(voxel_size, where="model voxel size")
-        self.stage1_patch = _triple(stage1_patch, "stage1_patch")
-        self.stage2_patch = _triple(stage2_patch, "stage2_patch")
+        self.stage1_patch = int_triple(stage1_patch, "stage1_patch")
+        self.stage2_patch = int_triple(stage2_patch, "stage2_patch")
         for net, patch, name in ((stage1, self.stage1_patch, "stage1_patch"),
                                  (stage2, self.stage2_patch, "stage2_patch")):
             if any(p % net.config.divisor for p in patch):
@@ -419,7 +432,7 @@ class CascadeModel:
             "classes": self.classes,
             "factor": list(self.factor),
             "normalisation": {"offset": self.normalisation.offset, "scale": self.normalisation.scale,
-                              "units": "1/um", "formula": "(lac - offset) / scale"},
+                              "units": self.normalisation.units, "formula": "(value - offset) / scale"},
             "voxel_size_um": _json_voxel_size(self.voxel_size),
             "context": {"mode": self.context, "smooth_sigma": self.smooth_sigma},
             "stage1": {"unet": self.stage1.config.to_dict(), "patch": list(self.stage1_patch)},
@@ -537,7 +550,8 @@ class CascadeModel:
             vs = meta["voxel_size_um"]
             norm = meta["normalisation"]
             return cls(s1, s2, model_classes, factor=meta["factor"],
-                       normalisation=Normalisation(float(norm["offset"]), float(norm["scale"])),
+                       normalisation=Normalisation(float(norm["offset"]), float(norm["scale"]),
+                                                   norm.get("units", "1/um")),
                        voxel_size=None if vs == "unknown" else vs,
                        stage1_patch=meta["stage1"]["patch"], stage2_patch=meta["stage2"]["patch"],
                        context=meta["context"]["mode"], smooth_sigma=meta["context"]["smooth_sigma"],
@@ -619,18 +633,27 @@ class CascadeModel:
         return tuple(out)  # type: ignore[return-value]
 
     # -- input checks ---------------------------------------------------------------
-    def _as_lac(self, volume: xr.DataArray) -> xr.DataArray:
+    def _model_values(self, volume: xr.DataArray) -> xr.DataArray:
+        """The volume in the units the model takes (:attr:`Normalisation.units`)."""
         if not isinstance(volume, xr.DataArray):
             raise TypeError(f"predict expects an xarray.DataArray volume (z, y, x), got {type(volume).__name__}")
         if volume.dims != DIMS:
             raise FormatError(f"predict expects dims {DIMS}, got {volume.dims}")
-        units = volume.attrs.get("units")
+        units, wanted = volume.attrs.get("units"), self.normalisation.units
+        if units is None:
+            warnings.warn(f"the volume has no 'units' attr; assuming {wanted!r}, which the model takes",
+                          stacklevel=3)
+            return volume
+        if wanted == "gray":
+            if units != "gray":
+                raise FormatError(
+                    f"this model takes the uncalibrated gray values of reconstructions like the one it was "
+                    f"trained on ({self.info.get('trained_on', '?')}), got units {units!r}")
+            return volume
         if units == "gray":
             LOG.info("converting gray values to LAC with the recorded calibration")
             return volume.sxt.to_lac()
-        if units is None:
-            warnings.warn("the volume has no 'units' attr; assuming LAC in 1/um", stacklevel=3)
-        elif units != "1/um":
+        if units != "1/um":
             raise FormatError(f"predict needs LAC (units '1/um') or calibrated gray values, "
                               f"got units {units!r}")
         return volume
@@ -717,7 +740,7 @@ class CascadeModel:
         resampled to the model's voxel size (linear), segmented, and its
         probabilities interpolated back to the input grid; a warning says so.
         """
-        volume = self._as_lac(volume)
+        volume = self._model_values(volume)
         lazy = out is not None or not isinstance(volume.data, np.ndarray)
         if self._needs_resampling(volume):
             if lazy:
@@ -784,12 +807,12 @@ class CascadeModel:
         import dask
         import dask.array as da
 
-        volume = self._as_lac(volume)
+        volume = self._model_values(volume)
         data = volume.data if not isinstance(volume.data, np.ndarray) else da.from_array(volume.data)
         norm = self.normalisation.apply(data)
         ctx = self.context_for(norm, tta=tta)
         shape = tuple(int(n) for n in volume.shape)
-        b = _triple(block_size, "block_size")
+        b = int_triple(block_size, "block_size")
         k = self.n_classes
 
         def run(region_data: np.ndarray, region, block) -> np.ndarray:

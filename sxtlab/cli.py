@@ -102,10 +102,21 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
-    image = _read_input(args.input, args.voxel_size)["lac"]
+    ds = _read_input(args.input, args.voxel_size)
     model = load_model(args.model)
     log.info("model %s: classes %s", args.model, ", ".join(model.classes))
-    seg = _segment(image, model, out, args.overwrite, args.tta)
+    if "sparse" in model.info and "labels" in ds and not args.ignore_annotation:
+        # A model made from this kind of sparse annotation: complete the annotation
+        # and keep the instances it marks (sxtlab.sparse.segment_sparse).
+        from .io import write_volume
+        from .sparse import segment_sparse
+
+        seg = segment_sparse(ds, model, beta=args.beta, progress=True)
+        write_volume(seg, out, overwrite=args.overwrite)
+        print(f"used the annotation of {args.input}: probabilities of the model and of the annotation's "
+              "interpolation averaged, only the instances the annotation marks kept")
+    else:
+        seg = _segment(ds["lac"], model, out, args.overwrite, args.tta)
     print(describe(seg))
     print(f"wrote {out}")
     return 0
@@ -188,16 +199,36 @@ def _key_value(text: str, option: str = "--meta") -> tuple[str, str]:
     return key, value
 
 
+def _cascade_config(args: argparse.Namespace):
+    """Training settings from --fast and --iterations (None: the trainer's defaults)."""
+    from dataclasses import replace
+
+    from .train import CascadeConfig, fast_config
+
+    if args.iterations is None:
+        return fast_config() if args.fast else None
+    cfg = fast_config() if args.fast else CascadeConfig()
+    n1, n2 = args.iterations
+    return replace(cfg, stage1=replace(cfg.stage1, iterations=n1), stage2=replace(cfg.stage2, iterations=n2))
+
+
+def _is_sparse(ds: xr.Dataset) -> bool:
+    from .classes import UNANNOTATED
+
+    return bool((np.asarray(ds["labels"]) == UNANNOTATED).any())
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .task import Task
 
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
     task = Task(args.task, voxel_size_um=args.task_voxel_size)
+    history = None
     if args.catalog:
         from .catalog import Catalog
 
-        model, history = task.train(Catalog.open(args.catalog), fast=args.fast)
+        model, history = task.train(Catalog.open(args.catalog), _cascade_config(args))
     elif args.inputs:
         cells = []
         for path in args.inputs:
@@ -206,12 +237,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise SxtlabError(f"{path}: has no label field; training needs labels "
                                   "(`sxtlab segment` works without them)")
             cells.append(ds)
-        model, history = task.train(cells, fast=args.fast)
+        if len(cells) == 1 and _is_sparse(cells[0]):
+            # One partly annotated volume: the settings made for it (whole volume in
+            # every stage-1 patch, no model selection on the training planes).
+            from .sparse import fit_sparse, sparse_config
+
+            iterations = args.iterations or ((150, 150) if args.fast else (600, 600))
+            model = fit_sparse(cells[0], task, config=sparse_config(iterations=tuple(iterations)), progress=True)
+            sparse = model.info["sparse"]
+            print(f"trained on the {sparse['annotated_voxels']:,} annotated voxels of {args.inputs[0]} "
+                  f"(planes {', '.join(f'{d}: {len(v)}' for d, v in sparse['planes'].items())}; "
+                  f"input {sparse['input_units']}) in {model.info['train_seconds']:.0f} s")
+        else:
+            model, history = task.train(cells, _cascade_config(args))
     else:
         raise SxtlabError("give labelled input files or --catalog CAT to train from")
     model.save(out, overwrite=args.overwrite)
-    best = history.groupby("stage")["mean_dice"].max() if "mean_dice" in history else None
-    if best is not None:
+    if history is not None and "mean_dice" in history:
+        best = history.groupby("stage")["mean_dice"].max()
         print("best validation Dice per stage:", ", ".join(f"{k}: {v:.3f}" for k, v in best.items()))
     print(f"model for {', '.join(model.classes)} -> {out}")
     return 0
@@ -229,6 +272,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     print(describe(_read_input(args.path, args.voxel_size)))
     return 0
+
+
+def _beta(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"beta must be 'auto' or a positive number, got {text!r}")
+    return value
 
 
 def _voxel_size(text: str) -> tuple[float, ...]:
@@ -270,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
+    seg.add_argument("--ignore-annotation", action="store_true",
+                     help="with a model trained from sparse annotations (sxtlab train X.hx), predict from the "
+                          "image alone instead of completing the file's annotation")
+    seg.add_argument("--beta", type=_beta, default="auto",
+                     help="edge penalty of the annotation's interpolation (random walker); default 'auto' "
+                          "chooses it on held-out planes of the annotation (13 walks instead of 1)")
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.set_defaults(func=_cmd_segment)
 
@@ -318,7 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model for a task",
                            description="Train a cascade for the classes a task needs, from labelled files "
-                                       "(sparse annotations allowed) or from a catalog.")
+                                       "or from a catalog. One file whose annotation leaves voxels unannotated "
+                                       "(e.g. a few planes of an Amira project) is learnt from its annotated "
+                                       "voxels alone; segment it afterwards with `sxtlab segment` on the same "
+                                       "file.")
     train.add_argument("inputs", nargs="*", help="labelled volumes (.hx projects, OME-Zarr segmentations)")
     train.add_argument("--task", required=True, help="classes, comma-separated, e.g. nucleus,lipid_body")
     train.add_argument("--catalog", help="train from every entry of this catalog that fits the task")
@@ -327,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task-voxel-size", type=_voxel_size, default=None,
                        help="resolution (µm) the model works at; catalog entries are resampled to it")
     train.add_argument("--fast", action="store_true", help="a short training run, for trying things out")
+    train.add_argument("--iterations", type=int, nargs=2, metavar=("STAGE1", "STAGE2"),
+                       help="optimiser steps of each stage (default: the trainer's; one sparsely annotated "
+                            "volume: 600 600)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output")
     train.set_defaults(func=_cmd_train)
 

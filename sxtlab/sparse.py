@@ -383,41 +383,6 @@ def sparse_config(*, iterations: tuple[int, int] = (600, 600), factor: int = 2, 
                          seed=seed)
 
 
-def _gray_normalisation(values: np.ndarray):
-    """Offset/scale of uncalibrated gray values from the annotated foreground.
-
-    As :meth:`sxtlab.cascade.Normalisation.fit` (clip to the 0.5–99.5 percentiles;
-    median as offset, standard deviation as scale) but without its rounding to
-    four decimals and its 0.001 floor, which are meant for LAC in µm⁻¹ and would
-    flatten gray values of any other range (sample_12's cells span about 0.01).
-    """
-    from .cascade import Normalisation
-
-    v = np.asarray(values, np.float64).ravel()
-    if v.size == 0:
-        raise ValueError("cannot normalise: no annotated foreground voxel")
-    lo, hi = np.percentile(v, [0.5, 99.5])
-    v = np.clip(v, lo, hi)
-    scale = float(v.std()) or float(np.abs(v).max()) or 1.0
-    return Normalisation(float(f"{np.median(v):.6g}"), float(f"{scale:.6g}"))
-
-
-def _model_input(image: xr.DataArray) -> tuple[xr.DataArray, bool]:
-    """The image as the cascade code takes it, and whether it is uncalibrated gray.
-
-    :mod:`sxtlab.train` and :meth:`sxtlab.cascade.CascadeModel.predict` convert
-    ``units="gray"`` to LAC and refuse a gray image without calibration. A model
-    trained *and applied* on one uncalibrated volume needs no calibration (its
-    normalisation is fitted on that volume's gray values), so the ``units`` attr
-    is dropped for them; the model records ``input_units="gray"`` in its info.
-    """
-    if image.attrs.get("units") == "gray" and image.sxt.calibration is None:
-        out = image.copy()
-        out.attrs = {k: v for k, v in image.attrs.items() if k != "units"}
-        return out, True
-    return image, False
-
-
 def _task_labels(labels: xr.DataArray, task) -> tuple[xr.DataArray, list[str]]:
     from .task import Task
 
@@ -463,15 +428,12 @@ def fit_sparse(dataset: xr.Dataset, task="cell", *, config=None, progress: bool 
 
     Notes
     -----
-    An uncalibrated gray image (``units="gray"`` and no calibration) is normalised
-    with the median and standard deviation of its annotated foreground instead of
-    the global LAC scale that :mod:`sxtlab.cascade` prefers: there is no LAC to put
-    on a global scale. Such a model is meant for the volume it was trained on; it
-    records ``info["sparse"]["input_units"] = "gray"``, and :func:`segment_sparse`
-    applies it.
+    An uncalibrated gray image (``units="gray"`` and no calibration) gives a model
+    that takes gray values (:class:`sxtlab.cascade.Normalisation` ``units="gray"``,
+    fitted on the annotated foreground): there is no LAC to put on a global scale.
+    Such a model is meant for reconstructions like the one it was trained on, and
+    refuses LAC input; ``info["sparse"]["input_units"]`` says which it takes.
     """
-    from dataclasses import replace
-
     from .train import train_cascade
 
     if not isinstance(dataset, xr.Dataset) or "lac" not in dataset or "labels" not in dataset:
@@ -483,11 +445,8 @@ def fit_sparse(dataset: xr.Dataset, task="cell", *, config=None, progress: bool 
     if not fg.any():
         raise ValueError(f"no voxel is annotated as any of {classes}; the labels name "
                          f"{list(class_map(dataset['labels'].attrs.get('classes', {})).values())}")
-    image, gray = _model_input(dataset["lac"])
     cfg = config if config is not None else sparse_config()
-    if gray and cfg.normalisation is None:
-        cfg = replace(cfg, normalisation=_gray_normalisation(np.asarray(image.values)[fg]))
-    sample = xr.Dataset({"lac": image, "labels": labels}, attrs=dataset.attrs)
+    sample = xr.Dataset({"lac": dataset["lac"], "labels": labels}, attrs=dataset.attrs)
     t0, c0 = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         # One volume: train_cascade validates on the training planes and says so;
@@ -497,7 +456,7 @@ def fit_sparse(dataset: xr.Dataset, task="cell", *, config=None, progress: bool 
     model.info["train_cpu_seconds"] = round(time.process_time() - c0, 1)
     model.info["train_seconds"] = round(time.perf_counter() - t0, 1)
     model.info["sparse"] = {
-        "input_units": "gray" if gray else image.attrs.get("units", "1/um"),
+        "input_units": model.normalisation.units,
         "planes": annotated_planes(values),
         "annotated_voxels": int((values != UNANNOTATED).sum()),
         "final_train_loss": {str(s): float(h["train_loss"].iloc[-1]) for s, h in history.groupby("stage")},
@@ -695,14 +654,10 @@ def segment_sparse(dataset: xr.Dataset, model=None, *, interpolate: bool = True,
     if ann is None and (select or interpolate):
         raise ValueError("selection and interpolation need the annotation: pass a dataset with 'labels' "
                          "or labels=")
-    image, gray = _model_input(dataset["lac"])
+    image = dataset["lac"]
     if model is not None:
         classes = list(model.classes)
-        with warnings.catch_warnings():
-            if gray:
-                # _model_input dropped the units on purpose (see its docstring).
-                warnings.filterwarnings("ignore", message="the volume has no 'units' attr")
-            seg = model.predict(image, progress=progress)
+        seg = model.predict(image, progress=progress)
         probs = np.asarray(seg["probabilities"].values)
         attrs = dict(seg.attrs)
     else:

@@ -676,6 +676,19 @@ def _remap(labels: xr.DataArray, classes: list[str], where: str) -> np.ndarray:
     return lut[values]
 
 
+def _input_units(samples: Sequence[xr.Dataset]) -> str:
+    """``"1/um"`` if every sample is LAC or calibrated gray, ``"gray"`` if none has a
+    calibration (the model then takes uncalibrated gray values); mixing is refused."""
+    # malformed samples count as LAC here; _prepare names what is wrong with them
+    kinds = ["gray" if isinstance(ds, xr.Dataset) and "lac" in ds and ds["lac"].attrs.get("units") == "gray"
+             and ds["lac"].sxt.calibration is None else "1/um" for ds in samples]
+    if len(set(kinds)) > 1:
+        raise FormatError(
+            f"samples {[i for i, k in enumerate(kinds) if k == 'gray']} are uncalibrated gray values, the "
+            "others LAC: one model cannot take both; calibrate the gray ones (.sxt.with_calibration)")
+    return kinds[0]
+
+
 def _prepare(samples: Sequence[xr.Dataset], classes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
     out = []
     for i, ds in enumerate(samples):
@@ -684,7 +697,7 @@ def _prepare(samples: Sequence[xr.Dataset], classes: list[str]) -> list[tuple[st
                               f"{type(ds).__name__} {sorted(getattr(ds, 'data_vars', []))}")
         name = str(ds.attrs.get("cell_id", ds["lac"].attrs.get("cell_id", f"sample {i}")))
         lac = ds["lac"]
-        if lac.attrs.get("units") == "gray":
+        if lac.attrs.get("units") == "gray" and lac.sxt.calibration is not None:
             lac = lac.sxt.to_lac()
         out.append((name, np.asarray(lac.values, np.float32), _remap(ds["labels"], classes, name)))
     return out
@@ -760,6 +773,7 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     vs = _voxel_size([*samples, *(validation or [])])
     factor = (cfg.factor,) * 3 if np.isscalar(cfg.factor) else tuple(cfg.factor)
     rng = np.random.default_rng(cfg.seed)
+    units = _input_units([*samples, *(validation or [])])
 
     train_sets, val_sets = list(samples), list(validation or [])
     if not val_sets:
@@ -773,6 +787,10 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
                           "best-checkpoint choice is optimistic", stacklevel=2)
             val_sets = list(train_sets)
     train_data, val_data = _prepare(train_sets, names), _prepare(val_sets, names)
+    if cfg.normalisation is not None and cfg.normalisation.units != units:
+        raise FormatError(f"the samples are {units!r} values but the normalisation "
+                          f"{'of the model to fine-tune ' if init is not None else ''}is for "
+                          f"{cfg.normalisation.units!r}")
     for name, _, lab in train_data:
         missing = [c for i, c in enumerate(names, 1) if not (lab == i).any()]
         if missing:
@@ -781,8 +799,8 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     norm = cfg.normalisation
     if norm is None:
         fg = np.concatenate([lac[(lab != 0) & (lab != UNANNOTATED)] for _, lac, lab in train_data])
-        norm = Normalisation.fit(fg[rng.permutation(fg.size)[:1_000_000]])
-    LOG.info("LAC normalisation: offset %.4f, scale %.4f 1/um", norm.offset, norm.scale)
+        norm = Normalisation.fit(fg[rng.permutation(fg.size)[:1_000_000]], units=units)
+    LOG.info("intensity normalisation: offset %.6g, scale %.6g %s", norm.offset, norm.scale, norm.units)
 
     def coarse(data) -> list[Sample]:
         return [Sample(block_mean(norm.apply(lac), factor)[None], block_labels(lab, factor, k), name=n)
@@ -851,7 +869,7 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
         "fine_tuned_from": None if init is None else init.weights_sha256,
         "trained_on": [n for n, _, _ in train_data],
         "validated_on": [n for n, _, _ in val_data],
-        "config": cfg.to_dict() | {"normalisation": {"offset": norm.offset, "scale": norm.scale}},
+        "config": cfg.to_dict() | {"normalisation": asdict(norm)},
         "train_seconds": round(time.perf_counter() - t_start, 1),
         "validation_mean_dice": {str(st): float(h["mean_dice"].max()) for st, h in history.groupby("stage")
                                  if "mean_dice" in h},

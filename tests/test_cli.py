@@ -75,3 +75,22 @@ def test_catalog_import_reports_and_exits_2_on_unmapped_materials(shared, tmp_pa
     assert "1 added; 1 entries" in capsys.readouterr().out
     assert main(["catalog", "import", cat, str(tmp_path / "archive"), "--class-map", "Inside"]) == 2
     assert "--class-map takes KEY=VALUE" in capsys.readouterr().err
+
+
+def test_train_and_segment_a_sparsely_annotated_project(shared, tmp_path, capsys):
+    hx = str(shared / "data" / "ncxt" / "sample_12.hx")
+    model = tmp_path / "model"
+    assert main(["train", hx, "--task", "cell", "-o", str(model), "--iterations", "2", "2"]) == 0
+    out = capsys.readouterr()
+    assert "annotated voxels" in out.out and "input gray" in out.out
+    assert "voxel size unknown" in out.err  # said, not invented
+    seg_path = tmp_path / "seg.zarr"
+    assert main(["segment", hx, "--model", str(model), "-o", str(seg_path), "--beta", "1000"]) == 0
+    assert "used the annotation" in capsys.readouterr().out
+    seg = sxtlab.read_segmentation(seg_path)
+    assert seg["labels"].attrs["classes"] == {"1": "cell"}
+    annotation = sxtlab.read_project(hx)["labels"].values
+    labels = seg["labels"].values
+    # the annotated planes are kept as drawn; the rest is filled in
+    assert (labels[annotation == 1] == 1).all() and (labels[annotation == 0] == 0).all()
+    assert 0 < (labels[annotation == 255] == 1).sum() < (annotation == 255).sum()

@@ -12,6 +12,7 @@ import xarray as xr
 import sxtlab
 from sxtlab.sparse import (annotated_planes, fit_sparse, interpolate_annotation, plane_folds,
                            segment_sparse, select_annotated_instances, sparse_config)
+from sxtlab.cascade import CascadeModel
 from sxtlab.train import dice_ce_loss
 
 PLANES = {"z": [2, 9, 16, 23], "y": [3, 10, 17], "x": [1, 8, 15, 22]}
@@ -148,7 +149,7 @@ def test_fit_sparse_needs_labels():
         fit_sparse(xr.Dataset({"lac": image}))
 
 
-def test_tiny_training_on_the_real_volume(shared):
+def test_tiny_training_on_the_real_volume(shared, tmp_path):
     """A few steps on a crop of sample_12 (uncalibrated, no voxel size) end in a segmentation."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -166,6 +167,15 @@ def test_tiny_training_on_the_real_volume(shared):
     # The annotation is respected where it exists.
     lab = crop["labels"].values
     assert (seg["labels"].values[lab == 1] == 1).all() and (seg["labels"].values[lab == 0] == 0).all()
+    # A gray model stays one through save/load, and refuses LAC, which it never saw.
+    loaded = CascadeModel.load(model.save(tmp_path / "gray_model"))
+    assert loaded.normalisation == model.normalisation and loaded.normalisation.units == "gray"
+    np.testing.assert_array_equal(loaded.predict(crop["lac"])["labels"].values,
+                                  model.predict(crop["lac"])["labels"].values)
+    lac = crop["lac"].copy()
+    lac.attrs["units"] = "1/um"
+    with pytest.raises(sxtlab.FormatError, match="uncalibrated gray values"):
+        loaded.predict(lac)
 
 
 def ball_on_planes(seed: int = 0):

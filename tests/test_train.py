@@ -205,3 +205,18 @@ def test_channel_mismatch_is_reported() -> None:
         s = _sample()
         s2 = Sample(np.concatenate([s.image, s.image]), s.labels)
         train_stage(_net(), [s2], [], CFG, class_names=["cell", "nucleus"], progress=False)
+
+
+def test_uncalibrated_gray_and_lac_samples_are_not_mixed() -> None:
+    from sxtlab.errors import FormatError
+    from sxtlab.train import fast_config, train_cascade
+    from sxtlab.volume import segmentation
+
+    lab = np.zeros((16, 16, 16), np.uint8)
+    lab[4:12, 4:12, 4:12] = 1
+    lac = volume(np.where(lab, 0.3, 0.1).astype(np.float32), voxel_size=0.05)
+    gray = lac.copy()
+    gray.attrs["units"] = "gray"
+    cells = [segmentation(img, label_volume(lab, img, {1: "cell"})) for img in (lac, gray)]
+    with pytest.raises(FormatError, match=r"samples \[1\] are uncalibrated gray values"):
+        train_cascade(cells, ["cell"], fast_config((1, 1)), progress=False)
