@@ -27,7 +27,10 @@ instance
     cytoplasm, is no ``cell``); ``connectivity`` 1 (faces, the default:
     organelles that touch only along an edge or at a corner count as two), 2
     (faces and edges) or 3 (faces, edges and corners), as in
-    :func:`skimage.measure.label`.
+    :func:`skimage.measure.label`. Where the segmentation Dataset holds an
+    ``instances`` variable (integer ids on the labels' grid, e.g. touching cells
+    split by :func:`sxtlab.cells.split_cells`), a component is split further
+    where the ids differ.
 cell
     A volume may hold several cells: the ``cell`` column numbers the instances
     of the (nested) ``cell`` class, 1..n, and every instance of another class
@@ -176,6 +179,7 @@ class _Volume:
     nested: bool
     connectivity: int
     unannotated_voxels: int
+    instance_ids: np.ndarray | None = None  # given instances (seg["instances"]), 0 = none
     _cache: dict = field(default_factory=dict)
 
     # -- units -----------------------------------------------------------------------
@@ -246,6 +250,8 @@ class _Volume:
             if window is not None:
                 structure = ndimage.generate_binary_structure(3, self.connectivity)
                 lab, n = ndimage.label(mask[window], structure=structure)
+                if self.instance_ids is not None:
+                    lab, n = _split_by_id(lab, self.instance_ids[window])
                 if nested:
                     # An instance holds voxels of its own class: a component made of
                     # descendants only (a lipid body outside any cytoplasm) is none.
@@ -319,6 +325,19 @@ class _Volume:
         return list(dict.fromkeys(canonical_name(n) for n in class_names))
 
 
+def _split_by_id(components: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Components split further where the given instance ids differ (touching cells
+    that a watershed separated), renumbered 1..n in raster order of their first voxel."""
+    fg = components > 0
+    key = components[fg].astype(np.int64) * (int(ids.max(initial=0)) + 1) + ids[fg]
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, np.int32)
+    rank[np.argsort(first, kind="stable")] = np.arange(1, first.size + 1)
+    out = np.zeros(components.shape, np.int32)
+    out[fg] = rank[inverse.ravel()]
+    return out, int(first.size)
+
+
 def _prepare(seg: xr.Dataset | xr.DataArray, *, image: xr.DataArray | None = None,
              intensity: Intensity = "auto", nested: bool = True, connectivity: int = 1,
              voxel_size=None, allow_voxel_units: bool = False,
@@ -386,6 +405,14 @@ def _prepare(seg: xr.Dataset | xr.DataArray, *, image: xr.DataArray | None = Non
               if known is not None else (0.0, 0.0, 0.0))
 
     data, kind = _image_values(image, intensity)
+    instance_ids = None
+    if isinstance(seg, xr.Dataset) and "instances" in seg:
+        inst = seg["instances"]
+        if tuple(inst.dims) != DIMS or not np.issubdtype(inst.dtype, np.integer):
+            raise FormatError(f"'instances' must be integer ids with dims {DIMS}, got dims "
+                              f"{tuple(inst.dims)} and dtype {inst.dtype}")
+        check_same_grid(inst, labels)
+        instance_ids = np.asarray(inst.values)
     if cell_id is None:
         cell_id = next((str(a["cell_id"]) for a in (attrs, labels.attrs, getattr(image, "attrs", {}))
                         if a.get("cell_id") is not None), "0")
@@ -393,7 +420,7 @@ def _prepare(seg: xr.Dataset | xr.DataArray, *, image: xr.DataArray | None = Non
         labels=values, image=data, spacing=vs or (1.0, 1.0, 1.0), origin=origin,
         voxel_size_um=vs, class_values=class_values, intensity=kind, cell_id=str(cell_id),
         nested=nested, connectivity=connectivity,
-        unannotated_voxels=int(np.count_nonzero(values == UNANNOTATED)),
+        unannotated_voxels=int(np.count_nonzero(values == UNANNOTATED)), instance_ids=instance_ids,
     )
 
 
