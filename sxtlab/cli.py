@@ -263,7 +263,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    paths = run_demo(Path(args.output), seed=args.seed, size=args.size, overwrite=args.overwrite)
+    paths = run_demo(Path(args.output), seed=args.seed, size=args.size, overwrite=args.overwrite, real=args.real,
+                     iterations=tuple(args.iterations), voxel_size=args.voxel_size)
     for what, path in paths.items():
         print(f"{what:>13}: {path}")
     return 0
@@ -315,6 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=1000, help="phantom seed (default: %(default)s)")
     demo.add_argument("--size", type=int, default=128, help="phantom voxels per side (default: %(default)s)")
     demo.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    demo.add_argument("--real", action="store_true",
+                      help="use the real reconstruction shipped with sxtlab (cells in a capillary, a few "
+                           "annotated planes): learn from the annotation, fill it in, measure every cell")
+    demo.add_argument("--iterations", type=int, nargs=2, default=(600, 600), metavar=("STAGE1", "STAGE2"),
+                      help="training steps with --real (default: %(default)s)")
+    demo.add_argument("--voxel-size", type=_voxel_size, default=None,
+                      help="voxel size in µm of the real sample (its files record none)")
     demo.set_defaults(func=_cmd_demo)
 
     seg = sub.add_parser("segment", help="segment a volume with a model",

@@ -94,3 +94,28 @@ def test_train_and_segment_a_sparsely_annotated_project(shared, tmp_path, capsys
     # the annotated planes are kept as drawn; the rest is filled in
     assert (labels[annotation == 1] == 1).all() and (labels[annotation == 0] == 0).all()
     assert 0 < (labels[annotation == 255] == 1).sum() < (annotation == 255).sum()
+
+
+def test_demo_writes_segmentation_table_and_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--size", "48"]) == 0
+    printed = capsys.readouterr().out
+    assert "Dice against the phantom's truth" in printed
+    table = pd.read_csv(out / "organelles.csv")
+    assert {"class", "volume_um3", "surface_area_um2"} <= set(table.columns) and len(table)
+    assert (out / "overview.png").read_bytes()[:4] == b"\x89PNG"
+    assert sxtlab.read_segmentation(out / "segmentation.ome.zarr")["labels"].attrs["classes"]
+    assert main(["demo", "-o", str(out), "--size", "48"]) == 3  # outputs are not overwritten silently
+
+
+def test_real_demo_fills_in_the_annotated_cell_and_measures_every_cell(tmp_path, capsys):
+    out = tmp_path / "real"
+    assert main(["demo", "--real", "-o", str(out), "--iterations", "2", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "found 3 cells" in captured.out and "sizes are in voxels" in captured.out
+    table = pd.read_csv(out / "cells.csv")
+    assert table.groupby("segmentation").size().to_dict() == {"all cells": 3, "annotated cell": 1}
+    assert "volume_voxels" in table and "gray_mean" in table  # units follow what is known
+    seg = sxtlab.read_segmentation(out / "segmentation.ome.zarr")
+    assert seg["labels"].attrs["classes"] == {"1": "cell"}
+    assert (out / "overview.png").stat().st_size > 10_000
