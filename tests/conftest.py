@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,11 @@ def field_case(shared: Path, tmp_path: Path):
         return out, json.loads((out / "expected.json").read_text())
 
     return run
+
+
+@pytest.fixture
+def no_warnings():
+    """Turn every warning into an error inside the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield

@@ -10,28 +10,14 @@ import dask.array as da
 import mrcfile
 import numpy as np
 import pytest
-import xarray as xr
 
 import sxtlab
-from sxtlab import Calibration, FormatError, OutputExistsError, VoxelSizeUnknownError
+from sxtlab import FormatError, OutputExistsError, VoxelSizeUnknownError
 from sxtlab.io import _mrc, read_segmentation, read_volume, write_volume
+from volumes import image
 
 A = 1e-4  # µm per Å
 
-
-def image(shape=(6, 7, 8), voxel_size=(0.05, 0.032, 0.0251), origin=(0.3, -0.2, 1.23456789),
-          dtype=np.float32, seed=0) -> xr.DataArray:
-    rng = np.random.default_rng(seed)
-    data = (rng.normal(300, 40, size=shape)).astype(dtype)
-    return sxtlab.volume(data, voxel_size, calibration=Calibration(1.234567e-3, -0.0987654321),
-                         origin_um=origin, cell_id="cell 7", name="raw")
-
-
-@pytest.fixture
-def no_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        yield
 
 
 # -- round trips ---------------------------------------------------------------------
@@ -131,33 +117,7 @@ def test_unknown_voxel_size_round_trips_as_unknown(tmp_path):
     assert back.attrs["voxel_size_um"] is None
 
 
-def test_dask_volume_written_and_read_lazily(tmp_path, no_warnings):
-    vol = image(shape=(10, 12, 14))
-    lazy = vol.copy(data=da.from_array(vol.values, chunks=(3, 12, 14)))
-    path = write_volume(lazy, tmp_path / "lazy.mrc")
-    back = read_volume(path, chunks=(4, 6, 7))
-    assert isinstance(back.data, da.Array) and back.data.chunksize == (4, 6, 7)
-    np.testing.assert_array_equal(back.values, vol.values)
-    assert back.attrs["voxel_size_um"] == vol.attrs["voxel_size_um"]
 
-
-def test_dask_volume_with_nan_is_refused(tmp_path):
-    vol = image(shape=(4, 5, 6))
-    bad = vol.values.copy()
-    bad[3, 1, 2] = np.nan
-    lazy = vol.copy(data=da.from_array(bad, chunks=(2, 5, 6)))
-    with pytest.raises(FormatError, match=r"1 non-finite values .*the first at \(3, 1, 2\)") as info:
-        write_volume(lazy, tmp_path / "nan.mrc")
-    assert "cannot write" not in str(info.value)
-    assert not list(tmp_path.iterdir())
-
-
-def test_large_files_open_lazily(tmp_path, monkeypatch):
-    path = write_volume(image(), tmp_path / "v.mrc")
-    monkeypatch.setattr(_mrc, "LAZY_BYTES", 100)
-    back = read_volume(path)
-    assert isinstance(back.data, da.Array)
-    np.testing.assert_array_equal(back.values, image().values)
 
 
 def test_gzip_compressed_file(tmp_path, no_warnings):
@@ -284,7 +244,7 @@ def test_truncated_file_names_expected_and_found_bytes(tmp_path):
     full = path.read_bytes()
     header_bytes = len(full) - 4 * 5 * 6 * 4
     path.write_bytes(full[: header_bytes + 100])
-    with pytest.raises(FormatError, match=rf"cut\.mrc.*promises 480 data bytes.*holds 100"):
+    with pytest.raises(FormatError, match=r"cut\.mrc.*promises 480 data bytes.*holds 100"):
         read_volume(path)
     packed = tmp_path / "cut.mrc.gz"
     packed.write_bytes(gzip.compress(path.read_bytes()))

@@ -48,7 +48,8 @@ from ..errors import FormatError
 from ..volume import DIMS, label_volume, volume
 from ..volume import segmentation as make_segmentation
 from . import _amiramesh as am
-from ._common import KNOWN_UNITS, LAZY_BYTES, drop_float_noise, length_unit, merge_voxel_size, to_um, warn
+from ._common import (KNOWN_UNITS, LAZY_BYTES, drop_float_noise, finite_checked, length_unit, merge_voxel_size,
+                      to_um, warn)
 
 __all__ = ["read", "write", "read_project"]
 
@@ -704,7 +705,9 @@ def write(obj: xr.DataArray, path: Path, *, compression: str | None = None) -> N
     ------
     sxtlab.FormatError
         If ``obj`` is not a 3-D (z, y, x) DataArray, has a type AmiraMesh cannot hold,
-        or label values no class names; or ``"rle"`` is asked for multi-byte data.
+        holds NaN/inf (counted and located; dask data chunk by chunk, before the
+        file is renamed into place), or label values no class names; or ``"rle"`` is
+        asked for multi-byte data.
     """
     if not isinstance(obj, xr.DataArray):
         raise FormatError(f"{path}: AmiraMesh holds one volume; got {type(obj).__name__}")
@@ -725,7 +728,7 @@ def write(obj: xr.DataArray, path: Path, *, compression: str | None = None) -> N
         params.append(("Units", [("Coordinates", "µm")]))
     else:
         box = (0.0, float(nx - 1), 0.0, float(ny - 1), 0.0, float(nz - 1))
-    data = obj.data
+    data = finite_checked(obj.data, str(path))
     if "classes" in obj.attrs:
         data, materials = _label_materials(obj, path)
         params.append(("Materials", materials))
