@@ -27,10 +27,11 @@ Inference
    voxels, applied on the coarse grid) and trilinearly interpolated between block
    centres to any full-resolution window, on demand.
 4. Stage 2 runs by sliding window (Gaussian blending, σ = patch/8, step half a
-   patch, :mod:`sxtlab.inference`). Windows where stage 1 calls every voxel
-   background with probability ≥ ``skip_background`` take the stage-1
-   probabilities instead of running stage 2: whole-cell volumes are mostly medium,
-   so this is where the time goes.
+   patch, :mod:`sxtlab.inference`). Where stage 1 calls a voxel background with
+   probability ≥ ``skip_background``, its answer stands (a 32³ window of medium
+   alone normalises, under instance norm, to featureless noise that stage 2 can
+   take for cytoplasm), and windows made only of such voxels are not run at all:
+   whole-cell volumes are mostly medium, so this is where the time goes.
 5. Larger than memory: ``predict(volume, out="seg.ome.zarr")`` builds the result
    lazily per output block (each block from the global window grid, so it equals
    the in-memory result) and writes it chunk by chunk through
@@ -601,8 +602,9 @@ class CascadeModel:
         block : slices
             Output region in volume voxels.
         skip_background : float or None
-            Windows whose stage-1 background probability is at least this everywhere
-            take the stage-1 probabilities instead of running stage 2.
+            Voxels whose stage-1 background probability is at least this take the
+            stage-1 probabilities, and windows made only of them are not run; None
+            runs stage 2 everywhere and keeps its answer.
         """
         grid = WindowGrid.make(shape, self.stage2_patch, step)
         patch = grid.patch
@@ -619,9 +621,17 @@ class CascadeModel:
 
         use = skip_background is not None
         net = _softmax_predictor(self.stage2)
-        return blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
-                           weights=importance_map(patch), skip=skip if use else None,
-                           fallback=fallback if use else None, batch_size=batch_size, progress=progress)
+        out, counts = blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
+                                  weights=importance_map(patch), skip=skip if use else None,
+                                  fallback=fallback if use else None, batch_size=batch_size, progress=progress)
+        if use:
+            # Where stage 1, which sees the whole cell, is sure of background, its answer
+            # stands: a stage-2 window of medium alone is featureless after instance
+            # norm, and stage 2 then calls noise "cell" far from any cell.
+            coarse = fallback(block)
+            sure = coarse[0] >= skip_background
+            out[:, sure] = coarse[:, sure]
+        return out, counts
 
     def _region(self, shape, block, step) -> tuple[slice, slice, slice]:
         """Union of the windows that intersect ``block``, clipped to the volume."""
@@ -707,8 +717,9 @@ class CascadeModel:
         step : float or int
             Window step, fraction of the patch or voxels (default half a patch).
         skip_background : float or None
-            Skip stage 2 in windows stage 1 calls background with at least this
-            probability everywhere (``None``: run it everywhere).
+            Where stage 1 calls a voxel background with at least this probability,
+            its answer stands, and stage 2 skips windows made only of such voxels
+            (``None``: stage 2 everywhere, its answer kept).
         batch_size : int
             Windows per network call.
         block_size : int

@@ -170,6 +170,12 @@ def test_skipping_background_windows_changes_little(trained, cells, monkeypatch)
     np.testing.assert_array_equal(fast["labels"].values[inner], full["labels"].values[inner])
     accuracy = {k: np.mean(seg["labels"].values == truth) for k, seg in (("full", full), ("fast", fast))}
     assert accuracy["fast"] >= accuracy["full"] - 0.01, accuracy
+    # voxel by voxel, not only in skipped windows: where stage 1 is sure of background
+    # its probabilities stand, wherever stage 2 ran
+    stage1 = model.context_for(None).probabilities_at((0, 0, 0), lac.shape)
+    gated = stage1[0] >= 0.95
+    assert gated.sum() > 16 ** 3
+    np.testing.assert_array_equal(fast["probabilities"].values[:, gated], stage1[:, gated].astype(np.float32))
 
 
 def test_save_load_gives_identical_predictions(trained, cells, tmp_path) -> None:
