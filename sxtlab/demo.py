@@ -20,7 +20,8 @@ __all__ = ["run_demo", "summary_figure"]
 log = logging.getLogger(__name__)
 
 _OUTPUTS = {"segmentation": "segmentation.ome.zarr", "table": "organelles.csv", "figure": "overview.png"}
-_REAL_OUTPUTS = {"segmentation": "segmentation.ome.zarr", "table": "cells.csv", "figure": "overview.png"}
+_REAL_OUTPUTS = {"segmentation": "segmentation.ome.zarr", "cells": "cells.ome.zarr", "table": "cells.csv",
+                 "figure": "overview.png"}
 
 
 def summary_figure(seg: xr.Dataset, table: pd.DataFrame, *, reference: xr.DataArray | None = None,
@@ -82,7 +83,7 @@ def _phantom_job(seed: int, size: int):
     notes = ["Dice against the phantom's truth: " + ", ".join(
         f"{name} {row['dice']:.3f}" for name, row in scores.iterrows())]
     table = measure.instances(seg)
-    return seg, table, truth, notes, "volume_um3"
+    return {"segmentation": seg}, table, truth, notes, "volume_um3"
 
 
 def _real_job(iterations: tuple[int, int], voxel_size):
@@ -111,7 +112,7 @@ def _real_job(iterations: tuple[int, int], voxel_size):
     ]
     if value == "volume_voxels":
         notes.append("the file records no voxel size: sizes are in voxels (give --voxel-size in µm)")
-    return seg, table, ds["labels"], notes, value
+    return {"segmentation": seg, "cells": everything}, table, ds["labels"], notes, value
 
 
 def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int = 128,
@@ -134,8 +135,8 @@ def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int 
         stage; a few minutes on 2 cores), fill in the annotated cell
         (:func:`sxtlab.sparse.segment_sparse`), find every cell in the capillary
         (:func:`sxtlab.cells.find_cells`) and measure both (``cells.csv``, column
-        ``segmentation``). The PNG shows the prediction with the sparse annotation
-        as outlines.
+        ``segmentation``; the cells as instances in ``cells.ome.zarr``). The PNG shows
+        the prediction with the sparse annotation as outlines.
     iterations : (int, int)
         Training steps of the two stages with ``real``.
     voxel_size : float or (dz, dy, dx), optional
@@ -145,7 +146,8 @@ def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int 
     Returns
     -------
     dict
-        ``{"segmentation": path, "table": path, "figure": path}``.
+        ``{"segmentation": path, "table": path, "figure": path}`` (and ``"cells"``
+        with ``real``).
 
     Raises
     ------
@@ -162,12 +164,14 @@ def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int 
         raise OutputExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
     by = "segmentation" if real else None
     if real:
-        seg, table, reference, notes, value = _real_job(tuple(iterations), voxel_size)
+        segs, table, reference, notes, value = _real_job(tuple(iterations), voxel_size)
         title = "sample_12 (NCXT): the annotated cell filled in (filled), the sparse annotation (outlines)"
     else:
-        seg, table, reference, notes, value = _phantom_job(seed, size)
+        segs, table, reference, notes, value = _phantom_job(seed, size)
         title = f"phantom cell {seed}: prediction (filled) and truth (outlines)"
-    write_volume(seg, paths["segmentation"], overwrite=overwrite)
+    for key, ds in segs.items():
+        write_volume(ds, paths[key], overwrite=overwrite)
+    seg = segs["segmentation"]
     from .io import atomic_output
 
     atomic_output(paths["table"], lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)

@@ -61,6 +61,33 @@ def test_catalog_create_add_list(seg_file, tmp_path, capsys):
     assert main(["catalog", "add", str(cat), str(seg_file), "--meta", "oops"]) == 2
 
 
+def test_train_from_a_catalog_then_segment_with_the_model(tmp_path, capsys):
+    from sxtlab import phantom
+    from sxtlab.task import Task
+
+    cat = tmp_path / "refs.catalog"
+    assert main(["catalog", "create", str(cat)]) == 0
+    lipids_only = Task(["cell", "lipid droplets"])  # a study that annotated nothing else
+    for seed in (1, 2):
+        cell = phantom.cell(seed=seed, shape=(32, 32, 32), voxel_size=0.1)
+        path = sxtlab.write_volume(sxtlab.segmentation(cell["lac"], lipids_only.remap(cell["labels"])),
+                                   tmp_path / f"cell{seed}.ome.zarr")
+        assert main(["catalog", "add", str(cat), str(path), "--meta", f"annotator=study {seed}"]) == 0
+    model = tmp_path / "model"
+    assert main(["train", "--catalog", str(cat), "--task", "LD", "-o", str(model), "--fast",
+                 "--iterations", "2", "2"]) == 0
+    assert "model for lipid_body" in capsys.readouterr().out
+    trained = sxtlab.models.load_model(model)
+    assert trained.classes == ["lipid_body"] and trained.info["task"]["classes"] == ["lipid_body"]
+    assert len(trained.info["training_data"]) == 2  # both entries annotate lipid bodies
+    assert main(["train", "--catalog", str(cat), "--task", "nucleus", "-o", str(tmp_path / "m2")]) == 2
+    assert "nucleus" in capsys.readouterr().err  # no entry annotates it: said, not trained
+    held_out = phantom.cell(seed=9, shape=(32, 32, 32), voxel_size=0.1)
+    src = sxtlab.write_volume(held_out["lac"], tmp_path / "new.mrc")
+    assert main(["segment", str(src), "--model", str(model), "-o", str(tmp_path / "seg.zarr")]) == 0
+    assert sxtlab.read_segmentation(tmp_path / "seg.zarr")["labels"].attrs["classes"] == {"1": "lipid_body"}
+
+
 def test_catalog_import_reports_and_exits_2_on_unmapped_materials(shared, tmp_path, capsys):
     import shutil
 
@@ -119,3 +146,7 @@ def test_real_demo_fills_in_the_annotated_cell_and_measures_every_cell(tmp_path,
     seg = sxtlab.read_segmentation(out / "segmentation.ome.zarr")
     assert seg["labels"].attrs["classes"] == {"1": "cell"}
     assert (out / "overview.png").stat().st_size > 10_000
+    # every cell as an instance, so that `sxtlab measure` gives the same rows
+    assert main(["measure", str(out / "cells.ome.zarr"), "-o", str(out / "again.csv"), "--allow-voxel-units"]) == 0
+    again = pd.read_csv(out / "again.csv")
+    np.testing.assert_allclose(again["volume_voxels"], table[table.segmentation == "all cells"]["volume_voxels"])

@@ -222,6 +222,26 @@ def test_ome_zarr_reader_and_models_accept_our_output(seg, tmp_path):
     Image.from_zarr(zarr.open_group(out / "probabilities", mode="r"))
 
 
+def test_instances_are_a_second_label_image_and_round_trip(seg, tmp_path):
+    from ome_zarr_models.v04 import ImageLabel
+
+    ids = np.zeros(seg["labels"].shape, np.uint16)
+    ids[seg["labels"].values > 0] = 1
+    ids[:, :, ids.shape[2] // 2:] *= 2  # one cell cut in two, as a watershed of touching cells does
+    with_ids = seg.assign(instances=seg["labels"].copy(data=ids).assign_attrs(min_voxels=10))
+    out = write_volume(with_ids, tmp_path / "cells.ome.zarr")
+    assert zarr.open_group(out / "labels", mode="r").attrs["labels"] == ["labels", "instances"]
+    ImageLabel.from_zarr(zarr.open_group(out / "labels" / "instances", mode="r"))
+    back = read_segmentation(out)
+    np.testing.assert_array_equal(back["instances"].values, ids)
+    np.testing.assert_array_equal(back["labels"].values, seg["labels"].values)
+    assert back["instances"].attrs["min_voxels"] == 10
+    assert back["instances"].dtype == np.uint16 and back["instances"].attrs["voxel_size_um"] == [0.05, 0.03, 0.03]
+    bad = with_ids.assign(instances=with_ids["instances"].astype(np.float32))
+    with pytest.raises(sxtlab.FormatError, match="'instances' must be integer ids"):
+        write_volume(bad, tmp_path / "bad.ome.zarr")
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ome_zarr.writer's own Scaler default
 def test_reads_ngff_05_and_singleton_tc_axes_from_ome_zarr(tmp_path):
     from ome_zarr.format import FormatV04, FormatV05

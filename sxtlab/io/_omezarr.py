@@ -94,6 +94,8 @@ _MAX_AUTO_LEVELS = 6
 
 _LABELS_GROUP = "labels"
 _LABEL_NAME = "labels"
+#: Label image of instance ids (e.g. touching cells split by sxtlab.cells), beside the classes.
+_INSTANCES_NAME = "instances"
 _PROBABILITIES_GROUP = "probabilities"
 
 
@@ -316,24 +318,28 @@ def _label_metadata(labels: xr.DataArray, where: str) -> dict[str, Any]:
 
 
 def _split(obj: xr.DataArray | xr.Dataset, where: str):
-    """(image, labels or None, probabilities or None, dataset attrs or None)."""
+    """(image, labels or None, probabilities or None, instances or None, dataset attrs or None)."""
     if isinstance(obj, xr.DataArray):
-        return obj, None, None, None
+        return obj, None, None, None, None
     if not isinstance(obj, xr.Dataset):
         raise TypeError(f"{where}: expected an xarray DataArray or Dataset, got {type(obj).__name__}")
-    extra = sorted(set(obj.data_vars) - {"lac", "labels", "probabilities"})
+    extra = sorted(set(obj.data_vars) - {"lac", "labels", "probabilities", _INSTANCES_NAME})
     if "lac" not in obj.data_vars or extra:
         raise FormatError(
-            f"{where}: an OME-Zarr segmentation holds 'lac' (required), 'labels' and "
+            f"{where}: an OME-Zarr segmentation holds 'lac' (required), 'labels', 'instances' and "
             f"'probabilities'; the Dataset has {sorted(obj.data_vars)}"
         )
+    instances = obj[_INSTANCES_NAME] if _INSTANCES_NAME in obj.data_vars else None
+    if instances is not None and (instances.dims != DIMS or not np.issubdtype(instances.dtype, np.integer)):
+        raise FormatError(f"{where}: 'instances' must be integer ids with dims {DIMS}, got dims "
+                          f"{instances.dims} and dtype {instances.dtype}")
     labels = obj["labels"] if "labels" in obj.data_vars else None
     if labels is not None and "classes" not in labels.attrs:
         raise FormatError(f"{where}: 'labels' have no 'classes' attr naming their values")
     probs = obj["probabilities"] if "probabilities" in obj.data_vars else None
     if probs is not None and probs.dims != ("class",) + DIMS:
         raise FormatError(f"{where}: 'probabilities' must have dims ('class', 'z', 'y', 'x'), got {probs.dims}")
-    return obj["lac"], labels, probs, dict(obj.attrs)
+    return obj["lac"], labels, probs, instances, dict(obj.attrs)
 
 
 def _own_metadata(obj: xr.DataArray, kind: str, where: str, **extra: Any) -> dict[str, Any]:
@@ -399,7 +405,7 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
     """
     path = Path(path)
     where = str(_display(path))
-    image, labels, probs, ds_attrs = _split(obj, where)
+    image, labels, probs, instances, ds_attrs = _split(obj, where)
     if image.dims != DIMS:
         raise FormatError(f"{where}: the image must have dims {DIMS}, got {image.dims}")
     is_label_volume = ds_attrs is None and "classes" in image.attrs
@@ -408,7 +414,7 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
         if not np.issubdtype(lab.dtype, np.integer):
             raise FormatError(f"{where}: labels must be integers, got dtype {lab.dtype}")
     vs, origin = _grid(image, f"{where}: {image.name or 'image'}")
-    for other, what in ((labels, "labels"), (probs, "probabilities")):
+    for other, what in ((labels, "labels"), (probs, "probabilities"), (instances, "instances")):
         if other is not None and tuple(other.shape[-3:]) != tuple(image.shape):
             raise FormatError(f"{where}: {what} have shape {tuple(other.shape)}, the image has {tuple(image.shape)}")
     chunk3 = int_triple(chunks, "chunks")
@@ -433,6 +439,13 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
             "image-label": _label_metadata(labels, f"{where}/{_LABELS_GROUP}/{_LABEL_NAME}"),
             METADATA_KEY: _own_metadata(labels, "labels", where),
         }
+    if instances is not None:
+        # Ids name no class: NGFF image-label without properties (napari colours each id).
+        groups[f"{_LABELS_GROUP}/{_INSTANCES_NAME}"] = {
+            "multiscales": _multiscales(_INSTANCES_NAME, plan, known, "mode"),
+            "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+            METADATA_KEY: _own_metadata(instances, "instances", where),
+        }
     if probs is not None:
         cls = probs.coords["class"].values if "class" in probs.coords else None
         groups[_PROBABILITIES_GROUP] = {
@@ -443,9 +456,13 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
     root = zarr.open_group(path, mode="w-", zarr_format=2)
     pyramids = [_Pyramid(root, image.data, image.dtype if is_label_volume else np.float32, plan, chunk3,
                          labels=is_label_volume)]
-    if labels is not None:
-        group = root.create_group(_LABELS_GROUP).create_group(_LABEL_NAME)
-        pyramids.append(_Pyramid(group, labels.data, labels.dtype, plan, chunk3, labels=True))
+    label_names = [n for n, v in ((_LABEL_NAME, labels), (_INSTANCES_NAME, instances)) if v is not None]
+    if label_names:
+        label_group = root.create_group(_LABELS_GROUP)
+        for name, var in ((_LABEL_NAME, labels), (_INSTANCES_NAME, instances)):
+            if var is not None:
+                pyramids.append(_Pyramid(label_group.create_group(name), var.data, var.dtype, plan, chunk3,
+                                         labels=True))
     if probs is not None:
         group = root.create_group(_PROBABILITIES_GROUP)
         pyramids.append(_Pyramid(group, probs.data, np.float32, plan, chunk3, labels=False,
@@ -456,8 +473,8 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
         da.store([p.source(i) for p in pyramids], [p.arrays[i] for p in pyramids], lock=False)
 
     # Metadata last: an interrupted write never looks like a complete image.
-    if labels is not None:
-        root[_LABELS_GROUP].attrs.update({"labels": [_LABEL_NAME]})
+    if label_names:
+        root[_LABELS_GROUP].attrs.update({"labels": label_names})
     for name, attrs in groups.items():
         root[name].attrs.update(attrs)
     root.attrs.update(root_attrs)
@@ -736,6 +753,18 @@ def _label_array(group: zarr.Group, where: str, level: int, chunks: Any, like: x
     return out
 
 
+def _instance_array(group: zarr.Group, where: str, level: int, chunks: Any, like: xr.DataArray) -> xr.DataArray:
+    """The ``instances`` label image (integer ids, no classes) on ``like``'s grid."""
+    ms = _parse_multiscale(group, _ome_attrs(group), where)
+    data = ms.array(level, chunks)
+    if tuple(data.shape) != tuple(like.shape) or not np.issubdtype(data.dtype, np.integer):
+        raise FormatError(f"{where}: instance ids must be integers of the image's shape {tuple(like.shape)}, "
+                          f"got {data.dtype} {tuple(data.shape)}")
+    stored = dict(_own(group).get("attrs") or {})
+    return xr.DataArray(data, dims=DIMS, coords={d: like[d] for d in DIMS}, name=_INSTANCES_NAME,
+                        attrs={**stored, "voxel_size_um": like.attrs.get("voxel_size_um")})
+
+
 def _probabilities(group: zarr.Group, where: str, level: int, chunks: Any, like: xr.DataArray) -> xr.DataArray:
     attrs = _ome_attrs(group)
     ms_list = attrs.get("multiscales") or [{}]
@@ -835,9 +864,13 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
     if not segmentation:
         return image
 
-    labels = probs = None
+    labels = probs = instances = None
     if _LABELS_GROUP in root and isinstance(root[_LABELS_GROUP], zarr.Group):
         names = [str(n) for n in _ome_attrs(root[_LABELS_GROUP]).get("labels") or []]
+        if _INSTANCES_NAME in names and _INSTANCES_NAME in root[_LABELS_GROUP] and label_name != _INSTANCES_NAME:
+            instances = _instance_array(root[_LABELS_GROUP][_INSTANCES_NAME],
+                                        f"{where}/labels/{_INSTANCES_NAME}", level, chunks, image)
+            names.remove(_INSTANCES_NAME)
         if label_name is None and names:
             label_name = _LABEL_NAME if _LABEL_NAME in names else names[0]
         if label_name is not None:
@@ -850,4 +883,7 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
     if labels is None and probs is None:
         raise FormatError(f"{where}: no label image (no 'labels' group listing one in labels/.zattrs); "
                           "read it with segmentation=False for the image alone")
-    return _segmentation(image, labels, probs, **dict(own.get("dataset_attrs") or {}))
+    seg = _segmentation(image, labels, probs, **dict(own.get("dataset_attrs") or {}))
+    if instances is not None:
+        seg[_INSTANCES_NAME] = instances
+    return seg
