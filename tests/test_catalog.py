@@ -560,3 +560,24 @@ def test_import_projects_reports_unmapped_names_and_adds_only_new(shared, tmp_pa
             == "present").all()
     with pytest.raises(FileNotFoundError, match="no such folder"):
         import_projects(cat, tmp_path / "nowhere")
+
+
+def test_phantom_catalog_annotates_like_a_real_archive(tmp_path):
+    from sxtlab.catalog import phantom_catalog
+    from sxtlab.task import Task
+
+    cat = phantom_catalog(tmp_path / "refs", n_cells=4, shape=(32, 32, 32), voxel_size=0.1,
+                          acquisition=False, progress=False)
+    frame = cat.to_frame().set_index("annotator")
+    assert frame.loc["complete", "annotated_classes"] == [
+        "cell", "nucleus", "nucleolus", "mitochondria", "lipid_body", "vacuole"]
+    assert frame.loc["lipid storage", "annotated_classes"] == ["cell", "lipid_body"]
+    assert frame.loc["mitochondria", "annotated_classes"] == ["cell", "mitochondria"]
+    # the study's own words ("lipid droplets") stay on its labels; the index holds the vocabulary's
+    lipid = cat.get(cat.select(annotator="lipid storage").index[0])
+    assert "lipid droplets" in lipid["labels"].attrs["classes"].values()
+    # a task for mitochondria draws on the lipid study too, with its cytoplasm masked
+    selection = Task(["mitochondria", "lipid_body"]).select(cat).set_index("annotator")
+    assert set(selection.index) == {"complete", "lipid storage", "mitochondria", "nuclear envelope"}
+    assert selection.loc["lipid storage", "masked"] == {"cell": "mitochondria"}
+    assert (lipid["labels"].values == UNANNOTATED).sum() == 0  # masking happens in the task, not the entry
