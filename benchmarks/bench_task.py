@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -49,6 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=12, help="catalog cells (a quarter per study)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(300, 600), metavar=("STAGE1", "STAGE2"))
+    parser.add_argument("--equal-epochs", action="store_true",
+                        help="scale each run's steps by its number of entries (the same passes over each cell) "
+                             "instead of the same steps for both")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "task.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -64,13 +66,16 @@ def main() -> None:
         held_out.append((seed, acq, cell["lac"], task_all.remap(cell["labels"])))
 
     rows, notes = [], []
+    smallest = len(task_complete.select(cat))
     for task in (task_all, task_complete):
         used = task.select(cat)
+        scale = len(used) / smallest if args.equal_epochs else 1
+        steps = tuple(int(round(n * scale)) for n in args.iterations)
         t1 = time.perf_counter()
-        model, _ = task.train(cat, config(tuple(args.iterations)), progress=False)
+        model, _ = task.train(cat, config(steps), progress=False)
         seconds = time.perf_counter() - t1
         notes.append(f"* **{task.name}**: {len(used)} entries ({', '.join(used['annotator'].value_counts().sort_index().index)}), "
-                     f"trained in {seconds:.0f} s")
+                     f"{steps[0]} + {steps[1]} steps, trained in {seconds:.0f} s")
         for seed, acq, lac, truth in held_out:
             dice = evaluate(model.predict(lac, progress=False), truth)["dice"]
             rows.append({"training data": task.name, "held-out seed": seed,
@@ -87,10 +92,11 @@ def main() -> None:
 
     text = ["# Task-based training: all partly annotated entries against complete ones only", "",
             f"`python benchmarks/bench_task.py --cells {args.cells} --iterations {args.iterations[0]} "
-            f"{args.iterations[1]}`; 2 torch threads. Catalog: {args.cells} phantom cells "
+            f"{args.iterations[1]}{' --equal-epochs' if args.equal_epochs else ''}`; 2 torch threads. Catalog: {args.cells} phantom cells "
             f"({SHAPE[0]}³ at {VOXEL} µm, simulated acquisition), a quarter per study of "
             "`sxtlab.catalog.PHANTOM_STUDIES`, built in "
-            f"{t_catalog:.0f} s. Task `{' + '.join(CLASSES)}`; the same cascade settings and steps for both.", "",
+            f"{t_catalog:.0f} s. Task `{' + '.join(CLASSES)}`; the same cascade settings for both, "
+            + ("steps in proportion to the entries used." if args.equal_epochs else "the same steps."), "",
             *notes, "", "Dice per class on held-out phantom cells:", "", markdown(table), "",
             "Mean:", "", markdown(mean.reset_index()), ""]
     args.out.write_text("\n".join(text))

@@ -116,7 +116,8 @@ def test_train_and_segment_a_sparsely_annotated_project(shared, tmp_path, capsys
     assert "used the annotation" in capsys.readouterr().out
     seg = sxtlab.read_segmentation(seg_path)
     assert seg["labels"].attrs["classes"] == {"1": "cell"}
-    annotation = sxtlab.read_project(hx)["labels"].values
+    with pytest.warns(sxtlab.SxtlabWarning, match="voxel size unknown"):
+        annotation = sxtlab.read_project(hx)["labels"].values
     labels = seg["labels"].values
     # the annotated planes are kept as drawn; the rest is filled in
     assert (labels[annotation == 1] == 1).all() and (labels[annotation == 0] == 0).all()
