@@ -616,19 +616,20 @@ class CascadeModel:
         def skip(starts) -> bool:
             return context.background_min(starts, patch) >= skip_background
 
-        def fallback(b) -> np.ndarray:
-            return context.probabilities_at([s.start for s in b], [s.stop - s.start for s in b])
-
         use = skip_background is not None
+        # Stage 1's answer on the block, computed once: the output of skipped windows
+        # and, below, of every voxel where stage 1 is sure of background.
+        coarse = (context.probabilities_at([b.start for b in block], [b.stop - b.start for b in block])
+                  if use else None)
         net = _softmax_predictor(self.stage2)
         out, counts = blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
                                   weights=importance_map(patch), skip=skip if use else None,
-                                  fallback=fallback if use else None, batch_size=batch_size, progress=progress)
+                                  fallback=(lambda b: coarse) if use else None, batch_size=batch_size,
+                                  progress=progress)
         if use:
             # Where stage 1, which sees the whole cell, is sure of background, its answer
             # stands: a stage-2 window of medium alone is featureless after instance
             # norm, and stage 2 then calls noise "cell" far from any cell.
-            coarse = fallback(block)
             sure = coarse[0] >= skip_background
             out[:, sure] = coarse[:, sure]
         return out, counts

@@ -115,7 +115,7 @@ from skimage.measure import marching_cubes, mesh_surface_area, regionprops_table
 from .calibration import CalibrationError
 from .classes import UNANNOTATED, class_map, canonical_name, descendants
 from .errors import FormatError, VoxelSizeUnknownError
-from .volume import DIMS, check_same_grid, check_voxel_size
+from .volume import DIMS, check_instance_ids, check_same_grid, check_voxel_size
 
 __all__ = ["instances", "classes", "distances", "population"]
 
@@ -408,9 +408,7 @@ def _prepare(seg: xr.Dataset | xr.DataArray, *, image: xr.DataArray | None = Non
     instance_ids = None
     if isinstance(seg, xr.Dataset) and "instances" in seg:
         inst = seg["instances"]
-        if tuple(inst.dims) != DIMS or not np.issubdtype(inst.dtype, np.integer):
-            raise FormatError(f"'instances' must be integer ids with dims {DIMS}, got dims "
-                              f"{tuple(inst.dims)} and dtype {inst.dtype}")
+        check_instance_ids(inst)
         check_same_grid(inst, labels)
         instance_ids = np.asarray(inst.values)
     if cell_id is None:

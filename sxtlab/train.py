@@ -676,12 +676,17 @@ def _remap(labels: xr.DataArray, classes: list[str], where: str) -> np.ndarray:
     return lut[values]
 
 
+def _uncalibrated(lac: xr.DataArray) -> bool:
+    """Gray values without a calibration to LAC (a model can only take them as they are)."""
+    return lac.attrs.get("units") == "gray" and lac.sxt.calibration is None
+
+
 def _input_units(samples: Sequence[xr.Dataset]) -> str:
     """``"1/um"`` if every sample is LAC or calibrated gray, ``"gray"`` if none has a
     calibration (the model then takes uncalibrated gray values); mixing is refused."""
     # malformed samples count as LAC here; _prepare names what is wrong with them
-    kinds = ["gray" if isinstance(ds, xr.Dataset) and "lac" in ds and ds["lac"].attrs.get("units") == "gray"
-             and ds["lac"].sxt.calibration is None else "1/um" for ds in samples]
+    kinds = ["gray" if isinstance(ds, xr.Dataset) and "lac" in ds and _uncalibrated(ds["lac"]) else "1/um"
+             for ds in samples]
     if len(set(kinds)) > 1:
         raise FormatError(
             f"samples {[i for i, k in enumerate(kinds) if k == 'gray']} are uncalibrated gray values, the "
@@ -697,7 +702,7 @@ def _prepare(samples: Sequence[xr.Dataset], classes: list[str]) -> list[tuple[st
                               f"{type(ds).__name__} {sorted(getattr(ds, 'data_vars', []))}")
         name = str(ds.attrs.get("cell_id", ds["lac"].attrs.get("cell_id", f"sample {i}")))
         lac = ds["lac"]
-        if lac.attrs.get("units") == "gray" and lac.sxt.calibration is not None:
+        if lac.attrs.get("units") == "gray" and not _uncalibrated(lac):
             lac = lac.sxt.to_lac()
         out.append((name, np.asarray(lac.values, np.float32), _remap(ds["labels"], classes, name)))
     return out

@@ -44,6 +44,7 @@ __all__ = [
     "segmentation",
     "check_voxel_size",
     "check_finite",
+    "check_instance_ids",
     "check_same_grid",
     "SxtAccessor",
 ]
@@ -235,6 +236,17 @@ def check_same_grid(a: xr.DataArray, b: xr.DataArray, what: str = "labels") -> N
     for d in DIMS:
         if d in a.coords and d in b.coords and not np.allclose(a[d].values, b[d].values, atol=1e-9):
             raise FormatError(f"{what} coordinates along {d!r} differ from the image's")
+
+
+def check_instance_ids(instances: xr.DataArray, where: str = "") -> None:
+    """Raise :class:`FormatError` unless ``instances`` are integer ids with dims (z, y, x).
+
+    The ``instances`` variable of a segmentation (e.g. touching cells split by
+    :func:`sxtlab.cells.split_cells`); ``where`` prefixes the message.
+    """
+    if tuple(instances.dims) != DIMS or not np.issubdtype(instances.dtype, np.integer):
+        raise FormatError(f"{where}{': ' if where else ''}'instances' must be integer ids with dims {DIMS}, "
+                          f"got dims {tuple(instances.dims)} and dtype {instances.dtype}")
 
 
 def segmentation(image: xr.DataArray, labels: xr.DataArray | None = None,

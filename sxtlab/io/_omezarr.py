@@ -75,7 +75,7 @@ import zarr
 
 from ..classes import UNANNOTATED, UnknownClassError, canonical_name, class_map, colour, is_ignore_name
 from ..errors import FormatError
-from ..volume import DIMS, check_voxel_size, int_triple, label_volume, volume
+from ..volume import DIMS, check_instance_ids, check_voxel_size, int_triple, label_volume, volume
 from ..volume import segmentation as _segmentation
 from ._common import UM_PER_UNIT, jsonable, length_unit, merge_voxel_size, to_um, warn
 
@@ -330,9 +330,8 @@ def _split(obj: xr.DataArray | xr.Dataset, where: str):
             f"'probabilities'; the Dataset has {sorted(obj.data_vars)}"
         )
     instances = obj[_INSTANCES_NAME] if _INSTANCES_NAME in obj.data_vars else None
-    if instances is not None and (instances.dims != DIMS or not np.issubdtype(instances.dtype, np.integer)):
-        raise FormatError(f"{where}: 'instances' must be integer ids with dims {DIMS}, got dims "
-                          f"{instances.dims} and dtype {instances.dtype}")
+    if instances is not None:
+        check_instance_ids(instances, where)
     labels = obj["labels"] if "labels" in obj.data_vars else None
     if labels is not None and "classes" not in labels.attrs:
         raise FormatError(f"{where}: 'labels' have no 'classes' attr naming their values")
@@ -716,12 +715,10 @@ def _classes_from_properties(image_label: Mapping[str, Any], where: str) -> tupl
     return classes, ignore
 
 
-def _label_array(group: zarr.Group, where: str, level: int, chunks: Any, like: xr.DataArray,
-                 ) -> xr.DataArray:
-    """A label image group (multiscales + image-label) as a label volume on ``like``'s grid."""
-    attrs = _ome_attrs(group)
-    ms = _parse_multiscale(group, attrs, where)
-    data = ms.array(level, chunks)
+def _label_level(group: zarr.Group, attrs: Mapping[str, Any], where: str, level: int, chunks: Any,
+                 like: xr.DataArray):
+    """One level of a label image group: integers of ``like``'s shape (lazy)."""
+    data = _parse_multiscale(group, attrs, where).array(level, chunks)
     if tuple(data.shape) != tuple(like.shape):
         raise FormatError(
             f"{where}: the label image has shape {tuple(data.shape)} at level {level}, "
@@ -729,6 +726,14 @@ def _label_array(group: zarr.Group, where: str, level: int, chunks: Any, like: x
         )
     if not np.issubdtype(data.dtype, np.integer):
         raise FormatError(f"{where}: label image must hold integers, got dtype {data.dtype}")
+    return data
+
+
+def _label_array(group: zarr.Group, where: str, level: int, chunks: Any, like: xr.DataArray,
+                 ) -> xr.DataArray:
+    """A label image group (multiscales + image-label) as a label volume on ``like``'s grid."""
+    attrs = _ome_attrs(group)
+    data = _label_level(group, attrs, where, level, chunks, like)
     image_label = attrs.get("image-label") or {}
     classes, ignore = _classes_from_properties(image_label, where)
     own = _own(group)
@@ -755,11 +760,7 @@ def _label_array(group: zarr.Group, where: str, level: int, chunks: Any, like: x
 
 def _instance_array(group: zarr.Group, where: str, level: int, chunks: Any, like: xr.DataArray) -> xr.DataArray:
     """The ``instances`` label image (integer ids, no classes) on ``like``'s grid."""
-    ms = _parse_multiscale(group, _ome_attrs(group), where)
-    data = ms.array(level, chunks)
-    if tuple(data.shape) != tuple(like.shape) or not np.issubdtype(data.dtype, np.integer):
-        raise FormatError(f"{where}: instance ids must be integers of the image's shape {tuple(like.shape)}, "
-                          f"got {data.dtype} {tuple(data.shape)}")
+    data = _label_level(group, _ome_attrs(group), where, level, chunks, like)
     stored = dict(_own(group).get("attrs") or {})
     return xr.DataArray(data, dims=DIMS, coords={d: like[d] for d in DIMS}, name=_INSTANCES_NAME,
                         attrs={**stored, "voxel_size_um": like.attrs.get("voxel_size_um")})
