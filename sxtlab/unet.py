@@ -5,7 +5,10 @@ learning dense volumetric segmentation from sparse annotation") with the choices
 that nnU-Net (Isensee et al. 2021, Nature Methods 18, 203) found robust: two
 3×3×3 convolutions per level, instance (or group) normalisation, leaky ReLU,
 channels doubled per level up to a cap, transposed-convolution upsampling and a
-1×1×1 output convolution that gives logits.
+1×1×1 output convolution that gives logits. Optionally (``input_to_head``) the
+network's input channels join the last decoder features before a small 1×1×1
+head: instance norm removes a window's mean, so a window of uniform cytoplasm or
+medium is otherwise featureless; the absolute intensity tells them apart.
 
 The default is deliberately small (8, 16, 32 channels on three levels, about 80 k
 parameters) so that it trains and predicts on a laptop CPU; widen it with
@@ -58,6 +61,12 @@ class UNetConfig:
         Convolutions per level and per path (2 in Çiçek et al. and nnU-Net).
     negative_slope : float
         Slope of the leaky ReLU (0.01 as in nnU-Net).
+    input_to_head : bool
+        Concatenate the input channels with the last decoder's features and classify
+        them with two 1×1×1 convolutions (``base_width`` hidden channels, leaky ReLU)
+        instead of one. Gives the classifier absolute (normalised) intensities, which
+        instance norm removes inside a window; off by default so that models saved
+        before it existed load unchanged.
     """
 
     in_channels: int = 1
@@ -69,6 +78,7 @@ class UNetConfig:
     groups: int = 4
     convs_per_level: int = 2
     negative_slope: float = 0.01
+    input_to_head: bool = False
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "depth", "base_width", "max_width", "groups",
@@ -79,6 +89,8 @@ class UNetConfig:
         if self.out_channels < 2:
             raise ValueError(f"UNetConfig.out_channels must be ≥ 2 (background + one class), "
                              f"got {self.out_channels}")
+        if not isinstance(self.input_to_head, bool):
+            raise ValueError(f"UNetConfig.input_to_head must be True or False, got {self.input_to_head!r}")
         if self.norm not in ("instance", "group"):
             raise ValueError(f"UNetConfig.norm must be 'instance' or 'group', got {self.norm!r}")
         if self.norm == "group":
@@ -156,7 +168,14 @@ class UNet3D(nn.Module):
             [nn.ConvTranspose3d(w[i + 1], w[i], kernel_size=2, stride=2) for i in range(cfg.depth - 1)]
         )
         self.decoders = nn.ModuleList([_block(cfg, 2 * w[i], w[i]) for i in range(cfg.depth - 1)])
-        self.head = nn.Conv3d(w[0], cfg.out_channels, kernel_size=1)
+        if cfg.input_to_head:
+            self.head: nn.Module = nn.Sequential(
+                nn.Conv3d(w[0] + cfg.in_channels, w[0], kernel_size=1),
+                nn.LeakyReLU(cfg.negative_slope, inplace=True),
+                nn.Conv3d(w[0], cfg.out_channels, kernel_size=1),
+            )
+        else:
+            self.head = nn.Conv3d(w[0], cfg.out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(batch, out_channels, z, y, x)`` for input ``(batch, in_channels, z, y, x)``.
@@ -173,7 +192,7 @@ class UNet3D(nn.Module):
         if any(s % cfg.divisor for s in x.shape[2:]):
             raise ValueError(f"UNet3D of depth {cfg.depth} needs spatial sizes divisible by "
                              f"{cfg.divisor}, got {tuple(x.shape[2:])}")
-        skips = []
+        inputs, skips = x, []
         for i, enc in enumerate(self.encoders):
             x = enc(x)
             if i < cfg.depth - 1:
@@ -181,6 +200,8 @@ class UNet3D(nn.Module):
                 x = self.pool(x)
         for i in reversed(range(cfg.depth - 1)):
             x = self.decoders[i](torch.cat([skips[i], self.ups[i](x)], dim=1))
+        if cfg.input_to_head:
+            x = torch.cat([x, inputs], dim=1)
         return self.head(x)
 
     def flops_per_voxel(self) -> int:
@@ -194,4 +215,6 @@ class UNet3D(nn.Module):
                 level += w[i + 1] * w[i]  # transposed conv: one kernel tap per fine voxel
                 level += 27 * (2 * w[i] * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i])
             total += 2 * level / 8**i
+        if cfg.input_to_head:
+            return int(total + 2 * w[0] * (w[0] + cfg.in_channels + cfg.out_channels))
         return int(total + 2 * w[0] * cfg.out_channels)

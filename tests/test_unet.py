@@ -8,14 +8,35 @@ import torch
 from sxtlab.unet import UNet3D, UNetConfig
 
 
+@pytest.mark.parametrize("input_to_head", [False, True])
 @pytest.mark.parametrize("norm", ["instance", "group"])
 @pytest.mark.parametrize("depth", [1, 2, 3])
-def test_output_shape(norm: str, depth: int) -> None:
-    net = UNet3D(UNetConfig(in_channels=2, out_channels=5, depth=depth, base_width=4, norm=norm, groups=2))
+def test_output_shape(norm: str, depth: int, input_to_head: bool) -> None:
+    net = UNet3D(UNetConfig(in_channels=2, out_channels=5, depth=depth, base_width=4, norm=norm, groups=2,
+                            input_to_head=input_to_head))
     x = torch.randn(2, 2, 8, 12, 16)
     y = net(x)
     assert y.shape == (2, 5, 8, 12, 16)
     assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("input_to_head", [False, True])
+def test_uniform_windows_differ_only_with_the_input_at_the_head(input_to_head: bool) -> None:
+    # Bias-free convolutions are linear in a uniform input c (zero padding included)
+    # and instance norm divides c out again: windows of uniform intensities of one
+    # sign get the same answer unless the input reaches the head.
+    torch.manual_seed(0)
+    net = UNet3D(UNetConfig(depth=2, base_width=4, input_to_head=input_to_head)).eval()
+    with torch.no_grad():
+        low, high = net(torch.full((1, 1, 8, 8, 8), 1.0)), net(torch.full((1, 1, 8, 8, 8), 3.0))
+    assert torch.allclose(low, high, atol=1e-4) is not input_to_head
+
+
+def test_models_configured_before_input_to_head_load_without_it() -> None:
+    old = {k: v for k, v in UNetConfig().to_dict().items() if k != "input_to_head"}
+    assert UNetConfig.from_dict(old).input_to_head is False
+    with pytest.raises(ValueError, match="input_to_head must be True or False"):
+        UNetConfig(input_to_head="yes")  # type: ignore[arg-type]
 
 
 def test_widths_and_default_is_small() -> None:
