@@ -22,10 +22,10 @@ speed
     the same stage-2 network with the same patch, overlap (0.5) and Gaussian blending
     on precomputed stage-2 inputs, in the same process; Dice of both.
 memory
-    Zarr-backed inference (``predict(volume, out=...)``) of a held-out 96³ cell in a
-    256³ and in a 512³ field of medium (same stage-2 work, 8× the volume), in
-    subprocesses: peak resident memory
-    (``resource.getrusage``) and peak Python-traced memory (``tracemalloc``).
+    Zarr-backed inference (``predict(volume, out=...)``) of the speed test's cell
+    simulated in a 256³ and in a 512³ field (about the same stage-2 work, 8× the
+    volume), in subprocesses: peak resident memory (``VmHWM``) and peak
+    Python-traced memory (``tracemalloc``).
 
 Needs MONAI for ``speed`` (``pip install --no-deps monai``; sxtlab itself does not
 depend on it). Threads: ``torch.set_num_threads(2)`` (the target machine has 2 cores).
@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -271,8 +272,20 @@ def part_speed(quick: bool, size: int, model_dir: Path) -> dict:
     return out
 
 
+def _proc_status_mib(field: str) -> int:
+    """A memory figure of this process from ``/proc/self/status`` (Linux), MiB.
+
+    ``VmHWM`` (peak resident memory) starts afresh at exec, whereas
+    ``getrusage(...).ru_maxrss`` keeps the parent's peak from before the fork, which
+    here would count the parent's simulated field.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return round(int(line.split()[1]) / 1024)
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
 def _memory_child(src: str, model_dir: str, out: str, block: int, threads: int) -> None:
-    import resource
     import tracemalloc
 
     _threads(threads)
@@ -282,14 +295,14 @@ def _memory_child(src: str, model_dir: str, out: str, block: int, threads: int) 
     tracemalloc.start()
     model = CascadeModel.load(model_dir)
     vol = read_volume(src)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _proc_status_mib("VmRSS")
     t0 = time.perf_counter()
     seg = model.predict(vol, out=out, block_size=block, progress=False)
     dt = time.perf_counter() - t0
     print(json.dumps({
         "shape": list(vol.shape), "chunks": list(vol.data.chunksize), "block_size": block, "seconds": round(dt, 1),
-        "rss_before_predict_mib": round(base),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_before_predict_mib": base,
+        "peak_rss_mib": _proc_status_mib("VmHWM"),
         "peak_traced_mib": round(tracemalloc.get_traced_memory()[1] / 2**20),
         "input_mib": round(vol.size * 4 / 2**20),
         "output_mib": round((seg["probabilities"].size * 4 + seg["labels"].size) / 2**20),
@@ -297,27 +310,28 @@ def _memory_child(src: str, model_dir: str, out: str, block: int, threads: int) 
 
 
 def part_memory(quick: bool, block: int, threads: int, model_dir: Path) -> dict:
-    """The same cell (96³ region) in a 256³ and a 512³ field of medium: same stage-2 work."""
-    from sxtlab.io import write_volume
-    from sxtlab.volume import volume
+    """The speed test's held-out cell in a 256³ and a 512³ field: about the same stage-2 work.
 
-    n = 96
-    ds = _cell(SPEED_SEED, (n, n, n))
-    lac = ds.lac.values
-    medium = float(np.median(lac[0]))
+    Each field is simulated whole (the same cell, seed and radius, centred), so its
+    medium carries the reconstruction's noise and streaks as a real field of view
+    does. Each size's result is saved as soon as it is measured.
+    """
+    from sxtlab.io import write_volume
+
     results = {}
-    for size in ((96, 192) if quick else (256, 512)):
-        pad = (size - n) // 2
-        big = np.pad(lac, pad, constant_values=medium) if pad else lac
+    for size in ((64, 128) if quick else (256, 512)):
+        ds = _cell(SPEED_SEED, (size,) * 3, radius=1.2 if quick else FIELD_CELL_RADIUS)
         src = WORK / f"field_{size}.ome.zarr"
-        write_volume(volume(big, VOXEL), src, overwrite=True)
-        del big
+        write_volume(ds.lac, src, overwrite=True)
+        del ds
         out = WORK / f"seg_{size}.ome.zarr"
+        shutil.rmtree(out, ignore_errors=True)   # the previous run's, in the benchmark's own folder
         proc = subprocess.run([sys.executable, __file__, "--memory-child", str(src), str(model_dir),
                                str(out), str(block), str(threads)], capture_output=True, text=True, check=False)
         if proc.returncode:
             raise RuntimeError(f"memory child failed: {proc.stderr[-2000:]}")
         results[f"{size}^3"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps({f"memory {size}^3": results[f"{size}^3"]}), flush=True)
     return results
 
 

@@ -66,9 +66,10 @@ def main() -> None:
     parser.add_argument("--equal-epochs", action="store_true",
                         help="scale each run's steps by its number of entries (the same passes over each cell) "
                              "instead of the same steps for both")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "task.md")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_task_"))
     t0 = time.perf_counter()
     cat = phantom_catalog(work / "refs", args.cells, shape=SHAPE, voxel_size=VOXEL, seed=1,
@@ -122,7 +123,7 @@ def main() -> None:
                f"--seeds {' '.join(map(str, args.seeds))} --iterations {args.iterations[0]} {args.iterations[1]}"
                + (" --equal-epochs" if args.equal_epochs else ""))
     text = ["# Task-based training: all partly annotated entries against complete ones only", "",
-            f"`{command}`; 2 torch threads. Catalog: {args.cells} phantom cells "
+            f"`{command}`; {args.threads} torch thread(s). Catalog: {args.cells} phantom cells "
             f"({SHAPE[0]}³ at {VOXEL} µm, simulated acquisition), one in {args.complete_every} annotated "
             "completely, the others by the partial studies of `sxtlab.catalog.PHANTOM_STUDIES` in turn; built in "
             f"{t_catalog:.0f} s. Task `{' + '.join(CLASSES)}`; the same cascade settings for both, "

@@ -29,9 +29,11 @@ Inference
 4. Stage 2 runs by sliding window (Gaussian blending, σ = patch/8, step half a
    patch, :mod:`sxtlab.inference`). Where stage 1 calls a voxel background with
    probability ≥ ``skip_background``, its answer stands (a 32³ window of medium
-   alone normalises, under instance norm, to featureless noise that stage 2 can
-   take for cytoplasm), and windows made only of such voxels are not run at all:
-   whole-cell volumes are mostly medium, so this is where the time goes.
+   alone normalises, under instance norm, to featureless noise that a stage 2
+   without its input at the head, ``UNetConfig.input_to_head``, can take for
+   cytoplasm), and windows made only of such voxels are not run at all: fields of
+   view are mostly medium, so this is where the time goes (2.9× faster than
+   running every window on a 256³ field, ``benchmarks/results/cascade.md``).
 5. Larger than memory: ``predict(volume, out="seg.ome.zarr")`` builds the result
    lazily per output block (each block from the global window grid, so it equals
    the in-memory result) and writes it chunk by chunk through

@@ -65,8 +65,10 @@ class UNetConfig:
         Concatenate the input channels with the last decoder's features and classify
         them with two 1×1×1 convolutions (``base_width`` hidden channels, leaky ReLU)
         instead of one. Gives the classifier absolute (normalised) intensities, which
-        instance norm removes inside a window; off by default so that models saved
-        before it existed load unchanged.
+        instance norm removes inside a window. Off by default (model files written
+        before the option existed read back unchanged): the cascade benchmark, which
+        turns it on, has not yet measured it alone, and on tiny networks (4 channels)
+        it slows the first few dozen steps.
     """
 
     in_channels: int = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from sxtlab.errors import FormatError
 from sxtlab.inference import WindowGrid, importance_map, sliding_window, window_starts
 from sxtlab.metrics import dice
 from sxtlab.train import CascadeConfig, TrainConfig, train_cascade
-from sxtlab.unet import UNetConfig
+from sxtlab.unet import UNet3D, UNetConfig
 from sxtlab.volume import label_volume, segmentation, volume
 
 
@@ -191,6 +192,27 @@ def test_save_load_gives_identical_predictions(trained, cells, tmp_path) -> None
     b = loaded.predict(cells[2]["lac"], progress=False)
     np.testing.assert_array_equal(a["probabilities"].values, b["probabilities"].values)
     assert a.attrs["model_weights_sha256"] == b.attrs["model_weights_sha256"] == meta["weights"]["sha256"]
+
+
+def test_model_files_from_before_input_to_head_load_and_predict_the_same(cells, tmp_path) -> None:
+    # A file written before UNetConfig.input_to_head existed has no such key and a
+    # head of one convolution; it must load into that architecture, not the new one.
+    torch.manual_seed(0)
+    old = UNetConfig(depth=2, base_width=4, input_to_head=False)
+    model = CascadeModel(UNet3D(replace(old, in_channels=1, out_channels=3)),
+                         UNet3D(replace(old, in_channels=3, out_channels=3)), CLASSES, factor=2,
+                         normalisation=Normalisation(0.3, 0.1), voxel_size=VS, stage1_patch=(16,) * 3,
+                         stage2_patch=(16,) * 3)
+    path = model.save(tmp_path / "old")
+    meta = json.loads((path / "model.json").read_text())
+    for stage in ("stage1", "stage2"):
+        del meta[stage]["unet"]["input_to_head"]
+    (path / "model.json").write_text(json.dumps(meta))
+    loaded = CascadeModel.load(path)
+    assert not loaded.stage1.config.input_to_head and not loaded.stage2.config.input_to_head
+    lac = cells[0]["lac"]
+    np.testing.assert_array_equal(loaded.predict(lac, progress=False)["probabilities"].values,
+                                  model.predict(lac, progress=False)["probabilities"].values)
 
 
 def test_load_refuses_what_is_not_this_model(trained, tmp_path) -> None:
