@@ -10,17 +10,18 @@ Parts
 -----
 quality
     Phantom cells (:func:`sxtlab.phantom.cell`, simulated acquisition; four 96³ fields
-    at 50 nm and three of 160³–192³ holding cells 1.6–3.2 µm in radius) train (a) the cascade and (b) a single-stage U-Net of the same size on
-    full-resolution patches without stage-1 channels, with the same stage-2 budget;
-    both and (c) a LAC multi-Otsu threshold baseline are scored (Dice per class) on
-    held-out cells whose seeds were never trained on, under varied acquisitions
-    (tilt range, photons) and one at another voxel size (50 nm, resampled by the
-    model; 40 nm).
+    at 50 nm and three of 160³–192³ holding cells 1.6–3.2 µm in radius) train (a) the
+    cascade and (b) a single-stage U-Net of the same size on full-resolution patches
+    without stage-1 channels, with the same stage-2 budget; both and (c) a LAC
+    multi-Otsu threshold baseline are scored (Dice per class) on held-out cells whose
+    seeds were never trained on, under varied acquisitions (tilt range, photons) and one
+    at another voxel size (50 nm, resampled by the model; 40 nm).
 speed
-    A 256³ field (12.8 µm at 50 nm) with a held-out cell of radius 3 µm: the whole cascade (stage 1, context, stage 2 with
-    background windows skipped) against MONAI's ``sliding_window_inference`` running
-    the same stage-2 network with the same patch, overlap (0.5) and Gaussian blending
-    on precomputed stage-2 inputs, in the same process; Dice of both.
+    A 256³ field (12.8 µm at 50 nm) with a held-out cell of radius 3 µm: the whole
+    cascade (stage 1, context, stage 2 with background windows skipped) against MONAI's
+    ``sliding_window_inference`` running the same stage-2 network with the same patch,
+    overlap (0.5) and Gaussian blending on precomputed stage-2 inputs, in the same
+    process; Dice of both.
 memory
     Zarr-backed inference (``predict(volume, out=...)``) of the speed test's cell
     simulated in a 256³ and in a 512³ field (about the same stage-2 work, 8× the
@@ -171,10 +172,11 @@ def part_quality(quick: bool, progress: bool) -> dict:
     from sxtlab.train import train_cascade
 
     cfg = _config(quick)
+
     def cells(spec):
-        if quick:
+        if quick:   # the first and the last cell, halved (dict.fromkeys: ordered, no repeat)
             return [_cell(seed, tuple(n // 2 for n in shp), radius=None if r is None else r / 2)
-                    for seed, shp, r in {spec[0], spec[-1]}]
+                    for seed, shp, r in dict.fromkeys((spec[0], spec[-1]))]
         return [_cell(seed, shp, radius=r) for seed, shp, r in spec]
 
     t0 = time.perf_counter()

@@ -702,7 +702,7 @@ def _prepare(samples: Sequence[xr.Dataset], classes: list[str]) -> list[tuple[st
                               f"{type(ds).__name__} {sorted(getattr(ds, 'data_vars', []))}")
         name = str(ds.attrs.get("cell_id", ds["lac"].attrs.get("cell_id", f"sample {i}")))
         lac = ds["lac"]
-        if lac.attrs.get("units") == "gray" and not _uncalibrated(lac):
+        if lac.attrs.get("units") == "gray" and lac.sxt.calibration is not None:
             lac = lac.sxt.to_lac()
         out.append((name, np.asarray(lac.values, np.float32), _remap(ds["labels"], classes, name)))
     return out

@@ -217,6 +217,5 @@ class UNet3D(nn.Module):
                 level += w[i + 1] * w[i]  # transposed conv: one kernel tap per fine voxel
                 level += 27 * (2 * w[i] * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i])
             total += 2 * level / 8**i
-        if cfg.input_to_head:
-            return int(total + 2 * w[0] * (w[0] + cfg.in_channels + cfg.out_channels))
-        return int(total + 2 * w[0] * cfg.out_channels)
+        head = w[0] * (w[0] + cfg.in_channels + cfg.out_channels) if cfg.input_to_head else w[0] * cfg.out_channels
+        return int(total + 2 * head)
