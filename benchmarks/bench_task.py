@@ -8,8 +8,9 @@ mitochondria; nuclei and lipid bodies), under their own names. ``--complete-ever
 makes the complete study one cell in N (the partial studies share the rest in turn),
 as in an archive where few cells were segmented for everything. The task
 ``cell + mitochondria + lipid_body`` is trained with the same settings and budget
-(A) on every entry that annotates one of its classes, with the voxels where an
-unannotated class could hide masked (``Task.train``), and (B) on the complete
+(A) on every entry that annotates one of its classes, the voxels where an
+unannotated class could hide labelled with the set of classes they may be
+(``Task.train``, marginal loss), and (B) on the complete
 entries only, once per training seed. Both are scored (Dice per class) on held-out
 phantom cells (seeds never used for the catalog) with varied simulated acquisitions;
 the report pairs the two arms by seed and held-out cell.

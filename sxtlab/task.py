@@ -4,10 +4,15 @@ reference cell's labels map onto them.
 A reference cell annotated for one question (say nucleus and lipid bodies) can
 still teach a model for another (nucleus and mitochondria): its nucleus voxels are
 known, and its unannotated mitochondria could hide only where the cell annotated
-their nearest enclosing class (the cytoplasm), so exactly those voxels are masked
-with :data:`~sxtlab.classes.UNANNOTATED` and the loss ignores them. This per-cell,
-per-class masking is what partially labelled data sets need (the nnU-Net "partial
-labels" question, MIC-DKFZ/nnUNet#1104).
+their nearest enclosing class (the cytoplasm). Those voxels are not thrown away:
+they are *partially labelled*, known to be one of a set of task classes (cytoplasm
+or mitochondria, not background, not nucleus), and the training loss asks only that
+the probabilities of that set add up to one (the marginal loss of Shi et al. 2021,
+"Marginal loss and exclusion loss for partially supervised multi-organ
+segmentation", Med. Image Anal. 70:101979). Masking them outright (the nnU-Net
+"partial labels" answer, MIC-DKFZ/nnUNet#1104) loses what they say, that they are
+not background, and a model trained on many such cells under-segments the class
+that covers them (``benchmarks/results/task.md``).
 
 Rules, for an entry whose labels name classes ``E`` (its *annotated* classes) and a
 task with output classes ``T`` (each a vocabulary class, or a union given in
@@ -17,9 +22,14 @@ task with output classes ``T`` (each a vocabulary class, or a union given in
    ancestor (``nucleolus`` → ``nucleus``; ``mitochondria`` → ``cell`` when the task
    has ``cell`` but not ``mitochondria``); background (0) when none does.
 2. For each class ``C`` the task needs but the entry did not annotate, the voxels
-   labelled with ``C``'s nearest annotated ancestor (background when there is none)
-   become unannotated: ``C`` could be hiding there.
-3. Unannotated voxels stay unannotated.
+   labelled with ``C``'s nearest annotated ancestor ``A`` (background when there is
+   none) could be ``C``: they get a *label set* code standing for {task class of
+   ``A``, task class of ``C``, ...} (every class that could hide under ``A``).
+   Codes count down from 254; the labels' ``label_sets`` attr names each code's
+   classes. A set of every class (background included) says nothing: such voxels
+   are unannotated.
+3. Unannotated voxels (:data:`~sxtlab.classes.UNANNOTATED`, the set of all classes)
+   stay unannotated.
 """
 
 from __future__ import annotations
@@ -36,7 +46,11 @@ from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, canonical_name
 from .errors import SxtlabError
 from .volume import check_voxel_size, label_volume
 
-__all__ = ["Task", "TaskError", "LabelMapping"]
+__all__ = ["Task", "TaskError", "LabelMapping", "LABEL_SET_CODES"]
+
+#: Label values that stand for a set of task classes (see rule 2 above), first to
+#: last; the task's own classes count up from 1 and never reach them.
+LABEL_SET_CODES = range(UNANNOTATED - 1, 127, -1)
 
 
 class TaskError(SxtlabError, ValueError):
@@ -58,14 +72,19 @@ class LabelMapping:
     Attributes
     ----------
     values : dict[int, int]
-        Entry label value → task label value (``UNANNOTATED`` where masked).
+        Entry label value → task label value, a code of ``sets``, or
+        ``UNANNOTATED``.
     masked : dict[str, str]
-        Entry class whose voxels were masked → the unannotated task class that could
-        hide there.
+        Entry class whose voxels only partly say what they are → the task classes
+        that could hide there (joined by ``" or "``).
+    sets : dict[int, tuple[int, ...]]
+        Label-set code (from :data:`LABEL_SET_CODES`) → the task label values a voxel
+        with that code may have (0 is background).
     """
 
     values: dict[int, int]
     masked: dict[str, str]
+    sets: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def apply(self, labels: np.ndarray) -> np.ndarray:
         """Map a label array (any integer dtype) to task values (uint8)."""
@@ -197,32 +216,67 @@ class Task:
             return BACKGROUND
 
         values = {v: target(n) if n != "background" else BACKGROUND for v, n in entry.items()}
-        masked: dict[str, str] = {}
+        # Every class the task needs but the entry did not annotate could hide under
+        # the nearest class the entry did annotate (background if none).
+        hidden: dict[str, set[int]] = {}
         for needed in cover:
             # Sub-classes of a needed class are covered by it, so only the class itself matters.
             if needed in done:
                 continue
             hider = next((a for a in _ancestors(needed)[1:] if a in done), "background")
             if hider in value_of:
+                hidden.setdefault(hider, {values[value_of[hider]]}).add(target(needed))
+        names = {BACKGROUND: "background", **self.output_classes}
+        masked: dict[str, str] = {}
+        sets: dict[int, tuple[int, ...]] = {}
+        codes = iter(LABEL_SET_CODES)
+        for hider, members in hidden.items():
+            if len(members) < 2:    # every class that could hide there maps onto the same task class
+                continue
+            members_t = tuple(sorted(members))
+            masked[hider] = " or ".join(names[m] for m in members_t)
+            if len(members_t) == len(names):    # could be anything: unannotated
                 values[value_of[hider]] = UNANNOTATED
-                masked[hider] = needed
+                continue
+            code = next((c for c, m in sets.items() if m == members_t), None)
+            if code is None:
+                code = next(codes)
+                sets[code] = members_t
+            values[value_of[hider]] = code
         values[UNANNOTATED] = UNANNOTATED
-        return LabelMapping(values, masked)
+        return LabelMapping(values, masked, sets)
 
     def remap(self, labels: xr.DataArray, annotated: Sequence[str] | None = None) -> xr.DataArray:
-        """Map a label volume onto the task's classes, masking what it did not annotate.
+        """Map a label volume onto the task's classes; what it did not annotate
+        becomes label-set codes (rules in the module docstring).
 
         Returns
         -------
         xarray.DataArray
-            uint8 labels (z, y, x) with values 0, 1..K (``output_classes``) and 255,
-            on the same grid, with ``classes`` = the task's classes.
+            uint8 labels (z, y, x) with values 0, 1..K (``output_classes``), label-set
+            codes and 255, on the same grid, with ``classes`` = the task's classes and
+            ``label_sets`` = ``{code: [class names]}`` ("background" for 0).
+
+        Examples
+        --------
+        An entry that annotated the cell and lipid bodies, for a task that also
+        needs mitochondria: its cytoplasm may be cell or mitochondria.
+
+        >>> import numpy as np, sxtlab
+        >>> img = sxtlab.volume(np.zeros((1, 1, 3), np.float32), 0.05)
+        >>> lab = sxtlab.label_volume(np.array([[[0, 1, 2]]], np.uint8), img, {1: "cell", 2: "lipid_body"})
+        >>> out = Task(["cell", "mitochondria", "lipid_body"]).remap(lab)
+        >>> out.values.ravel().tolist(), out.attrs["label_sets"]
+        ([0, 254, 3], {'254': ['cell', 'mitochondria']})
         """
         m = self.mapping(labels.sxt.classes, annotated)
         data = labels.data
         mapped = data.map_blocks(m.apply, dtype=np.uint8) if hasattr(data, "map_blocks") else m.apply(np.asarray(data))
+        names = {BACKGROUND: "background", **self.output_classes}
         return label_volume(mapped, labels, self.output_classes,
-                            attrs={"task": self.name, "masked_as_unannotated": dict(m.masked)})
+                            attrs={"task": self.name, "partly_labelled": dict(m.masked),
+                                   "label_sets": {str(c): [names[v] for v in members]
+                                                  for c, members in m.sets.items()}})
 
     # -- catalog -----------------------------------------------------------------------
     def select(self, catalog) -> pd.DataFrame:
@@ -236,8 +290,8 @@ class Task:
         -------
         pandas.DataFrame
             The catalog's rows for those entries plus ``mapping`` (entry class →
-            task class) and ``masked`` (entry class whose voxels are ignored → the
-            task class it could hide).
+            task class) and ``masked`` (entry class whose voxels are only partly
+            labelled → the task classes they may be).
 
         Raises
         ------
@@ -259,9 +313,10 @@ class Task:
         return frame
 
     def describe_mapping(self, entry_classes: Mapping[int, str], annotated: Sequence[str] | None = None) -> dict[str, str]:
-        """Readable mapping of an entry's classes: ``{entry class: task class or 'ignored'}``."""
+        """Readable mapping of an entry's classes: ``{entry class: task class, a set of them, or 'ignored'}``."""
         m = self.mapping(entry_classes, annotated)
         names = {0: "background", **self.output_classes, UNANNOTATED: "ignored (not annotated)"}
+        names.update({c: " or ".join(names[v] for v in members) for c, members in m.sets.items()})
         entry = {int(v): canonical_name(n) for v, n in entry_classes.items()}
         entry.setdefault(BACKGROUND, "background")
         return {entry[v]: names[m.values[v]] for v in sorted(entry)}
@@ -279,11 +334,12 @@ class Task:
         Returns
         -------
         cells : list of xarray.Dataset
-            ``lac`` and task ``labels`` (values 0, 1..K, 255), resampled to the
-            task's voxel size where it is set.
+            ``lac`` and task ``labels`` (values 0, 1..K, label-set codes, 255; see
+            :meth:`remap`), resampled to the task's voxel size where it is set.
         report : pandas.DataFrame
-            One row per cell: id, voxel size, how its classes map, what was masked,
-            and how many voxels each task class and the masked value hold.
+            One row per cell: id, voxel size, how its classes map, what is only
+            partly labelled, and how many voxels each task class, the partly
+            labelled ones and the unannotated ones hold.
         """
         from .catalog import Catalog
 
@@ -307,8 +363,9 @@ class Task:
             voxels = dict(zip(values.tolist(), counts.tolist()))
             rows.append({"id": name, "voxel_size_um": lac.attrs.get("voxel_size_um"),
                          "mapping": self.describe_mapping(ds["labels"].sxt.classes, annotated),
-                         "masked": labels.attrs["masked_as_unannotated"],
+                         "masked": labels.attrs["partly_labelled"],
                          **{f"{c}_voxels": voxels.get(v, 0) for v, c in self.output_classes.items()},
+                         "partly_labelled_voxels": sum(voxels.get(int(c), 0) for c in labels.attrs["label_sets"]),
                          "unannotated_voxels": voxels.get(UNANNOTATED, 0)})
             cells.append(xr.Dataset({"lac": lac, "labels": labels}, attrs={"cell_id": name}))
         return cells, pd.DataFrame(rows).set_index("id")

@@ -6,7 +6,10 @@ One stage is trained on patches with
   Milletari et al. 2016, "V-Net", 3DV), in which voxels labelled with the ignore
   value (:data:`sxtlab.classes.UNANNOTATED`) contribute nothing — not to the loss,
   not to its gradient — so sparse annotation (a few labelled planes) trains
-  correctly;
+  correctly; voxels known only to be one of a *set* of classes (a cell's cytoplasm
+  for a task with mitochondria it did not annotate, :mod:`sxtlab.task`) enter the
+  cross-entropy through the summed probability of their set (the marginal loss of
+  Shi et al. 2021, Med. Image Anal. 70:101979) and are left out of the Dice;
 * class-balanced patch sampling: a share of the patches is centred on a voxel of a
   randomly chosen foreground class, so small rare organelles are seen; the others
   are centred on a random *annotated* voxel (never on empty, unannotated space);
@@ -249,19 +252,25 @@ class CascadeConfig:
 # Loss
 # ---------------------------------------------------------------------------------
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = UNANNOTATED,
-                 dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1e-5,
-                 include_background: bool = False) -> torch.Tensor:
-    """Soft Dice + cross-entropy, leaving out voxels whose target is ``ignore_index``.
+                 label_sets: torch.Tensor | None = None, dice_weight: float = 1.0, ce_weight: float = 1.0,
+                 smooth: float = 1e-5, include_background: bool = False) -> torch.Tensor:
+    """Soft Dice + cross-entropy, with unannotated and partially labelled voxels.
 
     Parameters
     ----------
     logits : tensor (B, K, z, y, x)
         Network output.
     target : integer tensor (B, z, y, x)
-        Class indices ``0 … K−1`` or ``ignore_index``.
+        Class indices ``0 … K−1``, label-set codes ``K … K+S−1`` (rows of
+        ``label_sets``) or ``ignore_index``.
     ignore_index : int
         Target value of unannotated voxels: their logits get exactly zero gradient
         and whatever the network predicts there leaves the loss unchanged.
+    label_sets : bool tensor (S, K), optional
+        Row ``s``: the classes a voxel with target ``K + s`` may be. Its
+        cross-entropy term is ``−log Σ_{c ∈ set} p_c`` (marginal loss, Shi et al.
+        2021, Med. Image Anal. 70:101979): any split of probability within the set
+        costs the same; the Dice leaves it out.
     dice_weight, ce_weight : float
         Weights of the two terms.
     smooth : float
@@ -273,26 +282,45 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: in
     -------
     scalar tensor
         ``ce_weight · CE + dice_weight · (1 − mean soft Dice)``, where CE is averaged
-        over annotated voxels and the soft Dice (Milletari et al. 2016) is computed
-        per class over the whole batch ("batch Dice").
-        0 (with zero gradient) if no voxel is annotated.
+        over annotated voxels (a set's voxels included) and the soft Dice
+        (Milletari et al. 2016) is computed per class over the whole batch ("batch
+        Dice") on voxels of one known class. 0 (with zero gradient) if no voxel is
+        annotated.
+
+    Raises
+    ------
+    ValueError
+        If the shapes do not fit, or a target value is neither a class, a row of
+        ``label_sets`` nor ``ignore_index``.
     """
     if logits.ndim != 5 or target.shape != (logits.shape[0], *logits.shape[2:]):
         raise ValueError(f"logits must be (B, K, z, y, x) and target (B, z, y, x); got "
                          f"{tuple(logits.shape)} and {tuple(target.shape)}")
+    k = logits.shape[1]
+    member = torch.eye(k, dtype=torch.bool, device=logits.device)
+    if label_sets is not None:
+        member = torch.cat([member, label_sets.to(device=logits.device, dtype=torch.bool)])
     target = target.long()
     valid = target != ignore_index
     if not bool(valid.any()):
         return logits.sum() * 0.0
-    ce = F.cross_entropy(logits, target, ignore_index=ignore_index)
-    k = logits.shape[1]
-    probs = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(torch.where(valid, target, 0), k).permute(0, 4, 1, 2, 3).to(probs.dtype)
+    t = torch.where(valid, target, 0)
+    if int(t.max()) >= member.shape[0]:
+        raise ValueError(f"target holds value {int(t.max())}: neither a class (0…{k - 1}), a label set "
+                         f"({k}…{member.shape[0] - 1}) nor the ignore value {ignore_index}")
     m = valid.unsqueeze(1)
-    # torch.where (not a product) so that the masked voxels' gradient is exactly 0
-    # even where a prediction is inf.
-    p = torch.where(m, probs, 0.0)
-    g = torch.where(m, onehot, 0.0)
+    # torch.where (not a product) so that the unannotated voxels' gradient is exactly
+    # 0 even where a prediction is inf.
+    z = torch.where(m, logits, 0.0)
+    allowed = member[t].permute(0, 4, 1, 2, 3)
+    # −log Σ_{c∈set} p_c = logsumexp(all logits) − logsumexp(the set's logits); for a
+    # single class it is the usual cross-entropy.
+    nll = torch.logsumexp(z, dim=1) - torch.logsumexp(z.masked_fill(~allowed, float("-inf")), dim=1)
+    ce = nll[valid].mean()
+    known = m & (t < k).unsqueeze(1)
+    probs = torch.softmax(z, dim=1)
+    p = torch.where(known, probs, 0.0)
+    g = torch.where(known, F.one_hot(torch.where(t < k, t, 0), k).permute(0, 4, 1, 2, 3).to(probs.dtype), 0.0)
     dims = (0, 2, 3, 4)
     dice = (2 * (p * g).sum(dims) + smooth) / (p.sum(dims) + g.sum(dims) + smooth)
     if not include_background:
@@ -312,7 +340,8 @@ class Sample:
     image : ndarray, float32, shape (C, Z, Y, X)
         Input channels (normalised LAC first).
     labels : ndarray, uint8, shape (Z, Y, X)
-        Class indices ``0 … K−1``, :data:`~sxtlab.classes.UNANNOTATED` where unannotated.
+        Class indices ``0 … K−1``, label-set codes ``K …`` (the ``label_sets`` of
+        :func:`train_stage`), :data:`~sxtlab.classes.UNANNOTATED` where unannotated.
     context : Context, optional
         Stage-1 output; its channels are appended per patch (stage 2).
     name : str
@@ -459,7 +488,8 @@ class PatchSampler:
 # ---------------------------------------------------------------------------------
 def _validate(net: UNet3D, samples: Sequence[Sample], patch: Sequence[int], n_classes: int,
               step: float) -> np.ndarray:
-    """Dice of classes 1 … K−1 pooled over whole validation volumes (NaN if absent)."""
+    """Dice of classes 1 … K−1 pooled over whole validation volumes (NaN if absent),
+    on voxels of one known class (not unannotated, not a label set)."""
     tp, fp, fn = (np.zeros(n_classes, np.int64) for _ in range(3))
 
     def predict(x: torch.Tensor) -> torch.Tensor:
@@ -473,7 +503,7 @@ def _validate(net: UNet3D, samples: Sequence[Sample], patch: Sequence[int], n_cl
             whole = tuple(slice(0, n) for n in s.shape)
             probs, _ = blend_block(grid, whole, lambda st: s.fetch(st, grid.patch), predict, n_classes)
             pred = probs.argmax(axis=0)
-            valid = s.labels != UNANNOTATED
+            valid = s.labels < n_classes
             p, t = pred[valid], s.labels[valid]
             for c in range(1, n_classes):
                 pc, tc = p == c, t == c
@@ -495,7 +525,8 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def train_stage(net: UNet3D, train: Sequence[Sample], val: Sequence[Sample], config: TrainConfig, *,
                 class_names: Sequence[str], checkpoint: str | os.PathLike | None = None,
-                resume: bool = False, corruption: Corruption | None = None, progress: bool = True,
+                resume: bool = False, corruption: Corruption | None = None,
+                label_sets: np.ndarray | None = None, progress: bool = True,
                 desc: str = "training", on_step: Callable[[int, float], None] | None = None,
                 ) -> tuple[UNet3D, pd.DataFrame]:
     """Train one U-Net on patches; return it with the best validation weights.
@@ -517,6 +548,9 @@ def train_stage(net: UNet3D, train: Sequence[Sample], val: Sequence[Sample], con
         Continue from ``checkpoint`` if it exists (a finished run is returned as is).
     corruption : Corruption, optional
         Damage to context channels (stage 2 of a cascade).
+    label_sets : bool array (S, K), optional
+        The classes that label-set code ``K + s`` stands for (see
+        :func:`dice_ce_loss`).
     progress : bool
         Show a tqdm bar with the running loss.
     desc : str
@@ -548,6 +582,7 @@ def train_stage(net: UNet3D, train: Sequence[Sample], val: Sequence[Sample], con
             raise ValueError(f"sample {s.name!r} has {s.n_channels} input channels, the network takes "
                              f"{net.config.in_channels}")
     sampler = PatchSampler(train, k, config, corruption)
+    sets = None if label_sets is None or not len(label_sets) else torch.as_tensor(np.asarray(label_sets, bool))
     rng = np.random.default_rng(config.seed)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     n_iter = config.iterations
@@ -596,7 +631,8 @@ def train_stage(net: UNet3D, train: Sequence[Sample], val: Sequence[Sample], con
     try:
         while step < n_iter and not stop:
             x, y = sampler.batch(rng)
-            loss = dice_ce_loss(net(x), y, dice_weight=config.dice_weight, ce_weight=config.ce_weight)
+            loss = dice_ce_loss(net(x), y, label_sets=sets, dice_weight=config.dice_weight,
+                                ce_weight=config.ce_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -651,28 +687,71 @@ def _order(names: set[str]) -> list[str]:
     return sorted(names, key=lambda n: (vocab.index(n) if n in vocab else len(vocab), n))
 
 
-def _remap(labels: xr.DataArray, classes: list[str], where: str) -> np.ndarray:
-    """Label values → class indices 1 … K−1 of ``classes`` (0 background, 255 kept).
+def _class_index(name: str, classes: list[str]) -> int:
+    """Index of ``name``'s class among 1 … K−1 of ``classes``: itself or its nearest
+    listed ancestor (nucleolus → nucleus), else 0 (background)."""
+    target: str | None = name
+    while target is not None and target not in classes:
+        target = VOCABULARY[target].parent if target in VOCABULARY else None
+    return 0 if target is None else classes.index(target) + 1
+
+
+class _LabelSets:
+    """Label-set codes shared by all samples of a training run: code ``K + s``
+    stands for the ``s``-th distinct set of class indices met."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n_classes = n_classes
+        self.sets: list[frozenset[int]] = []
+
+    def code(self, members: frozenset[int]) -> int:
+        """The value a voxel known to be one of ``members`` is trained with."""
+        if len(members) == 1:
+            return next(iter(members))
+        if len(members) == self.n_classes:     # could be anything: unannotated
+            return UNANNOTATED
+        if members not in self.sets:
+            if self.n_classes + len(self.sets) >= UNANNOTATED:
+                raise ValueError(f"more than {UNANNOTATED - self.n_classes} different label sets")
+            self.sets.append(members)
+        return self.n_classes + self.sets.index(members)
+
+    def table(self) -> np.ndarray:
+        """``(S, K)`` membership of each code (``label_sets`` of :func:`train_stage`)."""
+        out = np.zeros((len(self.sets), self.n_classes), bool)
+        for s, members in enumerate(self.sets):
+            out[s, sorted(members)] = True
+        return out
+
+
+def _remap(labels: xr.DataArray, classes: list[str], where: str, sets: _LabelSets) -> np.ndarray:
+    """Label values → class indices 1 … K−1 of ``classes`` (0 background, 255 kept),
+    and the label-set codes of the ``label_sets`` attr (:meth:`sxtlab.task.Task.remap`)
+    → codes of ``sets``.
 
     A class not among ``classes`` goes to its nearest ancestor that is (nucleolus →
     nucleus), else to background.
     """
     cmap = class_map(labels.attrs.get("classes", {}))
+    label_sets = {int(code): [canonical_name(n) for n in names]
+                  for code, names in labels.attrs.get("label_sets", {}).items()}
     values = np.asarray(labels.values)
     present = {int(v) for v in np.unique(values)}
-    unknown = sorted(present - set(cmap) - {0, UNANNOTATED})
+    unknown = sorted(present - set(cmap) - set(label_sets) - {0, UNANNOTATED})
     if unknown:
         raise FormatError(f"{where}: label values {unknown} are not named in its 'classes' attr {cmap}")
     lut = np.zeros(max(present | {UNANNOTATED}) + 1, np.uint8)
     lut[UNANNOTATED] = UNANNOTATED
     for value, name in cmap.items():
-        target = name
-        while target is not None and target not in classes:
-            target = VOCABULARY[target].parent if target in VOCABULARY else None
-        if target != name:
-            LOG.info("%s: class %r is trained as %r", where, name, target or "background")
+        index = _class_index(name, classes)
+        if (classes[index - 1] if index else None) != name:
+            LOG.info("%s: class %r is trained as %r", where, name, classes[index - 1] if index else "background")
         if value < lut.size:
-            lut[value] = 0 if target is None else classes.index(target) + 1
+            lut[value] = index
+    for code, names in label_sets.items():
+        if code < lut.size:
+            lut[code] = sets.code(frozenset(0 if n == "background" else _class_index(n, classes)
+                                            for n in names))
     return lut[values]
 
 
@@ -694,7 +773,8 @@ def _input_units(samples: Sequence[xr.Dataset]) -> str:
     return kinds[0]
 
 
-def _prepare(samples: Sequence[xr.Dataset], classes: list[str]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _prepare(samples: Sequence[xr.Dataset], classes: list[str],
+             sets: _LabelSets) -> list[tuple[str, np.ndarray, np.ndarray]]:
     out = []
     for i, ds in enumerate(samples):
         if not isinstance(ds, xr.Dataset) or "lac" not in ds or "labels" not in ds:
@@ -704,7 +784,7 @@ def _prepare(samples: Sequence[xr.Dataset], classes: list[str]) -> list[tuple[st
         lac = ds["lac"]
         if lac.attrs.get("units") == "gray" and lac.sxt.calibration is not None:
             lac = lac.sxt.to_lac()
-        out.append((name, np.asarray(lac.values, np.float32), _remap(ds["labels"], classes, name)))
+        out.append((name, np.asarray(lac.values, np.float32), _remap(ds["labels"], classes, name, sets)))
     return out
 
 
@@ -791,7 +871,9 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
             warnings.warn("one sample and no validation set: validating on the training cell, so the "
                           "best-checkpoint choice is optimistic", stacklevel=2)
             val_sets = list(train_sets)
-    train_data, val_data = _prepare(train_sets, names), _prepare(val_sets, names)
+    sets = _LabelSets(k)
+    train_data, val_data = _prepare(train_sets, names, sets), _prepare(val_sets, names, sets)
+    label_sets = sets.table()
     if cfg.normalisation is not None and cfg.normalisation.units != units:
         raise FormatError(f"the samples are {units!r} values but the normalisation "
                           f"{'of the model to fine-tune ' if init is not None else ''}is for "
@@ -803,12 +885,13 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
 
     norm = cfg.normalisation
     if norm is None:
-        fg = np.concatenate([lac[(lab != 0) & (lab != UNANNOTATED)] for _, lac, lab in train_data])
+        fg = np.concatenate([lac[(lab != 0) & (lab < k)] for _, lac, lab in train_data])
         norm = Normalisation.fit(fg[rng.permutation(fg.size)[:1_000_000]], units=units)
     LOG.info("intensity normalisation: offset %.6g, scale %.6g %s", norm.offset, norm.scale, norm.units)
 
     def coarse(data) -> list[Sample]:
-        return [Sample(block_mean(norm.apply(lac), factor)[None], block_labels(lab, factor, k), name=n)
+        return [Sample(block_mean(norm.apply(lac), factor)[None], block_labels(lab, factor, k + len(label_sets)),
+                       name=n)
                 for n, lac, lab in data]
 
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -821,7 +904,8 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
         if init is not None:
             net.load_state_dict(init.stage1.state_dict())
         tc = replace(cfg.stage1, seed=cfg.stage1.seed + seed_offset)
-        return train_stage(net, train_s, val_s, tc, class_names=names, progress=progress, desc=tag,
+        return train_stage(net, train_s, val_s, tc, class_names=names, label_sets=label_sets,
+                           progress=progress, desc=tag,
                            checkpoint=ckdir / f"{tag.replace(' ', '')}.pt" if ckdir else None, resume=resume)
 
     t_start = time.perf_counter()
@@ -865,7 +949,7 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     net2 = UNet3D(replace(cfg.stage2_unet, in_channels=k, out_channels=k))
     if init is not None:
         net2.load_state_dict(init.stage2.state_dict())
-    net2, hist2 = train_stage(net2, full_train, full_val, cfg.stage2, class_names=names,
+    net2, hist2 = train_stage(net2, full_train, full_val, cfg.stage2, class_names=names, label_sets=label_sets,
                               corruption=cfg.corruption, progress=progress, desc="stage 2",
                               checkpoint=ckdir / "stage2.pt" if ckdir else None, resume=resume)
     histories.append(hist2)

@@ -1,4 +1,5 @@
-"""Tasks map every reference cell's labels onto their classes, masking what it left unannotated."""
+"""Tasks map every reference cell's labels onto their classes; what it left unannotated
+becomes the set of classes each voxel may be."""
 
 import numpy as np
 import pytest
@@ -33,15 +34,32 @@ def test_subclasses_fold_into_their_parent_and_others_into_background():
                  "nucleolus": "nucleus", "mitochondria": "background", "lipid_body": "lipid_body"}
 
 
-def test_unannotated_class_masks_its_nearest_annotated_ancestor():
+def test_unannotated_class_turns_its_nearest_annotated_ancestor_into_a_label_set():
     task = Task(["nucleus", "vacuole"])
-    # the entry never annotated vacuoles: they could hide in its cytoplasm, nowhere else
+    # the entry never annotated vacuoles: they could hide in its cytoplasm, nowhere else,
+    # and the cytoplasm is background for this task unless it is a vacuole
     m = task.describe_mapping(ENTRY)
-    assert m["cell"] == "ignored (not annotated)"
+    assert m["cell"] == "background or vacuole"
     assert m["background"] == "background" and m["mitochondria"] == "background"
-    # an entry that annotated only mitochondria: a nucleus could be anywhere but in them
-    only_mito = task.describe_mapping({1: "mitochondria"})
-    assert only_mito == {"background": "ignored (not annotated)", "mitochondria": "background"}
+    # an entry that annotated only mitochondria: a nucleus or a vacuole could be anywhere
+    # but in them, so outside them a voxel could be any class: unannotated
+    only_mito = task.mapping({1: "mitochondria"})
+    assert only_mito.values[0] == UNANNOTATED and only_mito.sets == {}
+    assert task.describe_mapping({1: "mitochondria"}) == {"background": "ignored (not annotated)",
+                                                          "mitochondria": "background"}
+
+
+def test_classes_hiding_under_one_annotated_class_share_one_label_set():
+    task = Task(["cell", "mitochondria", "lipid_body", "nucleus"])
+    m = task.mapping({1: "cell", 2: "nucleus"})
+    # the cytoplasm may be cell, mitochondria or lipid bodies; the nucleus is known
+    assert m.values == {0: 0, 1: 254, 2: 4, UNANNOTATED: UNANNOTATED}
+    assert m.sets == {254: (1, 2, 3)}
+    assert m.masked == {"cell": "cell or mitochondria or lipid_body"}
+    # merged classes: a mitochondrion would be an "organelle", and so would a lipid body
+    merged = Task(["cell", "organelle"], merges={"organelle": ["mitochondria", "lipid_body"]})
+    assert merged.mapping({1: "cell"}).sets == {254: (1, 2)}
+    assert merged.mapping({1: "cell", 2: "mitochondria", 3: "lipid_body"}).sets == {}
 
 
 def test_merges_make_unions():
@@ -56,17 +74,20 @@ def test_remap_volume_values_and_attrs():
     lab = np.array([[[0, 1, 2], [3, 4, 5]], [[255, 1, 1], [2, 0, 5]]], np.uint8)
     labels = sxtlab.label_volume(lab, image, ENTRY)
     out = Task(["nucleus", "vacuole"]).remap(labels)
-    expected = np.array([[[0, 255, 1], [1, 0, 0]], [[255, 255, 255], [1, 0, 0]]], np.uint8)
+    # cell (1) may be a vacuole or, for this task, background: code 254
+    expected = np.array([[[0, 254, 1], [1, 0, 0]], [[255, 254, 254], [1, 0, 0]]], np.uint8)
     np.testing.assert_array_equal(out.values, expected)
     assert out.attrs["classes"] == {"1": "nucleus", "2": "vacuole"}
-    assert out.attrs["masked_as_unannotated"] == {"cell": "vacuole"}
+    assert out.attrs["label_sets"] == {"254": ["background", "vacuole"]}
+    assert out.attrs["partly_labelled"] == {"cell": "background or vacuole"}
     assert out.sxt.voxel_size == (0.05, 0.03, 0.03)
 
 
 def test_explicit_annotated_list_overrides_the_labels():
     # labels name lipid bodies, but the annotator says they only annotated cell and nucleus
     m = Task(["lipid_body"]).mapping(ENTRY, annotated=["cell", "nucleus"])
-    assert m.values[1] == UNANNOTATED and m.masked == {"cell": "lipid_body"}
+    # its cytoplasm could be a lipid body or background: every class of this task
+    assert m.values[1] == UNANNOTATED and m.masked == {"cell": "background or lipid_body"}
 
 
 def test_round_trip_dict():
@@ -88,8 +109,8 @@ def test_select_reports_mapping_per_entry(tmp_path):
     cat.add(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "vacuole"}), species="yeast")
     frame = Task(["nucleus", "mitochondria"]).select(cat)
     assert set(frame.index) == {a, b}
-    assert frame.loc[a, "mapping"]["cell"] == "ignored (not annotated)"
-    assert frame.loc[a, "masked"] == {"cell": "mitochondria"}
+    assert frame.loc[a, "mapping"]["cell"] == "background or mitochondria"
+    assert frame.loc[a, "masked"] == {"cell": "background or mitochondria"}
     assert frame.loc[b, "mapping"]["mitochondria"] == "mitochondria"
     only_yeast = Task(["nucleus", "mitochondria"], filters={"species": "yeast"}).select(cat)
     assert list(only_yeast.index) == [a]
@@ -123,3 +144,28 @@ def test_train_records_the_task_and_fine_tunes():
     assert tuned.info["fine_tuned_from"] == model.weights_sha256
     with pytest.raises(ValueError, match=r"cannot fine-tune a model for \['nucleus'\]"):
         Task(["lipid_body"]).train(_cells(), cfg, init=model, progress=False)
+
+
+def test_partly_labelled_cells_train_with_their_label_sets():
+    from sxtlab.train import _LabelSets, _remap, fast_config
+
+    full, other = _cells()
+    # the second study annotated only the cell and its lipid bodies (as real archives do)
+    lab = other["labels"]
+    keep = {v: n for v, n in lab.sxt.classes.items() if n in ("cell", "lipid_body")}
+    values = np.where(np.isin(lab.values, list(keep)), lab.values, np.where(lab.values > 0, 1, 0))
+    partial = other.assign(labels=sxtlab.label_volume(values.astype(np.uint8), other["lac"], keep))
+    task = Task(["cell", "mitochondria", "lipid_body"])
+    cells, report = task.training_set([full, partial])
+    assert report["partly_labelled_voxels"].tolist()[0] == 0
+    cytoplasm = values == 1
+    assert report["partly_labelled_voxels"].tolist()[1] == cytoplasm.sum() > 0
+    assert cells[1]["labels"].attrs["label_sets"] == {"254": ["cell", "mitochondria"]}
+    # training codes follow the classes: 4 values (background + 3), so the set is code 4
+    sets = _LabelSets(4)
+    trained = _remap(cells[1]["labels"], list(task.classes), "partial", sets)
+    assert np.all(trained[cytoplasm] == 4) and sets.table().tolist() == [[False, True, True, False]]
+    np.testing.assert_array_equal(trained[~cytoplasm], cells[1]["labels"].values[~cytoplasm])
+    model, history = task.train([full, partial], fast_config((4, 4)), progress=False)
+    assert model.classes == ["cell", "mitochondria", "lipid_body"]
+    assert model.info["training_data"][1]["masked"] == {"cell": "cell or mitochondria"}

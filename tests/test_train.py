@@ -45,6 +45,39 @@ def test_perfect_prediction_has_low_loss() -> None:
     assert dice_ce_loss(good, target).item() < 1e-3 < dice_ce_loss(-good, target).item()
 
 
+def test_single_class_targets_give_the_usual_cross_entropy() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 4, 4, 4, generator=gen)
+    target = torch.randint(0, 3, (2, 4, 4, 4), generator=gen)
+    target[0, 0] = UNANNOTATED
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=UNANNOTATED)
+    sets = torch.tensor([[False, True, True]])   # declared but unused: changes nothing
+    for kw in ({}, {"label_sets": sets}):
+        assert dice_ce_loss(logits, target, dice_weight=0.0, **kw).item() == pytest.approx(ce.item(), rel=1e-6)
+
+
+def test_label_set_voxels_cost_minus_log_of_their_summed_probability() -> None:
+    # Shi et al. 2021's marginal loss: voxel 0 may be class 1 or 2, voxel 1 is class 0
+    logits = torch.tensor([[1.0, 2.0, -1.0], [0.5, 0.0, 3.0]]).T.reshape(1, 3, 1, 1, 2).requires_grad_()
+    target = torch.tensor([3, 0]).reshape(1, 1, 1, 2)
+    sets = torch.tensor([[False, True, True]])
+    loss = dice_ce_loss(logits, target, label_sets=sets, dice_weight=0.0)
+    p = torch.softmax(logits.detach().reshape(3, 2), dim=0)
+    expected = -(torch.log(p[1, 0] + p[2, 0]) + torch.log(p[0, 1])) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # moving probability within the set leaves the loss unchanged: swap classes 1 and 2
+    swapped = logits.detach().clone()
+    swapped[:, [1, 2], ..., 0] = swapped[:, [2, 1], ..., 0]
+    assert dice_ce_loss(swapped, target, label_sets=sets).item() == pytest.approx(
+        dice_ce_loss(logits.detach(), target, label_sets=sets).item(), rel=1e-6)
+    # ... while it pushes the voxel away from the class outside the set
+    loss.backward()
+    g = logits.grad[0, :, 0, 0, 0]
+    assert g[0] > 0 and g[1] + g[2] < 0
+    with pytest.raises(ValueError, match="target holds value 4: neither a class"):
+        dice_ce_loss(logits, torch.tensor([4, 0]).reshape(1, 1, 1, 2), label_sets=sets)
+
+
 def test_case18_dice_and_loss_ignore_the_unannotated_slab(field_case) -> None:
     folder, exp = field_case("18")
     gt, pred = np.load(folder / "gt.npy"), np.load(folder / "pred.npy")
@@ -168,6 +201,27 @@ def test_training_learns_and_records_history() -> None:
     assert hist.train_loss.iloc[-1] < hist.train_loss.iloc[0]
     assert hist.dice_cell.max() > 0.8          # chance level is the class's share, ~0.5
     assert not net.training
+
+
+def test_label_set_voxels_teach_what_they_are_not() -> None:
+    # the cube's body is known only to be "cell or nucleus" (code 3), as an entry's
+    # cytoplasm is for a task with a class it did not annotate; the medium is known
+    def partial(seed: int, value: int) -> Sample:
+        s = _sample(seed=seed)
+        return Sample(s.image, np.where(s.labels == 1, value, s.labels).astype(np.uint8), name=s.name)
+
+    cfg = TrainConfig(patch_size=(16, 16, 16), batch_size=2, iterations=30, val_every=30, patience=0, lr=1e-2)
+    val = _sample(seed=1)
+    body = val.labels == 1
+    called_cell = {}
+    for how, value, sets in (("set", 3, np.array([[False, True, True]])), ("ignored", UNANNOTATED, None)):
+        net, _ = train_stage(_net(), [partial(0, value)], [val], cfg, class_names=["cell", "nucleus"],
+                             label_sets=sets, progress=False)
+        with torch.inference_mode():
+            pred = net(torch.from_numpy(val.image[None])).argmax(1)[0].numpy()
+        called_cell[how] = np.mean(pred[body] != 0)
+    # from the set the network learns that the body is not medium; ignoring it, it cannot
+    assert called_cell["set"] > 0.9 and called_cell["ignored"] < 0.5, called_cell
 
 
 def test_resume_continues_from_the_saved_step(tmp_path) -> None:
