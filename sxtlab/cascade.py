@@ -635,7 +635,7 @@ class CascadeModel:
         net = _softmax_predictor(self.stage2)
         out, counts = blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
                                   weights=importance_map(patch), skip=skip if use else None,
-                                  fallback=(lambda b: coarse) if use else None, batch_size=batch_size,
+                                  fallback=coarse, batch_size=batch_size,
                                   progress=progress)
         if use:
             # Where stage 1, which sees the whole cell, is sure of background, its answer

@@ -39,8 +39,6 @@ Fetch = Callable[[tuple[int, int, int]], np.ndarray]
 Predict = Callable[[torch.Tensor], torch.Tensor]
 #: ``skip(starts)`` is True for windows that need no network pass.
 Skip = Callable[[tuple[int, int, int]], bool]
-#: ``fallback(block)`` gives the output ``(K, *block_shape)`` of skipped windows.
-Fallback = Callable[[Slices], np.ndarray]
 
 
 def window_starts(size: int, patch: int, step: int) -> list[int]:
@@ -187,7 +185,7 @@ def flip_tta(predict: Predict) -> Predict:
 
 def blend_block(grid: WindowGrid, block: Slices, fetch: Fetch, predict: Predict, out_channels: int,
                 *, weights: np.ndarray | None = None, skip: Skip | None = None,
-                fallback: Fallback | None = None, batch_size: int = 1,
+                fallback: np.ndarray | None = None, batch_size: int = 1,
                 progress: bool | tqdm = False) -> tuple[np.ndarray, dict[str, int]]:
     """Blend the outputs of every window intersecting one output block.
 
@@ -209,11 +207,10 @@ def blend_block(grid: WindowGrid, block: Slices, fetch: Fetch, predict: Predict,
         ``skip(starts)`` → True for windows that need no network pass (e.g. windows
         a coarse model calls background with confidence); they contribute the
         ``fallback`` values instead, with their usual weights.
-    fallback : callable
-        ``fallback(block) -> (K, *block_shape)``: output at every voxel of the block
-        for skipped windows (a function of position only, e.g. upsampled stage-1
-        probabilities). Called once per block, only if a window is skipped, so a
-        skipped window costs one weight addition and no network pass.
+    fallback : ndarray, shape ``(K, *block_shape)``
+        Output of skipped windows at every voxel of the block (a function of
+        position only, e.g. upsampled stage-1 probabilities), so a skipped window
+        costs one weight addition and no network pass.
     batch_size : int
         Windows per network call.
     progress : bool or tqdm
@@ -226,11 +223,12 @@ def blend_block(grid: WindowGrid, block: Slices, fetch: Fetch, predict: Predict,
     counts : dict
         ``{"windows": n, "skipped": m}``.
     """
-    if skip is not None and fallback is None:
-        raise ValueError("skip needs a fallback giving the output of skipped windows")
+    bshape = tuple(s.stop - s.start for s in block)
+    if skip is not None and (fallback is None or fallback.shape != (out_channels, *bshape)):
+        raise ValueError(f"skip needs a fallback of shape {(out_channels, *bshape)}, the output of skipped "
+                         f"windows; got {None if fallback is None else fallback.shape}")
     if weights is None:
         weights = importance_map(grid.patch)
-    bshape = tuple(s.stop - s.start for s in block)
     acc = np.zeros((out_channels, *bshape), np.float32)
     wsum = np.zeros(bshape, np.float32)       # weight of the windows run through the network
     wall = np.zeros(bshape, np.float32) if skip is not None else wsum   # weight of all windows
@@ -282,7 +280,7 @@ def blend_block(grid: WindowGrid, block: Slices, fetch: Fetch, predict: Predict,
         bar.close()
     if counts["skipped"]:
         # Σ_skipped w·f = f · (Σ_all w − Σ_run w): the fallback f depends on position only.
-        acc += fallback(block) * (wall - wsum)
+        acc += fallback * (wall - wsum)
     return acc / wall, counts
 
 

@@ -15,7 +15,7 @@ from sxtlab import phantom
 from sxtlab.cascade import SKIP_BACKGROUND, CascadeModel, Context, Normalisation, block_labels, block_mean
 from sxtlab.classes import UNANNOTATED
 from sxtlab.errors import FormatError
-from sxtlab.inference import WindowGrid, importance_map, sliding_window, window_starts
+from sxtlab.inference import WindowGrid, blend_block, importance_map, sliding_window, window_starts
 from sxtlab.metrics import dice
 from sxtlab.train import CascadeConfig, TrainConfig, train_cascade
 from sxtlab.unet import UNet3D, UNetConfig
@@ -46,6 +46,27 @@ def test_every_voxel_gets_weight_and_small_inputs_are_cropped_back() -> None:
     assert w.min() > 0 and w.max() == 1
     grid = WindowGrid.make((40, 150, 150), 64, 0.5)
     assert grid.step == (32, 32, 32) and grid.starts(1) == [0, 32, 64, 86]
+
+
+def test_skipped_windows_blend_in_the_fallback_with_their_weights() -> None:
+    grid = WindowGrid.make((16, 16, 32), 16, 0.5)
+    block = (slice(0, 16), slice(0, 16), slice(0, 32))
+    fallback = np.full((1, 16, 16, 32), 3.0, np.float32)
+
+    def run(skip):
+        return blend_block(grid, block, lambda st: np.zeros((1, 16, 16, 16), np.float32),
+                           lambda x: torch.ones_like(x), 1, skip=skip, fallback=fallback)
+
+    everything, counts = run(lambda st: True)
+    assert counts == {"windows": 3, "skipped": 3}
+    np.testing.assert_allclose(everything, 3, rtol=1e-6)
+    # only the first window is run: its ones blend with the fallback's threes by weight
+    first, counts = run(lambda st: st[2] != 0)
+    assert counts["skipped"] == 2
+    assert first[0, 8, 8, 2] == pytest.approx(1) and first[0, 8, 8, 30] == pytest.approx(3)
+    assert 1 < first[0, 8, 8, 12] < 3
+    with pytest.raises(ValueError, match=r"skip needs a fallback of shape \(1, 16, 16, 32\)"):
+        blend_block(grid, block, lambda st: None, lambda x: x, 1, skip=lambda st: True, fallback=fallback[:, :8])
 
 
 # --- stage-1 context --------------------------------------------------------------
