@@ -22,7 +22,7 @@ from sxtlab import phantom
 from sxtlab.metrics import dice, evaluate
 from sxtlab.task import Task
 
-#: (seed, voxels per side, voxel size µm, acquisition)
+#: (seed, voxels per side, voxel size µm, acquisition, cell radius µm or None)
 HELD_OUT = [
     (901, 96, 0.05, {"tilt_range_deg": 65}),
     (902, 96, 0.05, {"tilt_range_deg": 90}),
@@ -30,6 +30,7 @@ HELD_OUT = [
     (904, 96, 0.05, {"tilt_range_deg": 65, "photons": 4000.0}),
     (905, 128, 0.05, {"tilt_range_deg": 65}),
     (906, 120, 0.04, {"tilt_range_deg": 65}),
+    (907, 192, 0.05, {"tilt_range_deg": 65}, 3.0),   # a cell in a field of medium, as real fields are
 ]
 
 
@@ -50,8 +51,9 @@ def main() -> None:
     model = sxtlab.models.load_model(args.model)
     task = Task(model.classes)
     rows = []
-    for seed, n, vs, acq in HELD_OUT:
-        cell = phantom.cell(seed=seed, shape=(n, n, n), voxel_size=vs, acquisition=phantom.Acquisition(**acq))
+    for seed, n, vs, acq, *radius in HELD_OUT:
+        cell = phantom.cell(seed=seed, shape=(n, n, n), voxel_size=vs, acquisition=phantom.Acquisition(**acq),
+                            cell_radius_um=radius[0] if radius else None)
         t0 = time.perf_counter()
         seg = model.predict(cell["lac"], progress=False)
         seconds = time.perf_counter() - t0

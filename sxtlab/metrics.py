@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 from scipy import ndimage
 
-from .classes import UNANNOTATED, class_map
+from .classes import UNANNOTATED, canonical_name, class_map
 
 __all__ = ["dice", "boundary_error", "evaluate"]
 
@@ -139,7 +139,10 @@ def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
         Predicted label volume with a ``classes`` attr, or a segmentation Dataset
         (its ``labels`` are used).
     truth : xarray.DataArray
-        True label volume with a ``classes`` attr; value 255 is unannotated.
+        True label volume with a ``classes`` attr; value 255 is unannotated. Codes
+        named in a ``label_sets`` attr (:meth:`sxtlab.task.Task.remap`: "cell or
+        mitochondria") are left out for the classes of their set and count as
+        "not this class" for the others.
     classes : mapping, optional
         ``{value: name}`` of the truth, if its attrs lack it.
     boundary : bool
@@ -161,19 +164,22 @@ def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
     by_name = {n: v for v, n in p_classes.items()}
     p, t = _arrays(pred.values, truth.values)
     valid = t != UNANNOTATED
+    label_sets = {int(code): {canonical_name(n) for n in names}
+                  for code, names in truth.attrs.get("label_sets", {}).items()}
     vs = truth.attrs.get("voxel_size_um")
     spacing = vs if vs is not None else 1.0
     rows = []
     for value, name in sorted(t_classes.items()):
         pv = by_name.get(name, -1)
-        tc, pc = (t == value) & valid, (p == pv) & valid
+        known = valid & ~np.isin(t, [code for code, names in label_sets.items() if name in names])
+        tc, pc = (t == value) & known, (p == pv) & known
         n_t, n_p = int(tc.sum()), int(pc.sum())
         tp = int((tc & pc).sum())
         row = {"class": name, "dice": 2 * tp / (n_t + n_p) if n_t + n_p else float("nan"),
                "n_true": n_t, "n_pred": n_p}
         if boundary:
             # Map both to a common binary encoding so the label values may differ.
-            both = np.where(valid, tc.astype(np.uint8), np.uint8(UNANNOTATED))
+            both = np.where(known, tc.astype(np.uint8), np.uint8(UNANNOTATED))
             row.update(boundary_error(pc.astype(np.uint8), both, 1, spacing=spacing))
         rows.append(row)
     return pd.DataFrame(rows).set_index("class")

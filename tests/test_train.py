@@ -117,6 +117,21 @@ def test_dice_is_nan_for_absent_class_and_evaluate_matches_by_name() -> None:
     assert table.loc["nucleus", "assd"] == 0.0
 
 
+def test_evaluate_leaves_label_set_voxels_out_only_for_the_classes_of_their_set() -> None:
+    from sxtlab.task import Task
+
+    img = volume(np.zeros((1, 1, 4), np.float32), 0.05)
+    entry = label_volume(np.array([[[0, 1, 1, 2]]], np.uint8), img, {1: "cell", 2: "lipid_body"})
+    truth = Task(["cell", "mitochondria", "lipid_body"]).remap(entry)   # cytoplasm: cell or mitochondria
+    assert truth.values.ravel().tolist() == [0, 254, 254, 3]
+    pred = label_volume(np.array([[[0, 2, 3, 3]]], np.uint8), img, {1: "cell", 2: "mitochondria", 3: "lipid_body"})
+    table = evaluate(pred, truth)
+    # a mitochondrion in the cytoplasm may be right: not scored; a lipid body there is wrong
+    assert table.loc["mitochondria", "n_true"] == table.loc["mitochondria", "n_pred"] == 0
+    assert table.loc["lipid_body", "dice"] == pytest.approx(2 / 3)
+    assert table.loc["cell", "n_pred"] == 0
+
+
 def test_boundary_error_of_shifted_sphere_in_um() -> None:
     z, y, x = np.indices((30, 30, 30))
     a = ((z - 15) ** 2 + (y - 15) ** 2 + (x - 15) ** 2 < 8**2).astype(np.uint8)
