@@ -27,13 +27,14 @@ Inference
    voxels, applied on the coarse grid) and trilinearly interpolated between block
    centres to any full-resolution window, on demand.
 4. Stage 2 runs by sliding window (Gaussian blending, σ = patch/8, step half a
-   patch, :mod:`sxtlab.inference`). Where stage 1 calls a voxel background with
-   probability ≥ ``skip_background``, its answer stands (a 32³ window of medium
-   alone normalises, under instance norm, to featureless noise that a stage 2
-   without its input at the head, ``UNetConfig.input_to_head``, can take for
-   cytoplasm), and windows made only of such voxels are not run at all: fields of
-   view are mostly medium, so this is where the time goes (2.9× faster than
-   running every window on a 256³ field, ``benchmarks/results/cascade.md``).
+   patch, :mod:`sxtlab.inference`). Windows where stage 1 calls every voxel
+   background with probability ≥ ``skip_background`` are not run at all, stage 1's
+   answer filling them: fields of view are mostly medium, so this is where the
+   time goes (``benchmarks/results/cascade.md``). Where stage 1 is surer still
+   (≥ ``trust_background``), its answer stands in the windows that do run: a 32³
+   window of medium alone normalises, under instance norm, to featureless noise
+   that a stage 2 without its input at the head (``UNetConfig.input_to_head``) can
+   take for cytoplasm.
 5. Larger than memory: ``predict(volume, out="seg.ome.zarr")`` builds the result
    lazily per output block (each block from the global window grid, so it equals
    the in-memory result) and writes it chunk by chunk through
@@ -81,13 +82,18 @@ _VOXEL_RTOL = 0.02
 #: Largest stage-1 window edge (coarse voxels) at inference: a 512³ volume at factor
 #: 4 is seen in one pass (about 0.5 GB of activations for the default network).
 STAGE1_MAX_EDGE = 128
-#: Default ``skip_background``: stage 1's background probability at or above which
-#: its answer stands and stage-2 windows are skipped. Measured on held-out phantoms
-#: (``benchmarks/results/cascade.md``): 0.5 runs 671 instead of 1 109 of 3 375 windows
-#: on a 256³ field at equal or better Dice, and leaves 94 % instead of 27 % of a
-#: 512³ field's windows skippable, where stage 1 is only moderately sure (median
-#: 0.86) of medium far from the cell.
+#: Default ``skip_background``: stage-2 windows where stage 1's background
+#: probability is at least this at every voxel are not run (stage 1's answer fills
+#: them). Measured (``benchmarks/results/cascade.md``): 0.5 runs 671 instead of
+#: 1 109 of 3 375 windows on a 256³ field, and leaves 94 % instead of 27 % of a 512³
+#: field's windows skippable, where stage 1 is only moderately sure (median 0.86)
+#: of medium far from the cell.
 SKIP_BACKGROUND = 0.5
+#: Default ``trust_background``: in windows that do run, voxels where stage 1's
+#: background probability is at least this keep stage 1's answer. Lower values let
+#: stage 1's coarse boundary override stage 2's: on briefly trained task models
+#: 0.5 cost 0.03–0.05 cytoplasm Dice against 0.95 (``benchmarks/results/task.md``).
+TRUST_BACKGROUND = 0.95
 #: What a model's input can be: LAC in µm⁻¹, or uncalibrated gray values.
 INPUT_UNITS = ("1/um", "gray")
 
@@ -597,7 +603,8 @@ class CascadeModel:
 
     def stage2_block(self, source, origin: Sequence[int], shape: Sequence[int], context: Context,
                      block: tuple[slice, slice, slice], *, step: float | int = 0.5, tta: bool = False,
-                     skip_background: float | None = SKIP_BACKGROUND, batch_size: int = 1,
+                     skip_background: float | None = SKIP_BACKGROUND,
+                     trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1,
                      progress: bool = False) -> tuple[np.ndarray, dict[str, int]]:
         """Stage-2 probabilities ``(K, *block)`` of one output block.
 
@@ -613,9 +620,12 @@ class CascadeModel:
         block : slices
             Output region in volume voxels.
         skip_background : float or None
+            Windows where every voxel's stage-1 background probability is at least
+            this are not run and take the stage-1 probabilities; None runs every
+            window.
+        trust_background : float or None
             Voxels whose stage-1 background probability is at least this take the
-            stage-1 probabilities, and windows made only of them are not run; None
-            runs stage 2 everywhere and keeps its answer.
+            stage-1 probabilities wherever stage 2 ran; None keeps stage 2's answer.
         """
         grid = WindowGrid.make(shape, self.stage2_patch, step)
         patch = grid.patch
@@ -627,21 +637,20 @@ class CascadeModel:
         def skip(starts) -> bool:
             return context.background_min(starts, patch) >= skip_background
 
-        use = skip_background is not None
+        gated = skip_background is not None or trust_background is not None
         # Stage 1's answer on the block, computed once: the output of skipped windows
         # and, below, of every voxel where stage 1 is sure of background.
         coarse = (context.probabilities_at([b.start for b in block], [b.stop - b.start for b in block])
-                  if use else None)
+                  if gated else None)
         net = _softmax_predictor(self.stage2)
         out, counts = blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
-                                  weights=importance_map(patch), skip=skip if use else None,
-                                  fallback=coarse, batch_size=batch_size,
-                                  progress=progress)
-        if use:
+                                  weights=importance_map(patch), skip=skip if skip_background is not None else None,
+                                  fallback=coarse, batch_size=batch_size, progress=progress)
+        if trust_background is not None:
             # Where stage 1, which sees the whole cell, is sure of background, its answer
             # stands: a stage-2 window of medium alone is featureless after instance
             # norm, and stage 2 then calls noise "cell" far from any cell.
-            sure = coarse[0] >= skip_background
+            sure = coarse[0] >= trust_background
             out[:, sure] = coarse[:, sure]
         return out, counts
 
@@ -710,7 +719,8 @@ class CascadeModel:
     # -- prediction -----------------------------------------------------------------
     def predict(self, volume: xr.DataArray, *, out: str | os.PathLike | None = None,
                 overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
-                skip_background: float | None = SKIP_BACKGROUND, batch_size: int = 1, block_size: int = 128,
+                skip_background: float | None = SKIP_BACKGROUND,
+                trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1, block_size: int = 128,
                 progress: bool = True) -> xr.Dataset:
         """Segment a volume.
 
@@ -729,9 +739,13 @@ class CascadeModel:
         step : float or int
             Window step, fraction of the patch or voxels (default half a patch).
         skip_background : float or None
+            Stage 2 does not run windows where stage 1 calls every voxel background
+            with at least this probability; stage 1's answer fills them (``None``:
+            every window runs).
+        trust_background : float or None
             Where stage 1 calls a voxel background with at least this probability,
-            its answer stands, and stage 2 skips windows made only of such voxels
-            (``None``: stage 2 everywhere, its answer kept).
+            its answer stands even where stage 2 ran (``None``: stage 2's answer is
+            kept wherever it ran).
         batch_size : int
             Windows per network call.
         block_size : int
@@ -772,10 +786,11 @@ class CascadeModel:
                     f"model's {list(self.voxel_size)} µm; blockwise prediction does not resample: "
                     f"resample it first with .sxt.resample({list(self.voxel_size)})")
             return self._predict_resampled(volume, tta=tta, step=step, skip_background=skip_background,
-                                           batch_size=batch_size, progress=progress)
+                                           trust_background=trust_background, batch_size=batch_size,
+                                           progress=progress)
         if lazy:
             ds = self.predict_lazy(volume, tta=tta, step=step, skip_background=skip_background,
-                                   batch_size=batch_size, block_size=block_size)
+                                   trust_background=trust_background, batch_size=batch_size, block_size=block_size)
             import dask
 
             if out is None:
@@ -793,8 +808,8 @@ class CascadeModel:
         ctx = self.context_for(norm, tta=tta)
         block = tuple(slice(0, n) for n in data.shape)
         probs, counts = self.stage2_block(norm, (0, 0, 0), data.shape, ctx, block, step=step, tta=tta,
-                                          skip_background=skip_background, batch_size=batch_size,
-                                          progress=progress)
+                                          skip_background=skip_background, trust_background=trust_background,
+                                          batch_size=batch_size, progress=progress)
         LOG.info("stage 2 ran on %d of %d windows", counts["windows"] - counts["skipped"], counts["windows"])
         return self._dataset(volume, probs, {"windows": counts["windows"], "windows_skipped": counts["skipped"],
                                              "tta": tta})
@@ -819,7 +834,8 @@ class CascadeModel:
                               "resampled_from_um": list(self.voxel_size)})
 
     def predict_lazy(self, volume: xr.DataArray, *, tta: bool = False, step: float | int = 0.5,
-                     skip_background: float | None = SKIP_BACKGROUND, batch_size: int = 1,
+                     skip_background: float | None = SKIP_BACKGROUND,
+                     trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1,
                      block_size: int = 128) -> xr.Dataset:
         """A dask-backed segmentation Dataset computed block by block when stored.
 
@@ -841,7 +857,8 @@ class CascadeModel:
         def run(region_data: np.ndarray, region, block) -> np.ndarray:
             origin = [r.start for r in region]
             probs, _ = self.stage2_block(region_data, origin, shape, ctx, block, step=step, tta=tta,
-                                         skip_background=skip_background, batch_size=batch_size)
+                                         skip_background=skip_background, trust_background=trust_background,
+                                         batch_size=batch_size)
             return probs
 
         # Explicit task names: letting dask tokenize `run` would pickle the context.

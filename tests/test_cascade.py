@@ -12,7 +12,8 @@ import torch
 import xarray as xr
 
 from sxtlab import phantom
-from sxtlab.cascade import SKIP_BACKGROUND, CascadeModel, Context, Normalisation, block_labels, block_mean
+from sxtlab.cascade import (SKIP_BACKGROUND, TRUST_BACKGROUND, CascadeModel, Context, Normalisation, block_labels,
+                            block_mean)
 from sxtlab.classes import UNANNOTATED
 from sxtlab.errors import FormatError
 from sxtlab.inference import WindowGrid, blend_block, importance_map, sliding_window, window_starts
@@ -191,14 +192,20 @@ def test_skipping_background_windows_changes_little(trained, cells, monkeypatch)
     accuracy = {k: np.mean(seg["labels"].values == truth) for k, seg in (("full", full), ("fast", fast))}
     assert accuracy["fast"] >= accuracy["full"] - 0.01, accuracy
     # voxel by voxel, not only in skipped windows: where stage 1 is sure of background
-    # its probabilities stand, wherever stage 2 ran; elsewhere stage 2's answer is the
-    # one it gives without skipping (a skipped window holds only sure voxels)
+    # its probabilities stand, wherever stage 2 ran; where it calls a voxel anything
+    # else, no skipped window covers it and stage 2's answer is the one it gives
+    # without skipping
     stage1 = model.context_for(None).probabilities_at((0, 0, 0), lac.shape)
-    gated = stage1[0] >= SKIP_BACKGROUND
-    assert gated.sum() > 16 ** 3 and (~gated).sum() > 8 ** 3
-    np.testing.assert_array_equal(fast["probabilities"].values[:, gated], stage1[:, gated].astype(np.float32))
-    np.testing.assert_allclose(fast["probabilities"].values[:, ~gated], full["probabilities"].values[:, ~gated],
+    trusted, unsure = stage1[0] >= TRUST_BACKGROUND, stage1[0] < SKIP_BACKGROUND
+    assert trusted.sum() > 16 ** 3 and unsure.sum() > 8 ** 3
+    np.testing.assert_array_equal(fast["probabilities"].values[:, trusted], stage1[:, trusted].astype(np.float32))
+    np.testing.assert_allclose(fast["probabilities"].values[:, unsure], full["probabilities"].values[:, unsure],
                                atol=1e-6)
+    # without trust, stage 2's answer stands wherever it ran
+    free = model.predict(lac, step=16, trust_background=None, progress=False)
+    np.testing.assert_allclose(free["probabilities"].values[:, unsure], full["probabilities"].values[:, unsure],
+                               atol=1e-6)
+    assert free.attrs["windows_skipped"] == fast.attrs["windows_skipped"]
 
 
 def test_save_load_gives_identical_predictions(trained, cells, tmp_path) -> None:
