@@ -13,6 +13,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xarray as xr
@@ -83,15 +84,16 @@ def _write_csv(table, path: Path, overwrite: bool) -> Path:
     return atomic_output(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
 
 
-def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, tta: bool) -> xr.Dataset:
-    """Predict, writing to ``out`` block by block where no resampling is needed."""
+def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, **predict: Any) -> xr.Dataset:
+    """Predict (``predict``: options of ``CascadeModel.predict``), writing to ``out``
+    block by block where no resampling is needed."""
     from .io import write_volume
 
     same_grid = (model.voxel_size is None or not image.sxt.has_voxel_size
                  or np.allclose(image.sxt.voxel_size, model.voxel_size, rtol=0.02))
     if out is not None and same_grid:
-        return model.predict(image, out=out, overwrite=overwrite, tta=tta)
-    seg = model.predict(image.load(), tta=tta)
+        return model.predict(image, out=out, overwrite=overwrite, **predict)
+    seg = model.predict(image.load(), **predict)
     if out is not None:
         write_volume(seg, out, overwrite=overwrite)
     return seg
@@ -116,7 +118,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         print(f"used the annotation of {args.input}: probabilities of the model and of the annotation's "
               "interpolation averaged, only the instances the annotation marks kept")
     else:
-        seg = _segment(ds["lac"], model, out, args.overwrite, args.tta)
+        gates = {k: getattr(args, k) for k in ("skip_background", "trust_background") if hasattr(args, k)}
+        seg = _segment(ds["lac"], model, out, args.overwrite, tta=args.tta, **gates)
     print(describe(seg))
     print(f"wrote {out}")
     return 0
@@ -287,6 +290,18 @@ def _beta(text: str) -> float | str:
     return value
 
 
+def _gate(text: str) -> float | None:
+    if text.lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability between 0 and 1 or 'none', got {text!r}")
+    return value
+
+
 def _voxel_size(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.replace("x", ",").split(","))
@@ -333,6 +348,16 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
+    # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given), so
+    # that building the parser does not import torch.
+    seg.add_argument("--skip-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
+                     help="do not run stage 2 on windows where stage 1 calls every voxel background with at "
+                          "least this probability; 'none' runs every window (default: "
+                          "sxtlab.cascade.SKIP_BACKGROUND)")
+    seg.add_argument("--trust-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
+                     help="keep stage 1's answer where it calls a voxel background with at least this "
+                          "probability; 'none' keeps stage 2's wherever it ran (default: "
+                          "sxtlab.cascade.TRUST_BACKGROUND)")
     seg.add_argument("--ignore-annotation", action="store_true",
                      help="with a model trained from sparse annotations (sxtlab train X.hx), predict from the "
                           "image alone instead of completing the file's annotation")

@@ -86,6 +86,15 @@ def test_train_from_a_catalog_then_segment_with_the_model(tmp_path, capsys):
     src = sxtlab.write_volume(held_out["lac"], tmp_path / "new.mrc")
     assert main(["segment", str(src), "--model", str(model), "-o", str(tmp_path / "seg.zarr")]) == 0
     assert sxtlab.read_segmentation(tmp_path / "seg.zarr")["labels"].attrs["classes"] == {"1": "lipid_body"}
+    # the stage-1 gates can be set or turned off; without gates every window runs
+    assert main(["segment", str(src), "--model", str(model), "-o", str(tmp_path / "all.zarr"),
+                 "--skip-background", "none", "--trust-background", "none"]) == 0
+    ungated = sxtlab.read_segmentation(tmp_path / "all.zarr")
+    direct = trained.predict(sxtlab.read_volume(src), skip_background=None, trust_background=None, progress=False)
+    np.testing.assert_allclose(ungated["probabilities"].values, direct["probabilities"].values, atol=1e-6)
+    with pytest.raises(SystemExit):
+        main(["segment", str(src), "-o", str(tmp_path / "x.zarr"), "--trust-background", "1.5"])
+    assert "expected a probability between 0 and 1 or 'none', got '1.5'" in capsys.readouterr().err
 
 
 def test_catalog_import_reports_and_exits_2_on_unmapped_materials(shared, tmp_path, capsys):
