@@ -34,7 +34,7 @@ task with output classes ``T`` (each a vocabulary class, or a union given in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,11 +46,54 @@ from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, canonical_name
 from .errors import SxtlabError
 from .volume import check_voxel_size, label_volume
 
-__all__ = ["Task", "TaskError", "LabelMapping", "LABEL_SET_CODES"]
+__all__ = ["Task", "TaskError", "LabelMapping", "LabelSets", "LABEL_SET_CODES"]
 
 #: Label values that stand for a set of task classes (see rule 2 above), first to
 #: last; the task's own classes count up from 1 and never reach them.
 LABEL_SET_CODES = range(UNANNOTATED - 1, 127, -1)
+
+
+class LabelSets:
+    """Codes for sets of class values a voxel may have, handed out as sets are met.
+
+    One set of rules serves the task's labels (codes from :data:`LABEL_SET_CODES`)
+    and training (codes after the classes, :func:`sxtlab.train.train_cascade`): a
+    set of one class is that class, a set of every class is
+    :data:`~sxtlab.classes.UNANNOTATED`, and equal sets share one code.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of class values, background included.
+    codes : iterable of int
+        Values to hand out, in order.
+    """
+
+    def __init__(self, n_classes: int, codes: Iterable[int]) -> None:
+        self.n_classes = n_classes
+        self._free = iter(codes)
+        self.sets: dict[int, frozenset[int]] = {}
+
+    def code(self, members: frozenset[int]) -> int:
+        """The value a voxel known to be one of ``members`` gets.
+
+        Raises
+        ------
+        ValueError
+            If the codes run out.
+        """
+        if len(members) == 1:
+            return next(iter(members))
+        if len(members) == self.n_classes:     # could be anything: unannotated
+            return UNANNOTATED
+        for code, known in self.sets.items():
+            if known == members:
+                return code
+        code = next(self._free, None)
+        if code is None:
+            raise ValueError(f"more than {len(self.sets)} different label sets")
+        self.sets[code] = members
+        return code
 
 
 class TaskError(SxtlabError, ValueError):
@@ -164,6 +207,10 @@ class Task:
         """``{label value: class}`` of the task's output (0 is background)."""
         return {i + 1: c for i, c in enumerate(self.classes)}
 
+    def _value_names(self) -> dict[int, str]:
+        """``{label value: class}`` with background (0)."""
+        return {BACKGROUND: "background", **self.output_classes}
+
     def _members(self) -> dict[str, str]:
         """Vocabulary class → the task class that covers it directly."""
         cover: dict[str, str] = {}
@@ -226,25 +273,16 @@ class Task:
             hider = next((a for a in _ancestors(needed)[1:] if a in done), "background")
             if hider in value_of:
                 hidden.setdefault(hider, {values[value_of[hider]]}).add(target(needed))
-        names = {BACKGROUND: "background", **self.output_classes}
+        names = self._value_names()
         masked: dict[str, str] = {}
-        sets: dict[int, tuple[int, ...]] = {}
-        codes = iter(LABEL_SET_CODES)
+        sets = LabelSets(len(names), LABEL_SET_CODES)
         for hider, members in hidden.items():
             if len(members) < 2:    # every class that could hide there maps onto the same task class
                 continue
-            members_t = tuple(sorted(members))
-            masked[hider] = " or ".join(names[m] for m in members_t)
-            if len(members_t) == len(names):    # could be anything: unannotated
-                values[value_of[hider]] = UNANNOTATED
-                continue
-            code = next((c for c, m in sets.items() if m == members_t), None)
-            if code is None:
-                code = next(codes)
-                sets[code] = members_t
-            values[value_of[hider]] = code
+            masked[hider] = " or ".join(names[m] for m in sorted(members))
+            values[value_of[hider]] = sets.code(frozenset(members))
         values[UNANNOTATED] = UNANNOTATED
-        return LabelMapping(values, masked, sets)
+        return LabelMapping(values, masked, {c: tuple(sorted(m)) for c, m in sets.sets.items()})
 
     def remap(self, labels: xr.DataArray, annotated: Sequence[str] | None = None) -> xr.DataArray:
         """Map a label volume onto the task's classes; what it did not annotate
@@ -272,7 +310,7 @@ class Task:
         m = self.mapping(labels.sxt.classes, annotated)
         data = labels.data
         mapped = data.map_blocks(m.apply, dtype=np.uint8) if hasattr(data, "map_blocks") else m.apply(np.asarray(data))
-        names = {BACKGROUND: "background", **self.output_classes}
+        names = self._value_names()
         return label_volume(mapped, labels, self.output_classes,
                             attrs={"task": self.name, "partly_labelled": dict(m.masked),
                                    "label_sets": {str(c): [names[v] for v in members]
@@ -315,7 +353,7 @@ class Task:
     def describe_mapping(self, entry_classes: Mapping[int, str], annotated: Sequence[str] | None = None) -> dict[str, str]:
         """Readable mapping of an entry's classes: ``{entry class: task class, a set of them, or 'ignored'}``."""
         m = self.mapping(entry_classes, annotated)
-        names = {0: "background", **self.output_classes, UNANNOTATED: "ignored (not annotated)"}
+        names = {**self._value_names(), UNANNOTATED: "ignored (not annotated)"}
         names.update({c: " or ".join(names[v] for v in members) for c, members in m.sets.items()})
         entry = {int(v): canonical_name(n) for v, n in entry_classes.items()}
         entry.setdefault(BACKGROUND, "background")

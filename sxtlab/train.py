@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from .cascade import CascadeModel, Context, Normalisation, block_labels, block_mean, stage1_window
 from .classes import UNANNOTATED, VOCABULARY, canonical_name, class_map
 from .errors import FormatError
+from .task import LabelSets
 from .inference import WindowGrid, blend_block, crop_padded, sliding_window
 from .unet import UNet3D, UNetConfig
 
@@ -696,35 +697,15 @@ def _class_index(name: str, classes: list[str]) -> int:
     return 0 if target is None else classes.index(target) + 1
 
 
-class _LabelSets:
-    """Label-set codes shared by all samples of a training run: code ``K + s``
-    stands for the ``s``-th distinct set of class indices met."""
-
-    def __init__(self, n_classes: int) -> None:
-        self.n_classes = n_classes
-        self.sets: list[frozenset[int]] = []
-
-    def code(self, members: frozenset[int]) -> int:
-        """The value a voxel known to be one of ``members`` is trained with."""
-        if len(members) == 1:
-            return next(iter(members))
-        if len(members) == self.n_classes:     # could be anything: unannotated
-            return UNANNOTATED
-        if members not in self.sets:
-            if self.n_classes + len(self.sets) >= UNANNOTATED:
-                raise ValueError(f"more than {UNANNOTATED - self.n_classes} different label sets")
-            self.sets.append(members)
-        return self.n_classes + self.sets.index(members)
-
-    def table(self) -> np.ndarray:
-        """``(S, K)`` membership of each code (``label_sets`` of :func:`train_stage`)."""
-        out = np.zeros((len(self.sets), self.n_classes), bool)
-        for s, members in enumerate(self.sets):
-            out[s, sorted(members)] = True
-        return out
+def _set_table(sets: LabelSets, n_classes: int) -> np.ndarray:
+    """``(S, K)`` membership of codes ``K … K+S−1`` (``label_sets`` of :func:`train_stage`)."""
+    out = np.zeros((len(sets.sets), n_classes), bool)
+    for code, members in sets.sets.items():
+        out[code - n_classes, sorted(members)] = True
+    return out
 
 
-def _remap(labels: xr.DataArray, classes: list[str], where: str, sets: _LabelSets) -> np.ndarray:
+def _remap(labels: xr.DataArray, classes: list[str], where: str, sets: LabelSets) -> np.ndarray:
     """Label values → class indices 1 … K−1 of ``classes`` (0 background, 255 kept),
     and the label-set codes of the ``label_sets`` attr (:meth:`sxtlab.task.Task.remap`)
     → codes of ``sets``.
@@ -744,8 +725,9 @@ def _remap(labels: xr.DataArray, classes: list[str], where: str, sets: _LabelSet
     lut[UNANNOTATED] = UNANNOTATED
     for value, name in cmap.items():
         index = _class_index(name, classes)
-        if (classes[index - 1] if index else None) != name:
-            LOG.info("%s: class %r is trained as %r", where, name, classes[index - 1] if index else "background")
+        trained_as = classes[index - 1] if index else "background"
+        if trained_as != name:
+            LOG.info("%s: class %r is trained as %r", where, name, trained_as)
         if value < lut.size:
             lut[value] = index
     for code, names in label_sets.items():
@@ -774,7 +756,7 @@ def _input_units(samples: Sequence[xr.Dataset]) -> str:
 
 
 def _prepare(samples: Sequence[xr.Dataset], classes: list[str],
-             sets: _LabelSets) -> list[tuple[str, np.ndarray, np.ndarray]]:
+             sets: LabelSets) -> list[tuple[str, np.ndarray, np.ndarray]]:
     out = []
     for i, ds in enumerate(samples):
         if not isinstance(ds, xr.Dataset) or "lac" not in ds or "labels" not in ds:
@@ -871,9 +853,10 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
             warnings.warn("one sample and no validation set: validating on the training cell, so the "
                           "best-checkpoint choice is optimistic", stacklevel=2)
             val_sets = list(train_sets)
-    sets = _LabelSets(k)
+    # training codes follow the classes: K, K+1, ...
+    sets = LabelSets(k, range(k, UNANNOTATED))
     train_data, val_data = _prepare(train_sets, names, sets), _prepare(val_sets, names, sets)
-    label_sets = sets.table()
+    label_sets = _set_table(sets, k)
     if cfg.normalisation is not None and cfg.normalisation.units != units:
         raise FormatError(f"the samples are {units!r} values but the normalisation "
                           f"{'of the model to fine-tune ' if init is not None else ''}is for "
