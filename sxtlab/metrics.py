@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .classes import UNANNOTATED, canonical_name, class_map
 
-__all__ = ["dice", "boundary_error", "evaluate"]
+__all__ = ["dice", "boundary_error", "evaluate", "reliability", "expected_calibration_error"]
 
 
 def _arrays(pred, truth) -> tuple[np.ndarray, np.ndarray]:
@@ -183,3 +183,80 @@ def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
             row.update(boundary_error(pc.astype(np.uint8), both, 1, spacing=spacing))
         rows.append(row)
     return pd.DataFrame(rows).set_index("class")
+
+
+def reliability(probabilities, truth, *, n_bins: int = 15, ignore: int | None = UNANNOTATED) -> pd.DataFrame:
+    """Reliability table of predicted class probabilities against the truth.
+
+    Each annotated voxel falls into the bin of its top-label confidence (the largest
+    class probability); a well calibrated model is right in a share of the voxels of
+    a bin equal to their mean confidence (Guo et al. 2017, "On calibration of modern
+    neural networks", ICML, §2).
+
+    Parameters
+    ----------
+    probabilities : array (K, z, y, x) or xarray.DataArray with a ``class`` dim first
+        Class probabilities, summing to 1 over the first axis; class ``k`` is label
+        value ``k`` of ``truth``.
+    truth : integer array (z, y, x)
+        True label values 0 … K−1; ``ignore`` (255) is left out.
+    n_bins : int
+        Equal-width confidence bins over [0, 1].
+    ignore : int or None
+        True-label value of unannotated voxels.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per non-empty bin: ``bin_lo``, ``bin_hi``, ``confidence`` (mean),
+        ``accuracy`` (share of voxels whose top label is the truth), ``voxels``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes disagree or ``n_bins`` < 1.
+
+    Examples
+    --------
+    >>> p = np.array([[0.9, 0.2], [0.1, 0.8]])[:, :, None, None]  # (K=2, 2, 1, 1)
+    >>> reliability(p, np.array([0, 0])[:, None, None], n_bins=2)[["confidence", "accuracy"]].round(3).values.tolist()
+    [[0.85, 0.5]]
+    """
+    p = np.asarray(probabilities, dtype=np.float32)
+    t = np.asarray(truth)
+    if p.shape[1:] != t.shape:
+        raise ValueError(f"probabilities have shape {p.shape}, expected (K, *{t.shape}) for truth {t.shape}")
+    if int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    keep = np.ones(t.shape, bool) if ignore is None else t != ignore
+    conf = p.max(axis=0)[keep].astype(np.float64)
+    right = (p.argmax(axis=0)[keep] == t[keep])
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, int(n_bins) - 1)
+    voxels = np.bincount(which, minlength=n_bins)
+    conf_sum = np.bincount(which, weights=conf, minlength=n_bins)
+    right_sum = np.bincount(which, weights=right, minlength=n_bins)
+    used = voxels > 0
+    return pd.DataFrame({"bin_lo": edges[:-1][used], "bin_hi": edges[1:][used],
+                         "confidence": conf_sum[used] / voxels[used], "accuracy": right_sum[used] / voxels[used],
+                         "voxels": voxels[used]})
+
+
+def expected_calibration_error(probabilities, truth, *, n_bins: int = 15,
+                               ignore: int | None = UNANNOTATED) -> float:
+    """Expected calibration error: ``Σ_b (n_b / N) · |accuracy_b − confidence_b|``
+    over the bins of :func:`reliability` (Guo et al. 2017, eq. 3); 0 is perfect.
+
+    Parameters and errors as :func:`reliability`; NaN when no voxel is annotated.
+
+    Examples
+    --------
+    >>> p = np.array([[0.9, 0.2], [0.1, 0.8]])[:, :, None, None]
+    >>> round(expected_calibration_error(p, np.array([0, 0])[:, None, None], n_bins=2), 3)
+    0.35
+    """
+    table = reliability(probabilities, truth, n_bins=n_bins, ignore=ignore)
+    n = table["voxels"].sum()
+    if n == 0:
+        return float("nan")
+    return float((table["voxels"] * (table["accuracy"] - table["confidence"]).abs()).sum() / n)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ __all__ = [
     "LABELS",
     "GENERATOR_VERSION",
     "Acquisition",
+    "Capillary",
+    "varied_cell",
     "simulate_acquisition",
     "cell",
     "population",
@@ -121,6 +123,8 @@ _GRAY_ZERO = (3000.0, 12000.0)
 _LAC_MARGIN = 0.1
 #: Contrast of the nucleus to the cytoplasm (µm⁻¹, either sign): low, as DESIGN notes.
 _NUCLEUS_CONTRAST = (0.015, 0.04)
+#: Filters of FBP drawn by varied_cell.
+_FILTER_NAMES = ("ramp", "shepp-logan", "hann")
 
 
 # -- small geometry helpers -----------------------------------------------------------
@@ -186,10 +190,11 @@ class _CellBody:
     drawn in (0.05, ``_MAX_RELIEF``).
     """
 
-    def __init__(self, radius: float, rng: np.random.Generator) -> None:
+    def __init__(self, radius: float, rng: np.random.Generator,
+                 axis_ratio: tuple[float, float] = _AXIS_RATIO) -> None:
         self.radius = radius
         rot = _random_rotation(rng)
-        ratios = np.array([1.0, *rng.uniform(*_AXIS_RATIO, size=2)])
+        ratios = np.array([1.0, *rng.uniform(*axis_ratio, size=2)])
         self._metric = rot @ np.diag(1 / ratios ** 2) @ rot.T
         n_terms = 6
         self._degrees = rng.integers(2, 5, size=n_terms)
@@ -662,6 +667,51 @@ def _mitochondria(packer: _Packer, n: int, r_eff: float, rng: np.random.Generato
     return tubes
 
 
+@dataclass(frozen=True)
+class Capillary:
+    """A glass capillary wall around the cell, its axis along y (the tilt axis, as
+    when cells in a capillary rotate about it for full-range tomography).
+
+    Attributes
+    ----------
+    clearance_um : float
+        Gap between the cell's furthest point from the axis and the wall's inner
+        surface (µm).
+    thickness_um : float
+        Wall thickness (µm); capillary tips are 0.1–0.5 µm thick.
+    lac : float
+        LAC of the glass (µm⁻¹). Silica (2.2 g/cm³) absorbs about 1.5 µm⁻¹ at
+        517 eV (Henke et al. 1993); thin, porous or borosilicate walls less.
+    offset_um : (float, float)
+        Position of the axis relative to the cell centre in (z, x), µm.
+    """
+
+    clearance_um: float = 0.3
+    thickness_um: float = 0.2
+    lac: float = 1.2
+    offset_um: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        values = (self.clearance_um, self.thickness_um, self.lac, *self.offset_um)
+        if not (len(self.offset_um) == 2 and all(np.isfinite(values))
+                and self.clearance_um >= 0 and self.thickness_um > 0 and self.lac > 0):
+            raise ValueError(f"Capillary needs clearance_um >= 0, thickness_um > 0, lac > 0 and a finite "
+                             f"(z, x) offset_um, got {self!r}")
+
+    def wall_fraction(self, grid: _Grid, cell_radius_um: float) -> np.ndarray:
+        """Share of each voxel inside the wall (float32, the grid's shape), by the
+        linear ramp of the radial distance (the wall is much wider than it is curved)."""
+        oz, ox = self.offset_um
+        z = (np.arange(grid.shape[0]) * grid.spacing[0] - grid.centre_um[0] - oz)[:, None, None]
+        x = (np.arange(grid.shape[2]) * grid.spacing[2] - grid.centre_um[2] - ox)[None, None, :]
+        r = np.sqrt(z ** 2 + x ** 2)
+        inner = math.hypot(oz, ox) + cell_radius_um + self.clearance_um
+        h = math.hypot(grid.spacing[0], grid.spacing[2]) / 2
+        depth = np.minimum(r - inner, inner + self.thickness_um - r)
+        frac = np.clip(depth / h + 0.5, 0.0, 1.0).astype(np.float32)
+        return np.broadcast_to(frac, grid.shape)
+
+
 # -- LAC values -------------------------------------------------------------------------
 
 def _draw_lac(rng: np.random.Generator) -> dict[str, float]:
@@ -693,6 +743,14 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
+def _largest_radius(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Largest nominal cell radius (µm) that keeps the cell's furthest point ≥ 5 % of
+    the smallest extent (and 2 voxels) from each face of the field."""
+    extent = min(n * d for n, d in zip(shape, spacing))
+    margin = max(0.05 * extent, 2 * max(spacing))
+    return (0.5 * extent - margin) / (1 + _MAX_RELIEF)
+
+
 def _check_seed(seed: int) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -709,6 +767,11 @@ def cell(
     acquisition: Acquisition | bool | None = None,
     gray: bool = False,
     cell_radius_um: float | None = None,
+    class_lac: Mapping[str, float] | None = None,
+    texture: tuple[float, float] | None = None,
+    axis_ratio: tuple[float, float] = _AXIS_RATIO,
+    mito_density: float = _MITO_DENSITY,
+    capillary: Capillary | None = None,
 ) -> xr.Dataset:
     """A synthetic SXT cell with its true labels, deterministic from ``seed``.
 
@@ -739,6 +802,22 @@ def cell(
     cell_radius_um : float, optional
         Nominal (largest) radius of the cell, µm; default 0.36 × the smallest
         extent of the field of view. The surface lies within 0.7–1.12 of it.
+    class_lac : mapping of class name to float, optional
+        LAC (µm⁻¹) of some classes (``"background"`` is the medium), replacing the
+        values drawn from the literature ranges; :func:`varied_cell` draws them
+        over the whole ranges.
+    texture : (std, length), optional
+        Correlated LAC fluctuation inside the cell: a Gaussian random field of
+        standard deviation ``std`` µm⁻¹ and correlation length ``length`` µm (the
+        σ of the Gaussian smoothing of white noise), as the granular cytoplasm and
+        the uneven organelle interiors of real reconstructions. ``None``: none.
+    axis_ratio : (lo, hi)
+        Range of the cell body's two shorter axes relative to its longest, in
+        (0, 1]; (0.82, 1.0) by default, lower for elongated cells.
+    mito_density : float
+        Mitochondrial tubules per µm³ of cell (Poisson mean, at most 60 tubules).
+    capillary : Capillary, optional
+        A glass capillary wall around the cell (labelled medium).
 
     Returns
     -------
@@ -759,6 +838,7 @@ def cell(
         nucleus without its nucleolus, ``cell`` the cytoplasm), ``instance_counts``,
         ``instances`` (class, centre and size of each organelle),
         ``lipid_fraction`` (achieved, analytic) and ``lipid_fraction_target``,
+        ``texture``, ``capillary`` (parameters or ``None``),
         ``acquisition`` (parameters or ``None``) and, with ``gray``,
         ``true_lac_scale`` / ``true_lac_offset``.
 
@@ -800,6 +880,15 @@ def cell(
     seed = _check_seed(seed)
     grid_shape = _check_shape(shape)
     spacing = check_voxel_size(voxel_size, where="voxel_size")
+    if not (0 < axis_ratio[0] <= axis_ratio[1] <= 1):
+        raise ValueError(f"axis_ratio must be (lo, hi) with 0 < lo <= hi <= 1, got {axis_ratio!r}")
+    if not (np.isfinite(mito_density) and mito_density >= 0):
+        raise ValueError(f"mito_density must be >= 0 per µm³, got {mito_density!r}")
+    if texture is not None and not (len(texture) == 2 and texture[0] >= 0 and texture[1] > 0):
+        raise ValueError(f"texture must be (std >= 0 µm⁻¹, length > 0 µm), got {texture!r}")
+    unknown = set(class_lac or {}) - set(LABELS)
+    if unknown:
+        raise ValueError(f"class_lac names unknown classes {sorted(unknown)}; known: {list(LABELS)}")
     if lipid_fraction is not None and not (np.isfinite(lipid_fraction) and 0 <= lipid_fraction <= 0.5):
         raise ValueError(f"lipid_fraction must be in [0, 0.5], got {lipid_fraction!r}")
     if acquisition is True:
@@ -813,9 +902,7 @@ def cell(
     extent = min(n * d for n, d in zip(grid_shape, spacing))
     if cell_radius_um is None:
         cell_radius_um = _DEFAULT_RADIUS_FRACTION * extent
-    # Keep the cell's furthest point ≥ 5 % of the extent (and 2 voxels) from each face.
-    margin = max(0.05 * extent, 2 * max(spacing))
-    largest = (0.5 * extent - margin) / (1 + _MAX_RELIEF)
+    largest = _largest_radius(grid_shape, spacing)
     if not (np.isfinite(cell_radius_um) and _MIN_CELL_RADIUS <= cell_radius_um <= largest):
         raise ValueError(
             f"cell_radius_um must be in [{_MIN_CELL_RADIUS}, {largest:.3g}] µm for shape {grid_shape} "
@@ -823,16 +910,17 @@ def cell(
             f"{extent:.3g} µm, with a margin), got {cell_radius_um!r}; change shape or voxel_size"
         )
 
+    # Spawned streams keep their index, so adding one never changes the others' draws.
     streams = dict(zip(
-        ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray"],
-        np.random.SeedSequence(seed).spawn(9),
+        ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray", "texture"],
+        np.random.SeedSequence(seed).spawn(10),
     ))
     rngs = {k: np.random.default_rng(s) for k, s in streams.items()}
     grid = _Grid(grid_shape, spacing)
-    body = _CellBody(float(cell_radius_um), rngs["body"])
+    body = _CellBody(float(cell_radius_um), rngs["body"], axis_ratio)
     v_cell = body.volume()
     r_eff = (3 * v_cell / (4 * np.pi)) ** (1 / 3)
-    lac_of = _draw_lac(rngs["lac"])
+    lac_of = {**_draw_lac(rngs["lac"]), **{k: float(v) for k, v in (class_lac or {}).items()}}
 
     packer = _Packer(body)
     nucleus, nucleolus = _nucleus(body, r_eff, rngs["nucleus"])
@@ -853,7 +941,7 @@ def cell(
         raise ValueError(f"lipid_fraction={target:g} does not fit: {err}") from None
 
     rng = rngs["mito"]
-    n_mito = max(1, int(rng.poisson(min(_MITO_DENSITY * v_cell, 60.0))))
+    n_mito = max(1, int(rng.poisson(min(mito_density * v_cell, 60.0))))
     mitos = _mitochondria(packer, n_mito, r_eff, rng)
 
     granules: list[_Ellipsoid] = []
@@ -893,6 +981,13 @@ def cell(
     for i, shape_ in enumerate(organelles, start=1):
         paint(shape_, i, "cell")
     paint(nucleolus, len(organelles) + 1, "nucleus", within=nucleus)
+    if texture is not None and texture[0] > 0:
+        field_ = ndimage.gaussian_filter(rngs["texture"].standard_normal(grid_shape, np.float32),
+                                         [texture[1] / d for d in spacing], mode="wrap")
+        field_ *= np.float32(texture[0] / max(float(field_.std()), 1e-12))
+        lac += field_ * f_cell
+    if capillary is not None:
+        lac += capillary.wall_fraction(grid, body.max_radius) * np.float32(capillary.lac - lac_of["background"])
 
     # -- truth record -------------------------------------------------------------------
     classes = [c for c in LABELS if c != "background" and (starch or c != "starch_granule")]
@@ -919,6 +1014,8 @@ def cell(
         "lipid_fraction": lipid_volume / v_cell,
         "lipid_fraction_target": target,
         "starch": bool(starch),
+        "texture": None if texture is None else [float(v) for v in texture],
+        "capillary": None if capillary is None else asdict(capillary),
         "acquisition": None,
     }
 
@@ -950,6 +1047,121 @@ def cell(
     )
     if image is not truth:
         ds["lac_true"] = volume(truth, spacing, name="lac_true", source="sxtlab.phantom", cell_id=cell_id)
+    return ds
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _varied_lac(rng: np.random.Generator) -> dict[str, float]:
+    """Class LACs (µm⁻¹) over the whole literature ranges of DESIGN.md, the
+    differences included: the nucleus lies 0.01–0.1 µm⁻¹ (log-uniform) above or
+    below the cytoplasm, the nucleolus above the nucleus, mitochondria above the
+    cytoplasm."""
+    lac = {name: float(rng.uniform(*VOCABULARY[name].lac_range_per_um)) for name in LABELS}
+    nucleus = lac["cell"] + rng.choice([-1.0, 1.0]) * _log_uniform(rng, 0.01, 0.1)
+    lac["nucleus"] = float(np.clip(nucleus, 0.12, 0.42))
+    lac["nucleolus"] = lac["nucleus"] + float(rng.uniform(0.02, 0.15))
+    lac["mitochondria"] = max(lac["mitochondria"], lac["cell"] + float(rng.uniform(0.02, 0.1)))
+    return lac
+
+
+def _varied_acquisition(rng: np.random.Generator, full_range: bool) -> Acquisition:
+    """A tilt series as SXT microscopes record them: ±55–70° on flat grids or full
+    rotation in a capillary, 1–3° steps, 500–8000 photons per pixel, a PSF of
+    10–40 nm σ, sometimes rings, reconstructed by FBP (three filters) or SIRT."""
+    tilt = 90.0 if full_range else float(rng.uniform(55, 70))
+    step = float(rng.uniform(1.0, 3.0))
+    n_angles = max(20, int(round((180.0 if tilt >= 90 else 2 * tilt) / step)) + (tilt < 90))
+    sirt = rng.random() < 0.25
+    return Acquisition(
+        tilt_range_deg=tilt, n_angles=n_angles, photons=_log_uniform(rng, 500, 8000),
+        psf_sigma_um=float(rng.uniform(0.01, 0.04)),
+        filter_name=str(rng.choice(_FILTER_NAMES)),
+        ring_std=float(rng.uniform(0.002, 0.02)) if rng.random() < 0.3 else 0.0,
+        reconstruction="sirt" if sirt else "fbp", sirt_iterations=int(rng.integers(15, 41)),
+    )
+
+
+def varied_cell(
+    seed: int = 0,
+    shape: Sequence[int] = (128, 128, 128),
+    voxel_size: float | Sequence[float] = 0.04,
+    *,
+    acquisition: bool = True,
+) -> xr.Dataset:
+    """A cell whose look varies as it does between cells, strains, species and microscopes.
+
+    Draws, from ``seed``, everything :func:`cell` lets vary and calls it: every
+    class's LAC over its whole literature range with the nucleus darker or brighter
+    than the cytoplasm by 0.01–0.1 µm⁻¹ (DESIGN.md: from almost nothing to about
+    0.1, either sign); a correlated interior texture of 0–0.03 µm⁻¹ over
+    0.04–0.25 µm; round or elongated cells (axis ratios down to 0.5) filling
+    45–100 % of the largest radius the field allows; 0.15–1 mitochondrial tubules
+    per µm³; no lipid bodies (15 %) or up to 10 % of the cell; starch granules in
+    15 % of cells; a glass capillary wall in 30 %; and a simulated acquisition
+    (:func:`_varied_acquisition`; full rotation for most capillaries). These are
+    training and evaluation cells for models meant for unseen data; :func:`cell`
+    with its defaults stays the narrow, reproducible cell of tutorials and tests.
+
+    Parameters
+    ----------
+    seed : int
+        Non-negative seed; the same seed and arguments give identical arrays.
+    shape, voxel_size
+        As for :func:`cell` (the cell's size follows the field's extent).
+    acquisition : bool
+        Simulate the tilt series and reconstruction (else the true LAC).
+
+    Returns
+    -------
+    xarray.Dataset
+        As :func:`cell`, with ``attrs["variation"]`` recording what was drawn.
+
+    Examples
+    --------
+    >>> ds = varied_cell(seed=2, shape=(64, 64, 64), voxel_size=0.05, acquisition=False)
+    >>> sorted(ds.attrs["variation"])[:3]
+    ['axis_ratio', 'capillary', 'cell_radius_um']
+    """
+    seed = _check_seed(seed)
+    grid_shape = _check_shape(shape)
+    spacing = check_voxel_size(voxel_size, where="voxel_size")
+    # A stream of its own, so that the cell's geometry streams stay those of cell(seed).
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5A17]))
+    largest = _largest_radius(grid_shape, spacing)
+    if largest < _MIN_CELL_RADIUS:
+        raise ValueError(f"shape {grid_shape} at voxel size {spacing} µm leaves no room for a cell "
+                         f"of radius >= {_MIN_CELL_RADIUS} µm")
+    capillary = None
+    if rng.random() < 0.3:
+        capillary = Capillary(clearance_um=float(rng.uniform(0.05, 0.8)), thickness_um=float(rng.uniform(0.1, 0.3)),
+                              lac=float(rng.uniform(0.8, 1.6)), offset_um=tuple(rng.uniform(-0.4, 0.4, size=2)))
+    variation: dict[str, Any] = {
+        "class_lac": _varied_lac(rng),
+        "texture": (float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.04, 0.25))),
+        "axis_ratio": (0.82, 1.0) if rng.random() < 0.6 else (0.5, 0.8),
+        "mito_density": _log_uniform(rng, 0.15, 1.0),
+        "lipid_fraction": 0.0 if rng.random() < 0.15 else float(rng.uniform(0.005, 0.1)),
+        "starch": bool(rng.random() < 0.15),
+        "cell_radius_um": float(max(_MIN_CELL_RADIUS, rng.uniform(0.45, 1.0) * largest)),
+    }
+    acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7) if acquisition else None
+    kwargs = {k: v for k, v in variation.items()}
+    while True:
+        try:
+            ds = cell(seed, grid_shape, spacing, acquisition=acq, capillary=capillary, **kwargs)
+            break
+        except ValueError as err:
+            # a small cell cannot hold every lipid fraction drawn: halve it until it fits
+            if "does not fit" not in str(err) or kwargs["lipid_fraction"] < 1e-3:
+                raise
+            kwargs["lipid_fraction"] /= 2
+    variation["lipid_fraction"] = kwargs["lipid_fraction"]
+    variation["capillary"] = None if capillary is None else asdict(capillary)
+    ds.attrs["variation"] = variation
+    ds.attrs["generator"] = "sxtlab.phantom.varied_cell"
     return ds
 
 

@@ -313,6 +313,10 @@ def test_attrs_are_json_friendly(algae):
         ({"cell_radius_um": 5.0}, "cell_radius_um"),
         ({"shape": (16, 16, 16), "voxel_size": 0.04}, "cell_radius_um"),
         ({"seed": -1}, "seed"),
+        ({"axis_ratio": (0.0, 1.0)}, "axis_ratio"),
+        ({"mito_density": -1.0}, "mito_density"),
+        ({"texture": (0.01, 0.0)}, "texture"),
+        ({"class_lac": {"golgi": 0.3}}, "golgi"),
     ],
 )
 def test_invalid_cell_parameters(kwargs, match):
@@ -329,7 +333,8 @@ def test_unpackable_lipid_fraction_says_so():
 @pytest.mark.parametrize(
     "kwargs",
     [{"tilt_range_deg": 0}, {"tilt_range_deg": (30, 10)}, {"n_angles": 1}, {"photons": 0},
-     {"psf_sigma_um": -0.1}, {"filter_name": "sinc"}],
+     {"psf_sigma_um": -0.1}, {"filter_name": "sinc"}, {"ring_std": -0.1}, {"ring_std": 0.5},
+     {"reconstruction": "art"}, {"sirt_iterations": 0}],
 )
 def test_invalid_acquisition(kwargs):
     with pytest.raises(ValueError):
@@ -353,3 +358,95 @@ def test_anisotropic_voxels_reconstruct_in_place():
     assert cytoplasm == pytest.approx(ds.attrs["class_lac_per_um"]["cell"], rel=0.01)
     corr = shift_scores(rec, truth, lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1])
     assert max(corr, key=corr.get) == (0, 0, 0)
+
+
+def _radial_share(diff: np.ndarray) -> float:
+    """Share of the variance of a (z, y, x) volume explained by its mean over half
+    rings about the y axis (the rotation axis) at each y and radius. Over tilts of
+    -90…90° a detector pixel at +r draws the half ring on the x ≥ 0 side, the pixel
+    at -r the other half."""
+    nz, ny, nx = diff.shape
+    z, x = np.meshgrid(np.arange(nz) - (nz - 1) / 2, np.arange(nx) - (nx - 1) / 2, indexing="ij")
+    ring = (2 * np.round(np.hypot(z, x)).astype(int) + (x >= 0)).ravel()
+    explained = 0.0
+    for j in range(ny):
+        plane = diff[:, j, :].ravel()
+        means = np.bincount(ring, plane) / np.maximum(np.bincount(ring), 1)
+        explained += np.sum(means[ring] ** 2)
+    return explained / np.sum(diff ** 2)
+
+
+def test_detector_gain_errors_reconstruct_as_rings():
+    truth = phantom.cell(seed=2, shape=(48, 48, 48), voxel_size=0.06).lac
+    clean = dict(photons=None, psf_sigma_um=0.0, tilt_range_deg=90, n_angles=120, seed=1)
+    plain = simulate_acquisition(truth, Acquisition(**clean)).values
+    rings = simulate_acquisition(truth, Acquisition(**clean, ring_std=0.01)).values
+    diff = rings - plain
+    assert np.abs(diff).max() > 0.01
+    # rings are (nearly) constant along circles about the rotation axis
+    assert _radial_share(diff) > 0.5  # 0.62 here
+    assert _radial_share(np.random.default_rng(0).normal(size=diff.shape)) < 0.1  # 0.03
+
+
+def test_sirt_reconstructs_the_truth_like_fbp():
+    ds = phantom.cell(seed=2, shape=(48, 48, 48), voxel_size=0.06)
+    clean = dict(photons=None, psf_sigma_um=0.0, tilt_range_deg=90, n_angles=120)
+    sirt = simulate_acquisition(ds.lac, Acquisition(**clean, reconstruction="sirt", sirt_iterations=50)).values
+    rmse = float(np.sqrt(np.mean((sirt - ds.lac.values) ** 2)))
+    assert rmse < 0.012  # µm⁻¹; the cytoplasm-medium contrast is ~0.15
+    cyto = ds.labels.values == phantom.LABELS["cell"]
+    assert abs(sirt[cyto].mean() - ds.lac.values[cyto].mean()) < 0.005
+
+
+def test_class_lac_texture_and_capillary():
+    lac = {"cell": 0.25, "nucleus": 0.18, "background": 0.1}
+    plain = phantom.cell(4, (64, 64, 64), 0.05, class_lac=lac)
+    labels = plain.labels.values
+    inner = ndimage.binary_erosion(labels == phantom.LABELS["nucleus"], iterations=2)
+    assert np.allclose(plain.lac.values[inner], 0.18, atol=1e-6)  # the nucleus darker than the cytoplasm
+    assert plain.attrs["class_lac_per_um"]["nucleus"] == 0.18
+
+    textured = phantom.cell(4, (64, 64, 64), 0.05, class_lac=lac, texture=(0.02, 0.1))
+    cyto = ndimage.binary_erosion(labels == phantom.LABELS["cell"], iterations=2)
+    extra = textured.lac.values - plain.lac.values
+    assert 0.012 < extra[cyto].std() < 0.03
+    medium = ~ndimage.binary_dilation(labels > 0, iterations=2)  # beyond the partial-volume edge
+    assert np.all(extra[medium] == 0)  # the medium stays flat
+    np.testing.assert_array_equal(textured.labels.values, labels)
+
+    wall = phantom.Capillary(clearance_um=0.1, thickness_um=0.2, lac=1.2)
+    walled = phantom.cell(4, (64, 64, 64), 0.05, class_lac=lac, capillary=wall)
+    glass = walled.lac.values > 0.9
+    assert glass.any() and np.all(walled.labels.values[glass] == 0)  # the wall is medium, not cell
+    r = walled.attrs["cell_radius_um"]
+    z, x = np.meshgrid(*(np.arange(64) * 0.05 - 31.5 * 0.05,) * 2, indexing="ij")
+    radius = np.broadcast_to(np.hypot(z, x)[:, None, :], glass.shape)[glass]
+    assert radius.min() >= r * 1.12 + 0.1 - 0.05  # beyond the cell's furthest point and the clearance
+    with pytest.raises(ValueError, match="Capillary"):
+        phantom.Capillary(thickness_um=0)
+
+
+def test_varied_cells_span_the_literature_ranges():
+    rng = np.random.default_rng(0)
+    draws = [phantom._varied_lac(rng) for _ in range(400)]
+    contrast = np.array([d["nucleus"] - d["cell"] for d in draws])
+    assert (contrast < -0.05).any() and (contrast > 0.05).any()  # darker and brighter nuclei
+    assert np.abs(contrast).min() < 0.015 and np.abs(contrast).max() > 0.08
+    for name in ["cell", "mitochondria", "lipid_body", "vacuole", "background"]:
+        lo, hi = VOCABULARY[name].lac_range_per_um
+        values = np.array([d[name] for d in draws])
+        assert values.min() >= lo - 1e-9 and values.max() <= max(hi, 0.4 + 0.1)
+        if name != "mitochondria":  # raised above the cytoplasm where they overlap
+            assert values.min() < lo + 0.1 * (hi - lo) and values.max() > hi - 0.1 * (hi - lo)
+
+
+def test_varied_cell_is_deterministic_and_records_its_draws():
+    a = phantom.varied_cell(7, (64, 64, 64), 0.05)
+    b = phantom.varied_cell(7, (64, 64, 64), 0.05)
+    np.testing.assert_array_equal(a.lac.values, b.lac.values)
+    assert a.attrs["generator"] == "sxtlab.phantom.varied_cell"
+    v = a.attrs["variation"]
+    assert a.attrs["class_lac_per_um"]["nucleus"] == v["class_lac"]["nucleus"]
+    assert a.attrs["acquisition"] is not None
+    other = phantom.varied_cell(8, (64, 64, 64), 0.05)
+    assert other.attrs["variation"] != v
