@@ -301,8 +301,13 @@ def default_model(ds, train: np.ndarray, truth: np.ndarray, test: np.ndarray) ->
     # The default model labels organelles inside the cell with their own classes;
     # the cell is the union of its own label and everything within it.
     cell = pred != 0
+    from sxtlab.sparse import select_annotated_instances
+
+    # The annotated cell among the capillary's cells: the fold's training planes choose it.
+    chosen = select_annotated_instances(cell, train)
     return {**score(cell, truth, test), "wall_s": c.wall, "cpu_s": c.cpu, "note": note,
-            "cell_label_only_dice": score(pred == value, truth, test)["dice"]}
+            "cell_label_only_dice": score(pred == value, truth, test)["dice"],
+            "instance_chosen_dice": score(chosen, truth, test)["dice"]}
 
 
 # ---------------------------------------------------------------------------------
