@@ -285,6 +285,7 @@ def simulated(seed: int, bins, factor: int = 1):
         coarse[f] = (cell_value - medium) / float(np.std(r[far]))
     out[0]["coarse_cnr"] = coarse
     acq = ds.attrs["acquisition"]
+    out[0]["photons"] = float(acq["photons"])
     desc = (f"{acq['reconstruction'].upper()}"
             + ("" if acq["reconstruction"] == "sirt" else f" {acq['filter_name']}")
             + f", ±{acq['tilt_range_deg'][1]:.0f}°, {acq['n_angles']} angles, "
@@ -473,7 +474,8 @@ def notes(real, sims, sims2) -> list[str]:
         f"{cnr.min():.1f}–{cnr.max():.1f} at 0.05 µm, and still {cnr4.min():.1f}–{cnr4.max():.1f} "
         f"(median {np.median(cnr4):.0f}) block-averaged 4× to about the real voxel size: every simulated "
         f"cell is noisier than `sample_12`, the median one about {water / np.median(cnr4):.1f}× in σ. "
-        "The photon range (500–8000 per pixel, log-uniform) sits below this real volume; CNR grows "
+        f"These cells drew {min(r['photons'] for r in sims):.0f}–{max(r['photons'] for r in sims):.0f} "
+        "photons per pixel (`varied_cell`'s range: 500–40 000, log-uniform); CNR grows "
         "as √photons, so matching the median needs about "
         f"{(water / np.median(cnr4)) ** 2:.0f}× the photons.",
         f"- **Noise texture: the real noise is low-pass, the simulated noise white.** The real NPS peaks "
