@@ -302,14 +302,35 @@ def _gate(text: str) -> float | None:
     return value
 
 
-def _voxel_size(text: str) -> tuple[float, ...]:
+def _voxel_size(text: str) -> tuple[float, float, float]:
+    from .volume import check_voxel_size
+
+    # The API's parser, so that the command line accepts and refuses the same values;
+    # argparse names the option itself ("argument --voxel-size: ...").
     try:
-        values = tuple(float(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"voxel size must be 'D' or 'DZ,DY,DX' in µm, got {text!r}") from None
-    if len(values) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"voxel size needs 1 or 3 values (µm), got {len(values)}")
-    return values
+        return check_voxel_size(text, where="--voxel-size")  # type: ignore[return-value]
+    except SxtlabError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--voxel-size: ")) from None
+
+
+class _PredictDefaultsHelp(argparse.HelpFormatter):
+    """Help that fills ``%(predict_default)s`` with the default of the same-named keyword
+    of :meth:`sxtlab.cascade.CascadeModel.predict`.
+
+    Those defaults live with ``predict`` (one place); reading them imports torch, so
+    it happens only when the help is shown, not whenever the parser is built.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "%(predict_default)s" in text:
+            import inspect
+
+            from .cascade import CascadeModel
+
+            default = inspect.signature(CascadeModel.predict).parameters[action.dest].default
+            text = text.replace("%(predict_default)s", "none" if default is None else str(default))
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="voxel size in µm of the real sample (its files record none)")
     demo.set_defaults(func=_cmd_demo)
 
-    seg = sub.add_parser("segment", help="segment a volume with a model",
+    seg = sub.add_parser("segment", help="segment a volume with a model", formatter_class=_PredictDefaultsHelp,
                          description="Segment a volume (MRC, AmiraMesh/.hx, TIFF, OME-Zarr) and write an "
                                      "OME-Zarr segmentation with labels and class probabilities.")
     seg.add_argument("input", help="volume file")
@@ -348,16 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
-    # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given), so
-    # that building the parser does not import torch.
+    # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
+    # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.
     seg.add_argument("--skip-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
                      help="do not run stage 2 on windows where stage 1 calls every voxel background with at "
-                          "least this probability; 'none' runs every window (default: "
-                          "sxtlab.cascade.SKIP_BACKGROUND)")
+                          "least this probability; 'none' runs every window (default: %(predict_default)s)")
     seg.add_argument("--trust-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
                      help="keep stage 1's answer where it calls a voxel background with at least this "
-                          "probability; 'none' keeps stage 2's wherever it ran (default: "
-                          "sxtlab.cascade.TRUST_BACKGROUND)")
+                          "probability; 'none' keeps stage 2's wherever it ran (default: %(predict_default)s)")
     seg.add_argument("--ignore-annotation", action="store_true",
                      help="with a model trained from sparse annotations (sxtlab train X.hx), predict from the "
                           "image alone instead of completing the file's annotation")
@@ -450,7 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OutputExistsError as exc:
             print(f"sxtlab: {exc}", file=sys.stderr)
             return 3
-        except (SxtlabError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        except SxtlabError as exc:
+            print(f"sxtlab: {exc.for_command_line()}", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             print(f"sxtlab: {exc}", file=sys.stderr)
             return 2
 

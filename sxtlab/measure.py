@@ -114,7 +114,7 @@ from skimage.measure import marching_cubes, mesh_surface_area, regionprops_table
 
 from .calibration import CalibrationError
 from .classes import UNANNOTATED, class_map, canonical_name, descendants
-from .errors import FormatError, VoxelSizeUnknownError
+from .errors import ALLOW_VOXEL_UNITS, GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
 from .volume import DIMS, check_instance_ids, check_same_grid, check_voxel_size
 
 __all__ = ["instances", "classes", "distances", "population"]
@@ -398,8 +398,8 @@ def _prepare(seg: xr.Dataset | xr.DataArray, *, image: xr.DataArray | None = Non
         src = labels.attrs.get("source") or attrs.get("source") or "this segmentation"
         raise VoxelSizeUnknownError(
             f"the voxel size of {src} is unknown, so µm, µm² and µm³ cannot be measured; give "
-            "voxel_size=(dz, dy, dx) in µm, or allow_voxel_units=True for columns in voxel "
-            "units (volume_voxels, ...)")
+            f"{GIVE_VOXEL_SIZE[0]}, or {ALLOW_VOXEL_UNITS[0]} for columns in voxel units (volume_voxels, ...)",
+            remedies=(GIVE_VOXEL_SIZE, ALLOW_VOXEL_UNITS))
     # Coords are µm only where the volume itself knows its voxel size.
     origin = (tuple(float(labels[d].values[0]) if labels.sizes[d] else 0.0 for d in DIMS)
               if known is not None else (0.0, 0.0, 0.0))

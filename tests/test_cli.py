@@ -160,3 +160,69 @@ def test_real_demo_fills_in_the_annotated_cell_and_measures_every_cell(tmp_path,
     assert main(["measure", str(out / "cells.ome.zarr"), "-o", str(out / "again.csv"), "--allow-voxel-units"]) == 0
     again = pd.read_csv(out / "again.csv")
     np.testing.assert_allclose(again["volume_voxels"], table[table.segmentation == "all cells"]["volume_voxels"])
+
+
+# -- one voxel-size parser; messages for the command line's user ---------------------
+@pytest.fixture
+def mrc_without_voxel_size(tmp_path):
+    import mrcfile
+
+    path = tmp_path / "tomo.mrc"
+    mrcfile.new(path, np.zeros((4, 5, 6), np.float32)).close()  # voxel size 0: unset
+    return path
+
+
+@pytest.mark.parametrize("given, shown", [("0.032", "0.032 × 0.032 × 0.032"), ("0.05,0.032,0.032", "0.05 × 0.032 × 0.032"),
+                                           ("0.05x0.032x0.032", "0.05 × 0.032 × 0.032")])
+def test_voxel_size_takes_one_value_or_three(mrc_without_voxel_size, given, shown, capsys):
+    assert main(["info", str(mrc_without_voxel_size), "--voxel-size", given]) == 0
+    assert f"voxel size {shown} µm" in capsys.readouterr().out
+    # the API parses the same values the same way
+    vs = sxtlab.read_volume(mrc_without_voxel_size, voxel_size=given).sxt.voxel_size
+    assert " × ".join(f"{v:g}" for v in vs) == shown
+    assert sxtlab.read_volume(mrc_without_voxel_size, voxel_size=(0.032,)).sxt.voxel_size == (0.032,) * 3
+
+
+def test_zero_voxel_size_is_refused_once_with_a_clean_message(mrc_without_voxel_size, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["info", str(mrc_without_voxel_size), "--voxel-size", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "sxtlab info: error: argument --voxel-size: voxel size must be finite and positive (µm), "
+        "got (dz, dy, dx) = (0, 0, 0)")
+    with pytest.raises(sxtlab.FormatError) as err:
+        sxtlab.read_volume(mrc_without_voxel_size, voxel_size=(0.0,))
+    assert str(err.value) == (f"{mrc_without_voxel_size}: voxel_size: voxel size must be finite and positive "
+                              "(µm), got (dz, dy, dx) = (0, 0, 0)")
+    with pytest.raises(SystemExit):
+        main(["info", str(mrc_without_voxel_size), "--voxel-size", "0.05,0.03"])
+    assert "expected one value or three (dz, dy, dx) in µm, got '0.05,0.03'" in capsys.readouterr().err
+
+
+def test_unknown_voxel_size_names_the_option_or_the_keyword(shared, tmp_path, capsys):
+    hx = shared / "data" / "ncxt" / "sample_12.hx"
+    assert main(["measure", str(hx), "-o", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("cannot be measured; give --voxel-size DZ,DY,DX (or one value) in µm, or "
+                        "--allow-voxel-units for columns in voxel units (volume_voxels, ...)")
+    with pytest.warns(sxtlab.SxtlabWarning):
+        seg = sxtlab.read_project(hx)
+    with pytest.raises(sxtlab.VoxelSizeUnknownError, match=r"give voxel_size=\(dz, dy, dx\) in µm, or "
+                                                           r"allow_voxel_units=True for columns"):
+        sxtlab.measure.instances(seg)
+
+
+def test_a_folder_given_as_input_is_called_a_folder(tmp_path, capsys):
+    (tmp_path / "stack").mkdir()
+    assert main(["info", str(tmp_path / "stack")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"sxtlab: {tmp_path / 'stack'}: is a folder; sxtlab reads a volume file, or an OME-Zarr folder named "
+        "*.zarr (Amira projects: the .hx file, not its -files folder)")
+
+
+def test_segment_help_shows_the_default_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "'none' runs every window (default: 0.5)" in help_text
+    assert "wherever it ran (default: 0.95)" in help_text and "sxtlab.cascade" not in help_text
