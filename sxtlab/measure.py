@@ -463,8 +463,9 @@ def _grow(window: Window, by: int, shape: Sequence[int]) -> Window:
     return tuple(slice(max(s.start - by, 0), min(s.stop + by, n)) for s, n in zip(window, shape))  # type: ignore[return-value]
 
 
-def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> float:
-    """Surface area of a binary mask from a marching-cubes mesh in physical units.
+def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> tuple[float, float]:
+    """Surface area of a binary mask from a marching-cubes mesh in physical units, and
+    the sphericity of that mesh.
 
     Meshing the raw mask at level 0.5 overestimates smooth shapes by ~10 % (the
     voxel staircase), so the padded mask is smoothed with a Gaussian of σ voxels
@@ -475,6 +476,14 @@ def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> floa
     measured within ~1 % on tori, ellipsoids and capsules 4 voxels thick (+3 to
     +6 % on thinner tubes, which it over-corrects, against −11 to −18 % without).
     A shape too thin to reach 0.5 once smoothed is meshed unsmoothed.
+
+    Returns
+    -------
+    area : float
+        µm² (voxel units at spacing 1).
+    sphericity : float
+        ``π^(1/3)·(6·V_mesh)^(2/3) / A_mesh`` of the closed mesh (its enclosed
+        volume and its own area), ≤ 1 by the isoperimetric inequality.
     """
     pad = int(math.ceil(4 * sigma)) + 1  # gaussian_filter truncates at 4σ
     field_ = np.pad(mask, pad).astype(np.float32)
@@ -485,11 +494,12 @@ def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> floa
         field_ = blurred if smoothed else field_
     verts, faces, _, _ = marching_cubes(field_, 0.5, spacing=tuple(spacing))
     area = float(mesh_surface_area(verts, faces))
-    if not smoothed:
-        return area
     tri = verts[faces]
     enclosed = abs(float(np.einsum("ij,ij->", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])))) / 6
-    return area * (np.count_nonzero(mask) * float(np.prod(spacing)) / enclosed) ** (2 / 3)
+    sphericity = np.pi ** (1 / 3) * (6 * enclosed) ** (2 / 3) / area
+    if not smoothed:
+        return area, sphericity
+    return area * (np.count_nonzero(mask) * float(np.prod(spacing)) / enclosed) ** (2 / 3), sphericity
 
 
 def _axis_lengths(inertia: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -545,8 +555,9 @@ def _instance_columns(vol: _Volume, name: str, sigma: float) -> dict[str, np.nda
     volume = count * vol.voxel_volume
     # Not a regionprops extra property: regionprops_table evaluates those more than
     # once for the first region, and the first region may be the whole cell.
-    area = np.array([_mesh_area(inst.labels[box] == k, sp, sigma)
-                     for k, box in enumerate(ndimage.find_objects(inst.labels, n), start=1)], float)
+    meshes = np.array([_mesh_area(inst.labels[box] == k, sp, sigma)
+                       for k, box in enumerate(ndimage.find_objects(inst.labels, n), start=1)], float).reshape(n, 2)
+    area = meshes[:, 0]
     inertia = np.stack([np.stack([props[f"inertia_tensor-{i}-{j}"] for j in range(3)], -1)
                         for i in range(3)], -2).reshape(n, 3, 3)
     axes = _axis_lengths(inertia, sp)
@@ -562,8 +573,7 @@ def _instance_columns(vol: _Volume, name: str, sigma: float) -> dict[str, np.nda
         "voxel_count": count,
         vol.volume("volume"): volume,
         vol.area("surface_area"): area,
-        # Wadell (1935): area of the sphere of equal volume over the object's area.
-        "sphericity": np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area,
+        "sphericity": meshes[:, 1],
         vol.length("equivalent_diameter"): np.cbrt(6 * volume / np.pi),
         vol.length("axis_major_length"): axes[:, 0],
         vol.length("axis_intermediate_length"): axes[:, 1],
@@ -642,7 +652,14 @@ def instances(
             2003, :func:`skimage.measure.marching_cubes`) of the smoothed mask in
             physical spacing;
         ``sphericity``
-            Wadell's (1935) ``π^(1/3)·(6V)^(2/3)/A``: 1 for a sphere, less otherwise;
+            Wadell's (1935) ``π^(1/3)·(6V)^(2/3)/A`` (area of the sphere of equal
+            volume over the object's area) with V and A both of the object's
+            marching-cubes mesh (its enclosed volume and its area), so that it is at
+            most 1 for every object by the isoperimetric inequality: 1 for a
+            sphere, 0.997 for a voxelised ball of radius 10 voxels, 0.846 for a
+            single voxel (meshed as an octahedron). Mixing the voxel count's volume
+            with a mesh's area instead would exceed 1 for small objects (2.79 for
+            one voxel);
         ``equivalent_diameter_um``
             diameter of the sphere of equal volume, ``(6V/π)^(1/3)``;
         ``axis_major_length_um``, ``axis_intermediate_length_um``, ``axis_minor_length_um``
