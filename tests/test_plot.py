@@ -298,3 +298,21 @@ def test_every_plot_renders(table, distance_table, tmp_path):
         for ax in fig.axes:
             for a in [ax, *ax.child_axes]:
                 assert not ticklabels_overlap(a, draw=False), (name, [t.get_text() for t in a.get_xticklabels()])
+
+
+def test_cut_objects_are_hollow_and_out_of_the_boxes():
+    t = pd.DataFrame({"cell_id": "c0", "cell": 1, "class": ["cell", "cell", "cell", "lipid_body"],
+                      "volume_um3": [40.0, 3.0, 50.0, 0.01], "touches_border": [False, True, False, False]})
+    fig = plot.per_class(t, "volume_um3", by=None, aggregate=None)
+    ax = fig.axes[0]
+    gids = {a.get_gid(): a for a in ax.get_children() if a.get_gid()}
+    assert sorted(gids["points:cell"].get_offsets()[:, 1]) == [40.0, 50.0]
+    assert gids["cut:cell"].get_offsets()[:, 1].tolist() == [3.0]
+    assert gids["cut:cell"].get_facecolor().size == 0  # hollow
+    assert ax.get_title(loc="left") == "1 object cut by the volume's edge: hollow points, not in the boxes"
+    every = plot.per_class(t, "volume_um3", by=None, aggregate=None, include_cut=True)
+    assert not [a for a in every.axes[0].get_children() if str(a.get_gid()).startswith("cut:")]
+    assert every.axes[0].get_title(loc="left") == ""
+    panels = plot.sizes(t, by=None).axes
+    assert panels[0].get_legend().get_title().get_text() == "cell (1 cut by the edge, left out)"
+    assert panels[0].get_legend().get_texts()[0].get_text() == "2 instances, 1 cell"
