@@ -602,6 +602,7 @@ def instances(
     allow_voxel_units: bool = False,
     smoothing_sigma: float = SMOOTHING_SIGMA,
     cell_id: str | None = None,
+    min_volume_um3: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Measure every organelle instance: size, shape, position and image statistics.
 
@@ -636,6 +637,10 @@ def instances(
     cell_id : str, optional
         Identifier written in the ``cell_id`` column; default the ``cell_id`` attr
         of the Dataset, labels or image, else ``"0"``.
+    min_volume_um3 : mapping of class name to float, optional
+        Leave out instances smaller than their class's minimum volume (µm³), the
+        size filter of :func:`sxtlab.clean.clean_labels`; e.g.
+        :data:`sxtlab.clean.MIN_VOLUME_UM3`. Default: every instance.
 
     Returns
     -------
@@ -688,7 +693,8 @@ def instances(
         or do not lie on the image's grid (shape, voxel size, coordinates).
     VoxelSizeUnknownError
         If the voxel size is unknown and neither ``voxel_size`` nor
-        ``allow_voxel_units`` is given.
+        ``allow_voxel_units`` is given, or ``min_volume_um3`` is given and the
+        voxel size is unknown.
     sxtlab.calibration.CalibrationError
         If ``intensity="lac"`` and the image is uncalibrated.
     sxtlab.classes.UnknownClassError
@@ -718,6 +724,13 @@ def instances(
     present = [n for n in names if vol.instances(n).n] or names[:1] or ["cell"]
     table = pd.concat([pd.DataFrame(_instance_columns(vol, n, smoothing_sigma)) for n in present],
                       ignore_index=True)
+    if min_volume_um3 is not None:
+        if vol.voxel_units:
+            raise VoxelSizeUnknownError(f"min_volume_um3 needs the voxel size, which is unknown; give "
+                                        f"{GIVE_VOXEL_SIZE[0]}", remedies=[GIVE_VOXEL_SIZE])
+        # clean_labels' criterion: a component's voxel count times the voxel volume
+        minimum = table["class"].map(lambda name: min_volume_um3.get(name, 0.0)).to_numpy(float)
+        table = table[table["volume_um3"].to_numpy() >= minimum].reset_index(drop=True)
     table.attrs["surface_smoothing_sigma_voxels"] = smoothing_sigma
     return vol.finish(table, "instances")
 
