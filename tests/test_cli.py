@@ -138,28 +138,42 @@ def test_demo_writes_segmentation_table_and_figure(tmp_path, capsys):
     assert main(["demo", "-o", str(out), "--size", "48"]) == 0
     printed = capsys.readouterr().out
     assert "Dice against the phantom's truth" in printed
-    table = pd.read_csv(out / "organelles.csv")
+    table = pd.read_csv(out / "phantom" / "organelles.csv")
     assert {"class", "volume_um3", "surface_area_um2"} <= set(table.columns) and len(table)
-    assert (out / "overview.png").read_bytes()[:4] == b"\x89PNG"
-    assert sxtlab.read_segmentation(out / "segmentation.ome.zarr")["labels"].attrs["classes"]
+    # predictions are cleaned: no speck is measured as an object
+    assert table["volume_um3"].min() >= 0.001 and (table["class"] == "cell").sum() == 1
+    assert (out / "phantom" / "overview.png").read_bytes()[:4] == b"\x89PNG"
+    assert sxtlab.read_segmentation(out / "phantom" / "segmentation.ome.zarr")["labels"].attrs["classes"]
     assert main(["demo", "-o", str(out), "--size", "48"]) == 3  # outputs are not overwritten silently
+    assert sorted(p.name for p in out.iterdir()) == ["phantom"]
 
 
-def test_real_demo_fills_in_the_annotated_cell_and_measures_every_cell(tmp_path, capsys):
-    out = tmp_path / "real"
+def test_real_demo_after_the_phantom_demo_in_the_same_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--size", "48"]) == 0
+    phantom_files = sorted(p.name for p in (out / "phantom").iterdir())
+    capsys.readouterr()
     assert main(["demo", "--real", "-o", str(out), "--iterations", "2", "2"]) == 0
     captured = capsys.readouterr()
+    # each run in its own folder, the first run's files untouched
+    assert sorted(p.name for p in (out / "phantom").iterdir()) == phantom_files
+    assert sorted(p.name for p in (out / "real").iterdir()) == ["cells.csv", "cells.ome.zarr", "overview.png",
+                                                                  "segmentation.ome.zarr"]
     assert "found 3 cells" in captured.out and "sizes are in voxels" in captured.out
-    table = pd.read_csv(out / "cells.csv")
-    assert table.groupby("segmentation").size().to_dict() == {"all cells": 3, "annotated cell": 1}
+    table = pd.read_csv(out / "real" / "cells.csv")
+    assert len(table) == 3 and table["annotated"].sum() == 1  # one row per cell
+    assert table["touches_border"].sum() == 2  # the capillary's ends cut two cells
     assert "volume_voxels" in table and "gray_mean" in table  # units follow what is known
-    seg = sxtlab.read_segmentation(out / "segmentation.ome.zarr")
+    seg = sxtlab.read_segmentation(out / "real" / "segmentation.ome.zarr")
     assert seg["labels"].attrs["classes"] == {"1": "cell"}
-    assert (out / "overview.png").stat().st_size > 10_000
+    # the annotated cell has the same voxels in both outputs
+    assert table.loc[table["annotated"], "voxel_count"].item() == int((seg["labels"].values == 1).sum())
+    assert (out / "real" / "overview.png").stat().st_size > 10_000
     # every cell as an instance, so that `sxtlab measure` gives the same rows
-    assert main(["measure", str(out / "cells.ome.zarr"), "-o", str(out / "again.csv"), "--allow-voxel-units"]) == 0
-    again = pd.read_csv(out / "again.csv")
-    np.testing.assert_allclose(again["volume_voxels"], table[table.segmentation == "all cells"]["volume_voxels"])
+    again_csv = out / "again.csv"
+    assert main(["measure", str(out / "real" / "cells.ome.zarr"), "-o", str(again_csv), "--allow-voxel-units"]) == 0
+    np.testing.assert_array_equal(pd.read_csv(again_csv)["voxel_count"], table["voxel_count"])
+    assert main(["demo", "--real", "-o", str(out), "--iterations", "2", "2"]) == 3
 
 
 # -- one voxel-size parser; messages for the command line's user ---------------------
