@@ -240,3 +240,22 @@ def test_segment_help_shows_the_default_values(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert "'none' runs every window (default: 0.5)" in help_text
     assert "wherever it ran (default: 0.95)" in help_text and "sxtlab.cascade" not in help_text
+
+
+@pytest.mark.parametrize("load, threads", [(0.2, 2), (1.2, 1), (5.0, 1)])
+def test_torch_gets_the_cores_other_work_leaves_free(monkeypatch, load, threads):
+    import torch
+
+    from sxtlab.cli import _use_free_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr("os.getloadavg", lambda: (load, 0.0, 0.0))
+    before = torch.get_num_threads()
+    try:
+        assert _use_free_cores() == threads == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert _use_free_cores() == 2  # an explicit setting is the user's
+    finally:
+        torch.set_num_threads(before)
