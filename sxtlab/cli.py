@@ -63,14 +63,18 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def _read_input(path: str, voxel_size) -> xr.Dataset:
-    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``."""
+def _read_input(path: str, voxel_size, calibration=None) -> xr.Dataset:
+    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``;
+    ``calibration`` (a :class:`sxtlab.Calibration`) is recorded on a gray image."""
     from .io import detect_format, read_segmentation, read_volume
 
     p = Path(path)
     if p.suffix.lower() == ".hx" or (detect_format(p) == "omezarr" and (p / "labels").is_dir()):
-        return read_segmentation(p, voxel_size=voxel_size)
-    return read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
+        ds = read_segmentation(p, voxel_size=voxel_size)
+        if calibration is not None:
+            ds["lac"] = ds["lac"].sxt.with_calibration(calibration)
+        return ds
+    return read_volume(p, voxel_size=voxel_size, calibration=calibration).to_dataset(name="lac")
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -105,7 +109,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
-    ds = _read_input(args.input, args.voxel_size)
+    ds = _read_input(args.input, args.voxel_size, args.calibration)
     model = load_model(args.model)
     log.info("model %s: classes %s", args.model, ", ".join(model.classes))
     if "sparse" in model.info and "labels" in ds and not args.ignore_annotation:
@@ -303,6 +307,19 @@ def _gate(text: str) -> float | None:
     return value
 
 
+def _calibration(text: str):
+    from .calibration import Calibration
+
+    parts = text.split(",")
+    try:
+        if len(parts) > 2:
+            raise ValueError(text)
+        return Calibration(*(float(p) for p in parts))
+    except (ValueError, SxtlabError):
+        raise argparse.ArgumentTypeError(f"expected SCALE or SCALE,OFFSET (LAC = SCALE·gray + OFFSET, µm⁻¹; "
+                                         f"SCALE finite and not 0), got {text!r}") from None
+
+
 def _voxel_size(text: str) -> tuple[float, float, float]:
     from .volume import check_voxel_size
 
@@ -369,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--output", required=True, help="output OME-Zarr folder (e.g. seg.zarr)")
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    seg.add_argument("--calibration", type=_calibration, default=None, metavar="SCALE[,OFFSET]",
+                     help="gray → LAC of an image in gray values: LAC = SCALE·gray + OFFSET (µm⁻¹); "
+                          "'1' where the file's values are LAC in µm⁻¹ already")
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
     # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
     # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.

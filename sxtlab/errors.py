@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = ["SxtlabError", "FormatError", "VoxelSizeUnknownError", "OutputExistsError", "SxtlabWarning",
-           "GIVE_VOXEL_SIZE", "ALLOW_VOXEL_UNITS"]
+           "GIVE_VOXEL_SIZE", "ALLOW_VOXEL_UNITS", "GIVE_CALIBRATION"]
 
 #: A remedy as a Python user and as a command-line user gives it: (keyword, option).
 Remedy = tuple[str, str]
 GIVE_VOXEL_SIZE: Remedy = ("voxel_size=(dz, dy, dx) in µm", "--voxel-size DZ,DY,DX (or one value) in µm")
 ALLOW_VOXEL_UNITS: Remedy = ("allow_voxel_units=True", "--allow-voxel-units")
+GIVE_CALIBRATION: Remedy = ("sxtlab.Calibration or sxtlab.estimate_calibration",
+                            "--calibration SCALE,OFFSET, or --calibration 1 where the values are LAC in µm⁻¹")
 
 
 class SxtlabError(Exception):

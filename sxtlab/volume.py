@@ -35,7 +35,7 @@ import xarray as xr
 
 from .calibration import Calibration
 from .classes import UNANNOTATED, class_map
-from .errors import GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
+from .errors import GIVE_CALIBRATION, GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
 
 __all__ = [
     "DIMS",
@@ -438,8 +438,7 @@ class SxtAccessor:
         if cal is None:
             raise CalibrationError(
                 f"{obj.attrs.get('source', 'this volume')} holds gray values and has no calibration; "
-                "give one (sxtlab.Calibration or sxtlab.estimate_calibration)"
-            )
+                f"give one ({GIVE_CALIBRATION[0]})", remedies=[GIVE_CALIBRATION])
         out = cal.apply(obj.astype(np.float32)).astype(np.float32)
         out.attrs = {**obj.attrs, **cal.to_attrs(), "units": "1/um", "long_name": "LAC"}
         out.name = obj.name

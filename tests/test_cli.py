@@ -259,3 +259,14 @@ def test_torch_gets_the_cores_other_work_leaves_free(monkeypatch, load, threads)
         assert _use_free_cores() == 2  # an explicit setting is the user's
     finally:
         torch.set_num_threads(before)
+
+
+def test_gray_input_names_the_calibration_option(mrc_without_voxel_size, tmp_path, capsys):
+    out = tmp_path / "seg.zarr"
+    assert main(["segment", str(mrc_without_voxel_size), "--voxel-size", "0.05", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"sxtlab: {mrc_without_voxel_size} holds gray values and has no calibration; give one (--calibration "
+        "SCALE,OFFSET, or --calibration 1 where the values are LAC in µm⁻¹)")
+    with pytest.raises(SystemExit):
+        main(["segment", str(mrc_without_voxel_size), "--calibration", "0", "-o", str(out)])
+    assert "SCALE finite and not 0), got '0'" in capsys.readouterr().err
