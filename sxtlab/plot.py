@@ -780,11 +780,14 @@ def history(
             continue
         for c in dice:
             name = str(c)[5:]
-            axes[1].plot(x, rows[c], color=_line_colour(_class_colour(name)), linewidth=1.4,
-                         label=_display(name) if first else None, gid=f"dice:{name}{suffix}")
+            # Markers, so that a stage validated once (a short run) still shows its value;
+            # a class never scored says so in the legend rather than showing no line.
+            label = _display(name) + ("" if history[c].notna().any() else " (no validation value)")
+            axes[1].plot(x, rows[c], color=_line_colour(_class_colour(name)), linewidth=1.4, marker="o",
+                         markersize=3, label=label if first else None, gid=f"dice:{name}{suffix}")
         if "mean_dice" in rows and rows["mean_dice"].notna().any():
-            axes[1].plot(x, rows["mean_dice"], color="black", linestyle="--", linewidth=1.4,
-                         label="mean" if first else None, gid=f"mean_dice{suffix}")
+            axes[1].plot(x, rows["mean_dice"], color="black", linestyle="--", linewidth=1.4, marker="o",
+                         markersize=3, label="mean" if first else None, gid=f"mean_dice{suffix}")
             best = int(np.nanargmax(rows["mean_dice"].to_numpy(float)))
             axes[1].plot(x[best], rows["mean_dice"].iloc[best], marker="*", markersize=11, color="black",
                          markeredgecolor="white", linestyle="none", zorder=4,

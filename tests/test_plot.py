@@ -316,3 +316,15 @@ def test_cut_objects_are_hollow_and_out_of_the_boxes():
     panels = plot.sizes(t, by=None).axes
     assert panels[0].get_legend().get_title().get_text() == "cell (1 cut by the edge, left out)"
     assert panels[0].get_legend().get_texts()[0].get_text() == "2 instances, 1 cell"
+
+
+def test_history_of_a_short_run_shows_every_class_or_says_why_not():
+    # one validation per stage (a short run); the nucleus was never found
+    h = pd.DataFrame({"stage": ["stage 1", "stage 1", "stage 2", "stage 2"], "step": [1, 2, 1, 2],
+                      "train_loss": [1.0, 0.9, 0.8, 0.7], "dice_lipid_body": [np.nan, 0.4, np.nan, 0.5],
+                      "dice_nucleus": [np.nan] * 4, "mean_dice": [np.nan, 0.4, np.nan, 0.5]})
+    ax = plot.history(h).axes[1]
+    line = next(a for a in ax.get_lines() if a.get_gid() == "dice:lipid_body:stage 1")
+    assert line.get_marker() == "o"  # a single value is drawn
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == [
+        "lipid body", "nucleus (no validation value)"]
