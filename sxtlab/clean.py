@@ -21,8 +21,9 @@ every voxel size:
    distance to the outside (in µm) at least ``split_depth_voxels`` voxels above
    the neck joining it to another (:func:`skimage.morphology.h_maxima`), flooded
    over the component (:func:`skimage.segmentation.watershed`) with a one-voxel
-   line between the parts, which becomes the class's parent (the cytoplasm): the
-   parts are then separate connected components for every later step.
+   line between the parts, which becomes what surrounds them (the cytoplasm,
+   mostly): the parts are then separate connected components for every later
+   step. The size filter runs again after a split, for parts left too small.
 
 It needs only the label volume and its voxel size, so it sits beside
 :mod:`sxtlab.volume` in the import order: :meth:`sxtlab.cascade.CascadeModel.predict`
@@ -123,7 +124,7 @@ def _remove_small(labels: np.ndarray, region: np.ndarray, spacing, min_volume: f
     return n
 
 
-def _split(labels: np.ndarray, region: np.ndarray, spacing, depth_um: float, line_value: int) -> int:
+def _split(labels: np.ndarray, region: np.ndarray, spacing, depth_um: float) -> int:
     """Split touching objects of ``region``; returns how many objects were added."""
     added = 0
     components, n = ndimage.label(region)
@@ -135,7 +136,8 @@ def _split(labels: np.ndarray, region: np.ndarray, spacing, depth_um: float, lin
         if m < 2:
             continue
         parts = watershed(-distance, markers, mask=mask, watershed_line=True)
-        labels[window][mask & (parts == 0)] = line_value
+        # The dividing line becomes what surrounds the pair (the cytoplasm, mostly).
+        labels[window][mask & (parts == 0)] = _surroundings(labels, mask, window)
         added += m - 1
     return added
 
@@ -207,7 +209,11 @@ def clean_labels(labels: xr.DataArray, *, min_volume_um3: Mapping[str, float] | 
         return np.isin(out, [v for v, n in cmap.items() if n in descendants(name)])
 
     names = sorted(set(cmap.values()), key=_depth)  # outer classes first: the cell before its organelles
-    removed = sum(_remove_small(out, region(n), spacing, minimum[n], connectivity) for n in names if n in minimum)
+
+    def remove_small() -> int:
+        return sum(_remove_small(out, region(n), spacing, minimum[n], connectivity) for n in names if n in minimum)
+
+    removed = remove_small()
     filled = 0
     for name in (n for n in names if n in set(fill_holes)):
         inside = region(name)
@@ -217,8 +223,10 @@ def clean_labels(labels: xr.DataArray, *, min_volume_um3: Mapping[str, float] | 
     added = 0
     depth = split_depth_voxels * max(spacing)
     for name in (n for n in names if n in set(split)):
-        parent = VOCABULARY[name].parent
-        added += _split(out, region(name), spacing, depth, value_of.get(parent, 0))
+        added += _split(out, region(name), spacing, depth)
+    if added:
+        # A split can leave a part, or a piece of dividing line, below its class's minimum.
+        removed += remove_small()
     log.info("clean_labels: %d specks removed, %d hole voxels filled, %d touching objects split off",
              removed, filled, added)
     result = labels.copy(data=out)

@@ -676,7 +676,9 @@ def instances(
         ``centroid_z_um``, ``centroid_y_um``, ``centroid_x_um``
             centre of mass in the volume's coordinates (origin included);
         ``touches_border``
-            the instance reaches the edge of the volume, so it may be cut off;
+            the instance reaches the edge of the volume, so it may be cut off
+            (summaries and plots leave such rows out unless asked:
+            :func:`sxtlab.stats.whole_objects`);
         ``lac_mean_per_um``, ``lac_median_per_um``, ``lac_std_per_um`` (ddof 0), ``lac_min_per_um``, ``lac_max_per_um``, ``integrated_absorption_um2``
             image statistics (``gray_*`` for an uncalibrated image);
         ``voxel_size_z_um``, ``voxel_size_y_um``, ``voxel_size_x_um``
