@@ -96,3 +96,16 @@ def test_unknown_voxel_size_is_refused():
     img = sxtlab.volume(np.zeros(lab.shape, np.float32), voxel_size=None)
     with pytest.raises(sxtlab.VoxelSizeUnknownError, match=r"give voxel_size=\(dz, dy, dx\) in µm"):
         clean_labels(sxtlab.label_volume(lab, img, CLASSES))
+
+
+def test_a_part_split_off_below_the_minimum_becomes_its_surroundings():
+    vs = (0.03, 0.03, 0.03)
+    lab = np.zeros((40, 40, 40), np.uint8)
+    lab[ball(lab.shape, vs, (0.6, 0.6, 0.6), 0.55)] = 1
+    lab[ball(lab.shape, vs, (0.6, 0.6, 0.5), 0.25)] = 6
+    bump = ball(lab.shape, vs, (0.6, 0.6, 0.88), 0.11) & (lab != 6)  # 0.0056 µm³ bulging out of the vacuole
+    lab[bump] = 6
+    cleaned = clean_labels(labelled(lab, vs), min_volume_um3={"cell": 0.1, "vacuole": 0.006})
+    assert cleaned.attrs["cleaned"] == {"removed": 1, "holes_filled_voxels": 0, "split_added": 1}
+    assert (cleaned.values[bump] == 1).mean() > 0.9
+    assert len(measure.instances(cleaned, class_names=["vacuole"])) == 1
