@@ -119,7 +119,8 @@ def _remove_small(labels: np.ndarray, region: np.ndarray, spacing, min_volume: f
     for k, box in enumerate(ndimage.find_objects(pieces), start=1):
         window = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
         piece = pieces[window] == k
-        # Decided before any piece changes, so the order of the pieces does not matter.
+        # Pieces are separate components: no piece's ring holds another's voxels, so the
+        # order in which they change does not matter.
         labels[window][piece] = _surroundings(labels, piece, window)
     return n
 

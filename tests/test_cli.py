@@ -133,25 +133,19 @@ def test_train_and_segment_a_sparsely_annotated_project(shared, tmp_path, capsys
     assert 0 < (labels[annotation == 255] == 1).sum() < (annotation == 255).sum()
 
 
-def test_demo_writes_segmentation_table_and_figure(tmp_path, capsys):
+def test_demo_then_real_demo_in_the_same_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--size", "48"]) == 0
-    printed = capsys.readouterr().out
-    assert "Dice against the phantom's truth" in printed
+    assert "Dice against the phantom's truth" in capsys.readouterr().out
     table = pd.read_csv(out / "phantom" / "organelles.csv")
     assert {"class", "volume_um3", "surface_area_um2"} <= set(table.columns) and len(table)
     # predictions are cleaned: no speck is measured as an object
     assert table["volume_um3"].min() >= 0.001 and (table["class"] == "cell").sum() == 1
     assert (out / "phantom" / "overview.png").read_bytes()[:4] == b"\x89PNG"
     assert sxtlab.read_segmentation(out / "phantom" / "segmentation.ome.zarr")["labels"].attrs["classes"]
-    assert main(["demo", "-o", str(out), "--size", "48"]) == 3  # outputs are not overwritten silently
-    assert sorted(p.name for p in out.iterdir()) == ["phantom"]
-
-
-def test_real_demo_after_the_phantom_demo_in_the_same_folder(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "--size", "48"]) == 0
     phantom_files = sorted(p.name for p in (out / "phantom").iterdir())
+    assert phantom_files == ["organelles.csv", "overview.png", "segmentation.ome.zarr"]
+    assert main(["demo", "-o", str(out), "--size", "48"]) == 3  # outputs are not overwritten silently
     capsys.readouterr()
     assert main(["demo", "--real", "-o", str(out), "--iterations", "2", "2"]) == 0
     captured = capsys.readouterr()
