@@ -16,9 +16,11 @@ from .volume import label_volume, segmentation, volume
 # Submodules that pull in heavy libraries (torch, matplotlib, scikit-image) load on
 # first use, so that `import sxtlab` stays fast; `sxtlab.measure` etc. work as usual.
 _LAZY_SUBMODULES = {"cascade", "catalog", "data", "measure", "metrics", "phantom", "plot", "stats", "task",
-                    "train", "unet", "viewer", "acquisition", "cli", "demo", "inference", "models", "sparse", "cells"}
+                    "train", "unet", "viewer", "acquisition", "cli", "demo", "inference", "models", "sparse", "cells",
+                    "clean"}
 _LAZY_NAMES = {"Catalog": "catalog", "Task": "task", "CascadeModel": "cascade", "SliceViewer": "viewer",
-               "show_slices": "viewer", "load_model": "models", "train_cascade": "train"}
+               "show_slices": "viewer", "load_model": "models", "train_cascade": "train",
+               "clean_labels": "clean"}
 
 
 def __getattr__(name: str):

@@ -61,6 +61,7 @@ import xarray as xr
 from scipy import ndimage
 
 from .classes import UNANNOTATED, canonical_name
+from .clean import clean_labels
 from .errors import FormatError
 from .inference import WindowGrid, blend_block, crop_padded, flip_tta, importance_map, sliding_window
 from .unet import UNet3D, UNetConfig
@@ -721,7 +722,7 @@ class CascadeModel:
                 overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
                 skip_background: float | None = SKIP_BACKGROUND,
                 trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1, block_size: int = 128,
-                progress: bool = True) -> xr.Dataset:
+                progress: bool = True, clean: bool = True) -> xr.Dataset:
         """Segment a volume.
 
         Parameters
@@ -754,6 +755,12 @@ class CascadeModel:
             (about ``(K + 2)·block³·4`` bytes).
         progress : bool
             Show progress bars.
+        clean : bool
+            Clean the labels as :func:`sxtlab.clean.clean_labels` does (specks below
+            the class's minimum volume removed, holes of nucleus, lipid bodies and
+            vacuoles filled, touching lipid bodies and vacuoles split); needs a known
+            voxel size (the volume's or the model's). Only in memory: with ``out``
+            or a dask-backed volume the labels are the arg-max, block by block.
 
         Returns
         -------
@@ -785,9 +792,10 @@ class CascadeModel:
                     f"the volume's voxel size {volume.attrs['voxel_size_um']} µm differs from the "
                     f"model's {list(self.voxel_size)} µm; blockwise prediction does not resample: "
                     f"resample it first with .sxt.resample({list(self.voxel_size)})")
-            return self._predict_resampled(volume, tta=tta, step=step, skip_background=skip_background,
-                                           trust_background=trust_background, batch_size=batch_size,
-                                           progress=progress)
+            seg = self._predict_resampled(volume, tta=tta, step=step, skip_background=skip_background,
+                                          trust_background=trust_background, batch_size=batch_size,
+                                          progress=progress)
+            return self._clean(seg) if clean else seg
         if lazy:
             ds = self.predict_lazy(volume, tta=tta, step=step, skip_background=skip_background,
                                    trust_background=trust_background, batch_size=batch_size, block_size=block_size)
@@ -811,8 +819,16 @@ class CascadeModel:
                                           skip_background=skip_background, trust_background=trust_background,
                                           batch_size=batch_size, progress=progress)
         LOG.info("stage 2 ran on %d of %d windows", counts["windows"] - counts["skipped"], counts["windows"])
-        return self._dataset(volume, probs, {"windows": counts["windows"], "windows_skipped": counts["skipped"],
-                                             "tta": tta})
+        seg = self._dataset(volume, probs, {"windows": counts["windows"], "windows_skipped": counts["skipped"],
+                                            "tta": tta})
+        return self._clean(seg) if clean else seg
+
+    def _clean(self, seg: xr.Dataset) -> xr.Dataset:
+        vs = seg["labels"].attrs.get("voxel_size_um") or self.voxel_size
+        if vs is None:
+            LOG.info("labels not cleaned: neither the volume nor the model knows its voxel size")
+            return seg
+        return seg.assign(labels=clean_labels(seg["labels"], voxel_size=vs))
 
     def _predict_resampled(self, volume: xr.DataArray, **kwargs: Any) -> xr.Dataset:
         src = tuple(volume.attrs["voxel_size_um"])
@@ -821,7 +837,7 @@ class CascadeModel:
         LOG.warning(msg)
         warnings.warn(msg, stacklevel=3)
         resampled = volume.sxt.resample(self.voxel_size)
-        seg = self.predict(resampled, **kwargs)
+        seg = self.predict(resampled, clean=False, **kwargs)
         p = seg["probabilities"].values
         for axis, d in enumerate(DIMS):
             # model-grid index of each input voxel centre

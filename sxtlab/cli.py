@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -62,14 +63,18 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def _read_input(path: str, voxel_size) -> xr.Dataset:
-    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``."""
+def _read_input(path: str, voxel_size, calibration=None) -> xr.Dataset:
+    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``;
+    ``calibration`` (a :class:`sxtlab.Calibration`) is recorded on a gray image."""
     from .io import detect_format, read_segmentation, read_volume
 
     p = Path(path)
     if p.suffix.lower() == ".hx" or (detect_format(p) == "omezarr" and (p / "labels").is_dir()):
-        return read_segmentation(p, voxel_size=voxel_size)
-    return read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
+        ds = read_segmentation(p, voxel_size=voxel_size)
+        if calibration is not None:
+            ds["lac"] = ds["lac"].sxt.with_calibration(calibration)
+        return ds
+    return read_volume(p, voxel_size=voxel_size, calibration=calibration).to_dataset(name="lac")
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -104,7 +109,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
-    ds = _read_input(args.input, args.voxel_size)
+    ds = _read_input(args.input, args.voxel_size, args.calibration)
     model = load_model(args.model)
     log.info("model %s: classes %s", args.model, ", ".join(model.classes))
     if "sparse" in model.info and "labels" in ds and not args.ignore_annotation:
@@ -302,14 +307,48 @@ def _gate(text: str) -> float | None:
     return value
 
 
-def _voxel_size(text: str) -> tuple[float, ...]:
+def _calibration(text: str):
+    from .calibration import Calibration
+
+    parts = text.split(",")
     try:
-        values = tuple(float(v) for v in text.replace("x", ",").split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"voxel size must be 'D' or 'DZ,DY,DX' in µm, got {text!r}") from None
-    if len(values) not in (1, 3):
-        raise argparse.ArgumentTypeError(f"voxel size needs 1 or 3 values (µm), got {len(values)}")
-    return values
+        if len(parts) > 2:
+            raise ValueError(text)
+        return Calibration(*(float(p) for p in parts))
+    except (ValueError, SxtlabError):
+        raise argparse.ArgumentTypeError(f"expected SCALE or SCALE,OFFSET (LAC = SCALE·gray + OFFSET, µm⁻¹; "
+                                         f"SCALE finite and not 0), got {text!r}") from None
+
+
+def _voxel_size(text: str) -> tuple[float, float, float]:
+    from .volume import check_voxel_size
+
+    # The API's parser, so that the command line accepts and refuses the same values;
+    # argparse names the option itself ("argument --voxel-size: ...").
+    try:
+        return check_voxel_size(text, where="--voxel-size")  # type: ignore[return-value]
+    except SxtlabError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--voxel-size: ")) from None
+
+
+class _PredictDefaultsHelp(argparse.HelpFormatter):
+    """Help that fills ``%(predict_default)s`` with the default of the same-named keyword
+    of :meth:`sxtlab.cascade.CascadeModel.predict`.
+
+    Those defaults live with ``predict`` (one place); reading them imports torch, so
+    it happens only when the help is shown, not whenever the parser is built.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text and "%(predict_default)s" in text:
+            import inspect
+
+            from .cascade import CascadeModel
+
+            default = inspect.signature(CascadeModel.predict).parameters[action.dest].default
+            text = text.replace("%(predict_default)s", "none" if default is None else str(default))
+        return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,24 +379,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="voxel size in µm of the real sample (its files record none)")
     demo.set_defaults(func=_cmd_demo)
 
-    seg = sub.add_parser("segment", help="segment a volume with a model",
+    seg = sub.add_parser("segment", help="segment a volume with a model", formatter_class=_PredictDefaultsHelp,
                          description="Segment a volume (MRC, AmiraMesh/.hx, TIFF, OME-Zarr) and write an "
                                      "OME-Zarr segmentation with labels and class probabilities.")
     seg.add_argument("input", help="volume file")
     seg.add_argument("-o", "--output", required=True, help="output OME-Zarr folder (e.g. seg.zarr)")
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    seg.add_argument("--calibration", type=_calibration, default=None, metavar="SCALE[,OFFSET]",
+                     help="gray → LAC of an image in gray values: LAC = SCALE·gray + OFFSET (µm⁻¹); "
+                          "'1' where the file's values are LAC in µm⁻¹ already")
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
-    # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given), so
-    # that building the parser does not import torch.
+    # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
+    # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.
     seg.add_argument("--skip-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
                      help="do not run stage 2 on windows where stage 1 calls every voxel background with at "
-                          "least this probability; 'none' runs every window (default: "
-                          "sxtlab.cascade.SKIP_BACKGROUND)")
+                          "least this probability; 'none' runs every window (default: %(predict_default)s)")
     seg.add_argument("--trust-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
                      help="keep stage 1's answer where it calls a voxel background with at least this "
-                          "probability; 'none' keeps stage 2's wherever it ran (default: "
-                          "sxtlab.cascade.TRUST_BACKGROUND)")
+                          "probability; 'none' keeps stage 2's wherever it ran (default: %(predict_default)s)")
     seg.add_argument("--ignore-annotation", action="store_true",
                      help="with a model trained from sparse annotations (sxtlab train X.hx), predict from the "
                           "image alone instead of completing the file's annotation")
@@ -437,11 +477,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _use_free_cores() -> int:
+    """Give torch as many threads as other processes leave cores free; returns that number.
+
+    torch starts one OpenMP thread per core, and at the end of every parallel
+    region the threads wait for each other by spinning. Where another process holds
+    one of the cores, the thread on it runs late and its partner spins meanwhile, so
+    a small network's many short regions cost several times their arithmetic: on 2
+    cores shared with other jobs (load 4–6), 60 + 60 steps of ``fit_sparse`` on
+    sample_12 took 40 s wall and 21 s CPU on one thread, 376 s wall and 145 s CPU
+    on two. "Free" is the CPUs this process may use less the 1-minute load average
+    (this process has been idle until now), at least one; an explicit
+    ``OMP_NUM_THREADS`` is left to decide.
+    """
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return torch.get_num_threads()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = max(1, min(cpus, cpus - round(busy)))
+    torch.set_num_threads(threads)
+    log.info("torch threads: %d (%d CPUs, load %.1f)", threads, cpus, busy)
+    return threads
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
+    if args.command in ("segment", "train", "demo"):
+        _use_free_cores()
     with warnings.catch_warnings():
         # Warnings (unknown voxel size, resampling) are messages for the user, not tracebacks.
         warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)
@@ -450,7 +517,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OutputExistsError as exc:
             print(f"sxtlab: {exc}", file=sys.stderr)
             return 3
-        except (SxtlabError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        except SxtlabError as exc:
+            print(f"sxtlab: {exc.for_command_line()}", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
             print(f"sxtlab: {exc}", file=sys.stderr)
             return 2
 

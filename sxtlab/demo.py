@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy import ndimage
 
 from .errors import OutputExistsError
 
@@ -86,6 +88,19 @@ def _phantom_job(seed: int, size: int):
     return {"segmentation": seg}, table, truth, notes, "volume_um3"
 
 
+def _one_body_per_cell(ids: np.ndarray) -> np.ndarray:
+    """Cell ids with each cell reduced to its largest connected piece (the rest 0)."""
+    out = np.zeros_like(ids)
+    for k, box in enumerate(ndimage.find_objects(ids), start=1):
+        if box is None:
+            continue
+        pieces, n = ndimage.label(ids[box] == k)
+        if n:
+            body = pieces == np.bincount(pieces.ravel())[1:].argmax() + 1
+            out[box][body] = k
+    return out
+
+
 def _real_job(iterations: tuple[int, int], voxel_size):
     from . import measure
     from .cells import find_cells
@@ -97,18 +112,33 @@ def _real_job(iterations: tuple[int, int], voxel_size):
     model = fit_sparse(ds, "cell", config=sparse_config(iterations=iterations), progress=True)
     seg = segment_sparse(ds, model, progress=True)
     everything = find_cells(ds["lac"])
-    units = {"allow_voxel_units": True}
-    table = pd.concat([measure.instances(seg, **units).assign(segmentation="annotated cell"),
-                       measure.instances(everything, **units).assign(segmentation="all cells")],
-                      ignore_index=True)
+    # The annotated cell as the model filled it in replaces the watershed's outline of
+    # it, so that it has the same voxels in cells.csv as in segmentation.ome.zarr;
+    # its neighbours keep their main body where it cut into them.
+    annotated = seg["labels"].values == 1
+    ids = everything["instances"].values
+    k = int(np.bincount(ids[annotated], minlength=2)[1:].argmax()) + 1
+    ids = np.where(ids == k, 0, ids)
+    ids[annotated] = k
+    ids = _one_body_per_cell(ids)
+    everything = everything.assign(instances=everything["instances"].copy(data=ids),
+                                   labels=everything["labels"].copy(data=(ids > 0).astype(np.uint8)))
+    table = measure.instances(everything, allow_voxel_units=True)
+    # measure numbers cells in raster order of their first voxel; each id is one body
+    present, first = np.unique(ids.ravel(), return_index=True)
+    order = present[1:][np.argsort(first[1:])]
+    table.insert(table.columns.get_loc("cell") + 1, "annotated",
+                 table["instance"].to_numpy() == int(np.flatnonzero(order == k)[0]) + 1)
     value = "volume_um3" if "volume_um3" in table else "volume_voxels"
     sparse = model.info["sparse"]
+    n_cells = int(len(order))
     notes = [
         f"trained on the {sparse['annotated_voxels']:,} annotated voxels of sample_12 "
         f"({model.info['train_seconds']:.0f} s), then filled in the annotation (model + interpolation) "
-        "and kept the cell the annotation marks",
-        f"found {int(everything['instances'].max())} cells in the capillary by watershed "
-        f"({everything.attrs['wall_voxels']:,} voxels of glass wall left out); one row each in the table",
+        f"and kept the cell the annotation marks: {int(annotated.sum()):,} voxels",
+        f"found {n_cells} cells in the capillary by watershed "
+        f"({everything.attrs['wall_voxels']:,} voxels of glass wall left out), the annotated one as filled in; "
+        f"one row each in the table ({int(table['touches_border'].sum())} cut by the volume's edge)",
     ]
     if value == "volume_voxels":
         notes.append("the file records no voxel size: sizes are in voxels (give --voxel-size in µm)")
@@ -118,25 +148,30 @@ def _real_job(iterations: tuple[int, int], voxel_size):
 def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int = 128,
              overwrite: bool = False, real: bool = False, iterations: tuple[int, int] = (600, 600),
              voxel_size=None) -> dict[str, Path]:
-    """Segment and measure a sample cell; write OME-Zarr, CSV and PNG into ``output``.
+    """Segment and measure a sample cell; write OME-Zarr, CSV and PNG under ``output``.
+
+    Each demo writes into its own subfolder, ``output/phantom`` or ``output/real``,
+    so that both can run into the same ``output`` and each folder holds the files of
+    one run.
 
     Parameters
     ----------
     output : path-like
-        Folder for the outputs (created if missing).
+        Parent folder of the outputs (created if missing).
     seed, size : int
         Seed (one the shipped model never saw) and voxels per side of the phantom
         cell that the shipped model segments.
     overwrite : bool
-        Replace outputs of an earlier run.
+        Replace the outputs of an earlier run of the same demo.
     real : bool
         Instead, the real reconstruction shipped with sxtlab: train a cascade on its
         sparse annotation (:func:`sxtlab.sparse.fit_sparse`, ``iterations`` steps per
         stage; a few minutes on 2 cores), fill in the annotated cell
         (:func:`sxtlab.sparse.segment_sparse`), find every cell in the capillary
-        (:func:`sxtlab.cells.find_cells`) and measure both (``cells.csv``, column
-        ``segmentation``; the cells as instances in ``cells.ome.zarr``). The PNG shows
-        the prediction with the sparse annotation as outlines.
+        (:func:`sxtlab.cells.find_cells`), the annotated one as filled in, and
+        measure them (``cells.csv``: one row per cell, column ``annotated``; the
+        cells as instances in ``cells.ome.zarr``). The PNG shows the prediction with
+        the sparse annotation as outlines.
     iterations : (int, int)
         Training steps of the two stages with ``real``.
     voxel_size : float or (dz, dy, dx), optional
@@ -147,22 +182,22 @@ def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int 
     -------
     dict
         ``{"segmentation": path, "table": path, "figure": path}`` (and ``"cells"``
-        with ``real``).
+        with ``real``), in ``output/phantom`` or ``output/real``.
 
     Raises
     ------
     sxtlab.OutputExistsError
-        If an output exists and ``overwrite`` is false (checked before any work).
+        If an output of this demo exists and ``overwrite`` is false (checked before
+        any work).
     """
     from .io import write_volume
 
-    out = Path(output)
+    out = Path(output) / ("real" if real else "phantom")
     out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / v for k, v in (_REAL_OUTPUTS if real else _OUTPUTS).items()}
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f"{', '.join(existing)} exist; pass --overwrite to replace them")
-    by = "segmentation" if real else None
     if real:
         segs, table, reference, notes, value = _real_job(tuple(iterations), voxel_size)
         title = "sample_12 (NCXT): the annotated cell filled in (filled), the sparse annotation (outlines)"
@@ -175,7 +210,7 @@ def run_demo(output: str | Path = "sxtlab-demo", *, seed: int = 1000, size: int 
     from .io import atomic_output
 
     atomic_output(paths["table"], lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
-    _save_png(summary_figure(seg, table, reference=reference, value=value, by=by, title=title),
+    _save_png(summary_figure(seg, table, reference=reference, value=value, title=title),
               paths["figure"], overwrite)
     for note in notes:
         print(note)

@@ -6,11 +6,41 @@ value expected), so that a user can fix their input without reading a traceback.
 
 from __future__ import annotations
 
-__all__ = ["SxtlabError", "FormatError", "VoxelSizeUnknownError", "OutputExistsError", "SxtlabWarning"]
+from collections.abc import Sequence
+
+__all__ = ["SxtlabError", "FormatError", "VoxelSizeUnknownError", "OutputExistsError", "SxtlabWarning",
+           "GIVE_VOXEL_SIZE", "ALLOW_VOXEL_UNITS", "GIVE_CALIBRATION"]
+
+#: A remedy as a Python user and as a command-line user gives it: (keyword, option).
+Remedy = tuple[str, str]
+GIVE_VOXEL_SIZE: Remedy = ("voxel_size=(dz, dy, dx) in µm", "--voxel-size DZ,DY,DX (or one value) in µm")
+ALLOW_VOXEL_UNITS: Remedy = ("allow_voxel_units=True", "--allow-voxel-units")
+GIVE_CALIBRATION: Remedy = ("sxtlab.Calibration or sxtlab.estimate_calibration",
+                            "--calibration SCALE,OFFSET, or --calibration 1 where the values are LAC in µm⁻¹")
 
 
 class SxtlabError(Exception):
-    """Base class of all errors that sxtlab raises on purpose."""
+    """Base class of all errors that sxtlab raises on purpose.
+
+    Parameters
+    ----------
+    message : str
+        Worded for a Python user: the remedies it suggests are keywords.
+    remedies : sequence of (str, str)
+        Each keyword text the message holds and the command-line option that does
+        the same, e.g. :data:`GIVE_VOXEL_SIZE`; :meth:`for_command_line` swaps them.
+    """
+
+    def __init__(self, *args: object, remedies: Sequence[Remedy] = ()) -> None:
+        super().__init__(*args)
+        self.remedies = tuple(remedies)
+
+    def for_command_line(self) -> str:
+        """The message with each remedy spelt as the ``sxtlab`` command's option."""
+        text = str(self)
+        for keyword, option in self.remedies:
+            text = text.replace(keyword, option)
+        return text
 
 
 class FormatError(SxtlabError, ValueError):

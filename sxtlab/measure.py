@@ -114,7 +114,7 @@ from skimage.measure import marching_cubes, mesh_surface_area, regionprops_table
 
 from .calibration import CalibrationError
 from .classes import UNANNOTATED, class_map, canonical_name, descendants
-from .errors import FormatError, VoxelSizeUnknownError
+from .errors import ALLOW_VOXEL_UNITS, GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
 from .volume import DIMS, check_instance_ids, check_same_grid, check_voxel_size
 
 __all__ = ["instances", "classes", "distances", "population"]
@@ -398,8 +398,8 @@ def _prepare(seg: xr.Dataset | xr.DataArray, *, image: xr.DataArray | None = Non
         src = labels.attrs.get("source") or attrs.get("source") or "this segmentation"
         raise VoxelSizeUnknownError(
             f"the voxel size of {src} is unknown, so µm, µm² and µm³ cannot be measured; give "
-            "voxel_size=(dz, dy, dx) in µm, or allow_voxel_units=True for columns in voxel "
-            "units (volume_voxels, ...)")
+            f"{GIVE_VOXEL_SIZE[0]}, or {ALLOW_VOXEL_UNITS[0]} for columns in voxel units (volume_voxels, ...)",
+            remedies=(GIVE_VOXEL_SIZE, ALLOW_VOXEL_UNITS))
     # Coords are µm only where the volume itself knows its voxel size.
     origin = (tuple(float(labels[d].values[0]) if labels.sizes[d] else 0.0 for d in DIMS)
               if known is not None else (0.0, 0.0, 0.0))
@@ -463,8 +463,9 @@ def _grow(window: Window, by: int, shape: Sequence[int]) -> Window:
     return tuple(slice(max(s.start - by, 0), min(s.stop + by, n)) for s, n in zip(window, shape))  # type: ignore[return-value]
 
 
-def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> float:
-    """Surface area of a binary mask from a marching-cubes mesh in physical units.
+def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> tuple[float, float]:
+    """Surface area of a binary mask from a marching-cubes mesh in physical units, and
+    the sphericity of that mesh.
 
     Meshing the raw mask at level 0.5 overestimates smooth shapes by ~10 % (the
     voxel staircase), so the padded mask is smoothed with a Gaussian of σ voxels
@@ -475,6 +476,14 @@ def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> floa
     measured within ~1 % on tori, ellipsoids and capsules 4 voxels thick (+3 to
     +6 % on thinner tubes, which it over-corrects, against −11 to −18 % without).
     A shape too thin to reach 0.5 once smoothed is meshed unsmoothed.
+
+    Returns
+    -------
+    area : float
+        µm² (voxel units at spacing 1).
+    sphericity : float
+        ``π^(1/3)·(6·V_mesh)^(2/3) / A_mesh`` of the closed mesh (its enclosed
+        volume and its own area), ≤ 1 by the isoperimetric inequality.
     """
     pad = int(math.ceil(4 * sigma)) + 1  # gaussian_filter truncates at 4σ
     field_ = np.pad(mask, pad).astype(np.float32)
@@ -485,11 +494,12 @@ def _mesh_area(mask: np.ndarray, spacing: Sequence[float], sigma: float) -> floa
         field_ = blurred if smoothed else field_
     verts, faces, _, _ = marching_cubes(field_, 0.5, spacing=tuple(spacing))
     area = float(mesh_surface_area(verts, faces))
-    if not smoothed:
-        return area
     tri = verts[faces]
     enclosed = abs(float(np.einsum("ij,ij->", tri[:, 0], np.cross(tri[:, 1], tri[:, 2])))) / 6
-    return area * (np.count_nonzero(mask) * float(np.prod(spacing)) / enclosed) ** (2 / 3)
+    sphericity = np.pi ** (1 / 3) * (6 * enclosed) ** (2 / 3) / area
+    if not smoothed:
+        return area, sphericity
+    return area * (np.count_nonzero(mask) * float(np.prod(spacing)) / enclosed) ** (2 / 3), sphericity
 
 
 def _axis_lengths(inertia: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -545,8 +555,9 @@ def _instance_columns(vol: _Volume, name: str, sigma: float) -> dict[str, np.nda
     volume = count * vol.voxel_volume
     # Not a regionprops extra property: regionprops_table evaluates those more than
     # once for the first region, and the first region may be the whole cell.
-    area = np.array([_mesh_area(inst.labels[box] == k, sp, sigma)
-                     for k, box in enumerate(ndimage.find_objects(inst.labels, n), start=1)], float)
+    meshes = np.array([_mesh_area(inst.labels[box] == k, sp, sigma)
+                       for k, box in enumerate(ndimage.find_objects(inst.labels, n), start=1)], float).reshape(n, 2)
+    area = meshes[:, 0]
     inertia = np.stack([np.stack([props[f"inertia_tensor-{i}-{j}"] for j in range(3)], -1)
                         for i in range(3)], -2).reshape(n, 3, 3)
     axes = _axis_lengths(inertia, sp)
@@ -562,8 +573,7 @@ def _instance_columns(vol: _Volume, name: str, sigma: float) -> dict[str, np.nda
         "voxel_count": count,
         vol.volume("volume"): volume,
         vol.area("surface_area"): area,
-        # Wadell (1935): area of the sphere of equal volume over the object's area.
-        "sphericity": np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / area,
+        "sphericity": meshes[:, 1],
         vol.length("equivalent_diameter"): np.cbrt(6 * volume / np.pi),
         vol.length("axis_major_length"): axes[:, 0],
         vol.length("axis_intermediate_length"): axes[:, 1],
@@ -592,6 +602,7 @@ def instances(
     allow_voxel_units: bool = False,
     smoothing_sigma: float = SMOOTHING_SIGMA,
     cell_id: str | None = None,
+    min_volume_um3: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Measure every organelle instance: size, shape, position and image statistics.
 
@@ -626,6 +637,10 @@ def instances(
     cell_id : str, optional
         Identifier written in the ``cell_id`` column; default the ``cell_id`` attr
         of the Dataset, labels or image, else ``"0"``.
+    min_volume_um3 : mapping of class name to float, optional
+        Leave out instances smaller than their class's minimum volume (µm³), the
+        size filter of :func:`sxtlab.clean.clean_labels`; e.g.
+        :data:`sxtlab.clean.MIN_VOLUME_UM3`. Default: every instance.
 
     Returns
     -------
@@ -642,7 +657,14 @@ def instances(
             2003, :func:`skimage.measure.marching_cubes`) of the smoothed mask in
             physical spacing;
         ``sphericity``
-            Wadell's (1935) ``π^(1/3)·(6V)^(2/3)/A``: 1 for a sphere, less otherwise;
+            Wadell's (1935) ``π^(1/3)·(6V)^(2/3)/A`` (area of the sphere of equal
+            volume over the object's area) with V and A both of the object's
+            marching-cubes mesh (its enclosed volume and its area), so that it is at
+            most 1 for every object by the isoperimetric inequality: 1 for a
+            sphere, 0.997 for a voxelised ball of radius 10 voxels, 0.846 for a
+            single voxel (meshed as an octahedron). Mixing the voxel count's volume
+            with a mesh's area instead would exceed 1 for small objects (2.79 for
+            one voxel);
         ``equivalent_diameter_um``
             diameter of the sphere of equal volume, ``(6V/π)^(1/3)``;
         ``axis_major_length_um``, ``axis_intermediate_length_um``, ``axis_minor_length_um``
@@ -654,7 +676,9 @@ def instances(
         ``centroid_z_um``, ``centroid_y_um``, ``centroid_x_um``
             centre of mass in the volume's coordinates (origin included);
         ``touches_border``
-            the instance reaches the edge of the volume, so it may be cut off;
+            the instance reaches the edge of the volume, so it may be cut off
+            (summaries and plots leave such rows out unless asked:
+            :func:`sxtlab.stats.whole_objects`);
         ``lac_mean_per_um``, ``lac_median_per_um``, ``lac_std_per_um`` (ddof 0), ``lac_min_per_um``, ``lac_max_per_um``, ``integrated_absorption_um2``
             image statistics (``gray_*`` for an uncalibrated image);
         ``voxel_size_z_um``, ``voxel_size_y_um``, ``voxel_size_x_um``
@@ -671,7 +695,8 @@ def instances(
         or do not lie on the image's grid (shape, voxel size, coordinates).
     VoxelSizeUnknownError
         If the voxel size is unknown and neither ``voxel_size`` nor
-        ``allow_voxel_units`` is given.
+        ``allow_voxel_units`` is given, or ``min_volume_um3`` is given and the
+        voxel size is unknown.
     sxtlab.calibration.CalibrationError
         If ``intensity="lac"`` and the image is uncalibrated.
     sxtlab.classes.UnknownClassError
@@ -701,6 +726,13 @@ def instances(
     present = [n for n in names if vol.instances(n).n] or names[:1] or ["cell"]
     table = pd.concat([pd.DataFrame(_instance_columns(vol, n, smoothing_sigma)) for n in present],
                       ignore_index=True)
+    if min_volume_um3 is not None:
+        if vol.voxel_units:
+            raise VoxelSizeUnknownError(f"min_volume_um3 needs the voxel size, which is unknown; give "
+                                        f"{GIVE_VOXEL_SIZE[0]}", remedies=[GIVE_VOXEL_SIZE])
+        # clean_labels' criterion: a component's voxel count times the voxel volume
+        minimum = table["class"].map(lambda name: min_volume_um3.get(name, 0.0)).to_numpy(float)
+        table = table[table["volume_um3"].to_numpy() >= minimum].reset_index(drop=True)
     table.attrs["surface_smoothing_sigma_voxels"] = smoothing_sigma
     return vol.finish(table, "instances")
 

@@ -50,7 +50,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .classes import VOCABULARY, UnknownClassError, canonical_name, colour
-from .stats import CELL_COLUMNS, Aggregate, cell_columns, levels, per_cell, require_columns
+from .stats import (CELL_COLUMNS, Aggregate, cell_columns, is_cut, levels, per_cell, require_columns,
+                    whole_objects)
 from ._figure import NotebookFigure
 
 __all__ = ["axis_label", "per_class", "volume_fractions", "sizes", "distances", "history"]
@@ -287,6 +288,7 @@ def per_class(
     aggregate: Aggregate | None = "median",
     cell: str | Sequence[str] = CELL_COLUMNS,
     log: bool = False,
+    include_cut: bool = False,
     ax: Axes | None = None,
 ) -> Figure:
     """A measurement per class across conditions: box (or violin) plots with the points.
@@ -325,14 +327,20 @@ def per_class(
         Columns that identify a cell.
     log : bool
         Logarithmic value axis (sizes); values <= 0 are left out, with a warning.
+    include_cut : bool
+        Treat objects cut by the volume's edge (``touches_border``) as whole ones.
+        By default they are left out of the boxes and the per-cell values
+        (:func:`sxtlab.stats.whole_objects`); with ``aggregate=None`` they are
+        drawn as hollow points beside them. A note above the axes counts them.
     ax : matplotlib.axes.Axes, optional
         Draw here instead of in a new figure.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Artists: ``"box:<class>:<condition>"`` (a box Patch or violin body) and
-        ``"points:<class>:<condition>"`` (a PathCollection) per group with values.
+        Artists: ``"box:<class>:<condition>"`` (a box Patch or violin body),
+        ``"points:<class>:<condition>"`` (a PathCollection) per group with values
+        and ``"cut:<class>:<condition>"`` (hollow points of cut objects).
 
     Raises
     ------
@@ -354,15 +362,20 @@ def per_class(
     if kind not in ("box", "violin"):
         raise ValueError(f"kind must be 'box' or 'violin', got {kind!r}")
     data = _with_values(table, value, by, "class")
+    whole = whole_objects(data, include_cut)
+    cut = data[is_cut(data) & (not include_cut)]
     if aggregate is not None:
-        data = per_cell(data, value, by=by, within="class", aggregate=aggregate, cell=cell)
+        data = per_cell(data, value, by=by, within="class", aggregate=aggregate, cell=cell, include_cut=include_cut)
+        cut = cut.iloc[:0]  # left out: a cut object is no measure of its cell
+    else:
+        data = whole
     if log and (data[value] <= 0).any():
         # Zeros are data (a cell without lipid bodies): say that they are not shown.
         warnings.warn(f"per_class: {int((data[value] <= 0).sum())} values of {value!r} <= 0 are not shown "
                       "on the log axis", UserWarning, stacklevel=2)
         data = data[data[value] > 0]
-    names = _class_order(data["class"], classes)
-    conditions = _conditions(data, by, order)
+    names = _class_order(pd.concat([data["class"], cut["class"]]), classes)
+    conditions = _conditions(pd.concat([data, cut]), by, order)
     styles = _styles(conditions)
     k = len(conditions)
     slot = 0.8 / k  # the conditions of one class share 80 % of its tick spacing
@@ -373,12 +386,17 @@ def per_class(
         for j, condition in enumerate(conditions):
             rows = _rows(data, by, condition)
             x = rows.loc[rows["class"] == name, value].to_numpy(float)
-            if not len(x):
-                continue
             pos = i + (j - (k - 1) / 2) * slot
             gid = f"{name}:{condition}" if by is not None else name
             style = styles[condition]
             edge = _darken(rgb, 0.35)
+            cut_rows = _rows(cut, by, condition)
+            x_cut = cut_rows.loc[cut_rows["class"] == name, value].to_numpy(float)
+            if len(x_cut):
+                ax.scatter(np.full(len(x_cut), pos + 0.45 * slot), x_cut, s=14, marker=style.marker,
+                           facecolor="none", edgecolor=edge, linewidths=0.8, zorder=3, gid=f"cut:{gid}")
+            if not len(x):
+                continue
             body = _box(ax, x, pos, 0.8 * slot, kind, rgb, edge, style.hatch)
             if body is not None:
                 body.set_gid(f"box:{gid}")
@@ -402,6 +420,11 @@ def per_class(
         else:  # already one row per cell and class: nothing was aggregated
             unit = "cell"
         _condition_legend(ax, styles, f"{by}; one point per {unit}")
+    n_cut = whole.attrs["cut_left_out"]
+    if n_cut:
+        how = "hollow points, not in the boxes" if aggregate is None else "left out"
+        ax.set_title(f"{n_cut} object{'s' * (n_cut != 1)} cut by the volume's edge: {how}", fontsize="small",
+                     loc="left", color="0.3")
     _fit_ticklabels([ax])
     return fig
 
@@ -543,6 +566,7 @@ def sizes(
     kind: Literal["ecdf", "hist"] = "ecdf",
     log: bool | Literal["auto"] = "auto",
     cell: str | Sequence[str] = CELL_COLUMNS,
+    include_cut: bool = False,
     ax: AxesArg = None,
 ) -> Figure:
     """Size distributions of organelle instances: one panel per class, one curve per condition.
@@ -574,6 +598,10 @@ def sizes(
         decade or more (organelle volumes often do), True in every panel.
     cell : str or sequence of str
         Columns that identify a cell (for the counts in the legend).
+    include_cut : bool
+        Also pool objects cut by the volume's edge (``touches_border``), whose sizes
+        are of the part imaged; by default they are left out and each panel's title
+        counts them (:func:`sxtlab.stats.whole_objects`).
     ax : Axes or sequence of Axes, optional
         One Axes per class shown.
 
@@ -599,9 +627,16 @@ def sizes(
     >>> sizes(t).axes[0].get_xlabel()
     'volume [µm³]'
     """
-    data = _with_values(table, value, by, "class")
+    every = _with_values(table, value, by, "class")
+    data = whole_objects(every, include_cut)
     names = _class_order(data["class"], classes)
-    panels = [(n, _display(n), data[data["class"] == n], _class_colour(n)) for n in names]
+    cut = every.loc[is_cut(every) & (not include_cut), "class"].value_counts()
+
+    def title(name: str) -> str:
+        n = int(cut.get(name, 0))
+        return _display(name) + (f" ({n} cut by the edge, left out)" if n else "")
+
+    panels = [(n, title(n), data[data["class"] == n], _class_colour(n)) for n in names]
     return _distributions(data[data["class"].isin(names)], value, panels, by=by, order=order, kind=kind,
                           log=log, cell=cell, ax=ax, what="one per class")
 
@@ -745,11 +780,14 @@ def history(
             continue
         for c in dice:
             name = str(c)[5:]
-            axes[1].plot(x, rows[c], color=_line_colour(_class_colour(name)), linewidth=1.4,
-                         label=_display(name) if first else None, gid=f"dice:{name}{suffix}")
+            # Markers, so that a stage validated once (a short run) still shows its value;
+            # a class never scored says so in the legend rather than showing no line.
+            label = _display(name) + ("" if history[c].notna().any() else " (no validation value)")
+            axes[1].plot(x, rows[c], color=_line_colour(_class_colour(name)), linewidth=1.4, marker="o",
+                         markersize=3, label=label if first else None, gid=f"dice:{name}{suffix}")
         if "mean_dice" in rows and rows["mean_dice"].notna().any():
-            axes[1].plot(x, rows["mean_dice"], color="black", linestyle="--", linewidth=1.4,
-                         label="mean" if first else None, gid=f"mean_dice{suffix}")
+            axes[1].plot(x, rows["mean_dice"], color="black", linestyle="--", linewidth=1.4, marker="o",
+                         markersize=3, label="mean" if first else None, gid=f"mean_dice{suffix}")
             best = int(np.nanargmax(rows["mean_dice"].to_numpy(float)))
             axes[1].plot(x[best], rows["mean_dice"].iloc[best], marker="*", markersize=11, color="black",
                          markeredgecolor="white", linestyle="none", zorder=4,

@@ -7,11 +7,12 @@ replication; Lazic 2010, BMC Neurosci. 11:5). Every comparison here therefore fi
 reduces a per-instance table to one value per cell and class (:func:`per_cell`),
 and counts cells.
 
-=================  ===========================================================
-:func:`per_cell`   one value per cell (and class) from a per-instance table
-:func:`compare`    summaries per condition, a rank test, effect size, and
-                   multiple-testing correction, as one tidy table
-=================  ===========================================================
+=====================  ========================================================
+:func:`whole_objects`  the rows of objects that the volume's edge does not cut
+:func:`per_cell`       one value per cell (and class) from a per-instance table
+:func:`compare`        summaries per condition, a rank test, effect size, and
+                       multiple-testing correction, as one tidy table
+=====================  ========================================================
 
 Tests and effect sizes
 ----------------------
@@ -51,7 +52,7 @@ from scipy import stats as _st
 
 from .errors import SxtlabError
 
-__all__ = ["MissingColumnError", "per_cell", "compare"]
+__all__ = ["MissingColumnError", "is_cut", "whole_objects", "per_cell", "compare"]
 
 #: Columns that identify a cell in sxtlab's tables: the volume (``cell_id``) and the
 #: cell within it (``cell``; a volume may hold several cells).
@@ -125,6 +126,46 @@ def levels(values: pd.Series, order: Sequence | None = None) -> list:
     return present
 
 
+def is_cut(table: pd.DataFrame) -> np.ndarray:
+    """Whether each row is an object that the volume's edge cuts (``touches_border``).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (len(table),)
+        False everywhere for a table without a ``touches_border`` column.
+    """
+    if "touches_border" not in table:
+        return np.zeros(len(table), bool)
+    return table["touches_border"].fillna(False).astype(bool).to_numpy()
+
+
+def whole_objects(table: pd.DataFrame, include_cut: bool = False) -> pd.DataFrame:
+    """The rows of objects that the volume's edge does not cut, for summaries.
+
+    An object that reaches the edge of the volume (``touches_border``, from
+    :func:`sxtlab.measure.instances`) was imaged only in part: its volume, shape and
+    position are of the part, so it biases every size summary downwards. Summaries
+    (:func:`per_cell`, :func:`compare`, :func:`sxtlab.plot.per_class`,
+    :func:`sxtlab.plot.sizes`) therefore leave such rows out unless asked.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Any table; one without a ``touches_border`` column comes back whole.
+    include_cut : bool
+        Keep the cut objects too.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows kept; ``attrs["cut_left_out"]`` counts the rows left out.
+    """
+    cut = is_cut(table) & (not include_cut)
+    out = table[~cut].copy()
+    out.attrs["cut_left_out"] = int(cut.sum())
+    return out
+
+
 def per_cell(
     table: pd.DataFrame,
     value: str | Sequence[str] = "lac_mean_per_um",
@@ -133,6 +174,7 @@ def per_cell(
     within: str | Sequence[str] | None = "class",
     aggregate: Aggregate = "median",
     cell: str | Sequence[str] = CELL_COLUMNS,
+    include_cut: bool = False,
 ) -> pd.DataFrame:
     """Reduce a table to one value per cell (and per class): cells are the replicates.
 
@@ -162,13 +204,17 @@ def per_cell(
         takes a :class:`pandas.Series` and returns a number.
     cell : str or sequence of str
         Columns that together identify a cell.
+    include_cut : bool
+        Also aggregate objects cut by the volume's edge (``touches_border``), which
+        are left out by default (:func:`whole_objects`).
 
     Returns
     -------
     pandas.DataFrame
         One row per cell and ``within`` group: the cell columns, ``by``, ``within``,
         each ``value`` aggregated, and ``n_instances`` (rows aggregated, NaN
-        values included). Rows whose ``by`` or ``within`` is missing are left out.
+        values included). Rows whose ``by`` or ``within`` is missing are left out;
+        ``attrs["cut_left_out"]`` counts the cut objects left out.
 
     Raises
     ------
@@ -189,6 +235,8 @@ def per_cell(
     """
     values = _as_list(value)
     groups = _as_list(within)
+    table = whole_objects(table, include_cut)
+    cut = table.attrs["cut_left_out"]
     cells = cell_columns(table, cell)
     extra = [by] if by is not None else []
     require_columns(table, [*values, *extra, *groups])
@@ -205,7 +253,9 @@ def per_cell(
     # A cell whose values are all missing has no total: NaN, not pandas' 0 for an empty sum.
     out = grouped[values].sum(min_count=1) if aggregate == "sum" else grouped[values].agg(aggregate)
     out["n_instances"] = grouped.size()
-    return out.reset_index()
+    out = out.reset_index()
+    out.attrs["cut_left_out"] = cut
+    return out
 
 
 @dataclass
@@ -284,6 +334,7 @@ def compare(
     correction: Literal["bh", "by", "holm"] | None = "bh",
     order: Sequence | None = None,
     cell: str | Sequence[str] = CELL_COLUMNS,
+    include_cut: bool = False,
 ) -> pd.DataFrame:
     """Compare a measurement between conditions, per class, with cells as the replicates.
 
@@ -326,6 +377,9 @@ def compare(
         ``by``, else order of appearance. Conditions not listed are left out.
     cell : str or sequence of str
         Columns that together identify a cell (default ``cell_id`` and ``cell``).
+    include_cut : bool
+        Also use objects cut by the volume's edge (``touches_border``), which are
+        left out by default (:func:`whole_objects`).
 
     Returns
     -------
@@ -355,8 +409,9 @@ def compare(
             why a p-value is NaN: a condition with fewer than 2 cells (that
             comparison only, never an error) or values that all tie.
 
-        ``attrs`` record ``aggregate``, ``correction``, ``cell`` and ``tests``
-        (how many p-values were adjusted together).
+        ``attrs`` record ``aggregate``, ``correction``, ``cell``, ``tests``
+        (how many p-values were adjusted together) and ``cut_left_out`` (rows of
+        cut objects left out).
 
     Raises
     ------
@@ -396,6 +451,8 @@ def compare(
         raise ValueError(f"correction must be 'bh', 'by', 'holm' or None, got {correction!r}")
     values = _as_list(value)
     groups = _as_list(within)
+    table = whole_objects(table, include_cut)
+    cut = table.attrs["cut_left_out"]
     cells = cell_columns(table, cell)
     require_columns(table, [*values, by, *groups])
     conditions = levels(table[by], order)
@@ -435,5 +492,6 @@ def compare(
     out = pd.DataFrame(summaries)
     out = pd.concat([out.drop(columns="_test"), tests.iloc[out["_test"]].reset_index(drop=True)], axis=1)
     out.attrs = {"aggregate": aggregate if isinstance(aggregate, str) else getattr(aggregate, "__name__", "custom"),
-                 "correction": correction, "cell": cells, "tests": int(np.isfinite(adjusted).sum())}
+                 "correction": correction, "cell": cells, "tests": int(np.isfinite(adjusted).sum()),
+                 "cut_left_out": cut}
     return out

@@ -35,14 +35,18 @@ from __future__ import annotations
 
 import base64
 import io
+import sys
 import warnings
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import matplotlib
 import numpy as np
 import PIL.Image
 import xarray as xr
+from matplotlib import rcsetup
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
@@ -556,13 +560,39 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+@contextmanager
+def _matplotlib_state_kept() -> Iterator[None]:
+    """Restore matplotlib's backend and interactive mode as they were on entry.
+
+    ``import ipympl`` makes ipympl pyplot's backend (its ``__init__`` calls
+    ``matplotlib.use``); the viewer only needs its canvas class, so a notebook's
+    later pyplot figures must still go to the backend the user had (inline).
+    """
+    # The raw rcParam: reading rcParams["backend"] would resolve (and import) a
+    # backend that nobody has chosen yet.
+    backend = dict.__getitem__(matplotlib.rcParams, "backend")
+    interactive = matplotlib.is_interactive()
+    try:
+        yield
+    finally:
+        if dict.__getitem__(matplotlib.rcParams, "backend") != backend:
+            if backend is rcsetup._auto_backend_sentinel or "matplotlib.pyplot" not in sys.modules:
+                dict.__setitem__(matplotlib.rcParams, "backend", backend)
+            else:
+                import matplotlib.pyplot as plt
+
+                plt.switch_backend(backend)
+        matplotlib.interactive(interactive)
+
+
 def _pick_backend(backend: str) -> Literal["ipympl", "static"]:
     if backend not in ("auto", "ipympl", "static"):
         raise ValueError(f"backend must be 'auto', 'ipympl' or 'static', got {backend!r}")
     if backend == "static":
         return "static"
     try:
-        import ipympl.backend_nbagg  # noqa: F401
+        with _matplotlib_state_kept():
+            import ipympl.backend_nbagg  # noqa: F401
     except ImportError:
         if backend == "ipympl":
             raise ImportError("backend='ipympl' needs the ipympl package: pip install ipympl") from None
@@ -707,7 +737,8 @@ class SliceViewer:
             with warnings.catch_warnings():
                 # ipympl's Toolbar passes its canvas on to traitlets, which warns; harmless
                 warnings.filterwarnings("ignore", "Passing unrecognized arguments", DeprecationWarning)
-                FigureManager(canvas, 0)  # gives the canvas its pan/zoom toolbar
+                with _matplotlib_state_kept():
+                    FigureManager(canvas, 0)  # gives the canvas its pan/zoom toolbar
             canvas.header_visible = False
             canvas.footer_visible = False  # the readout label below says more
             self._png_widget = None

@@ -35,7 +35,7 @@ import xarray as xr
 
 from .calibration import Calibration
 from .classes import UNANNOTATED, class_map
-from .errors import FormatError, VoxelSizeUnknownError
+from .errors import GIVE_CALIBRATION, GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
 
 __all__ = [
     "DIMS",
@@ -53,30 +53,68 @@ DIMS = ("z", "y", "x")
 VoxelSize = float | Sequence[float]
 
 
-def check_voxel_size(voxel_size: VoxelSize | None, *, where: str = "voxel_size") -> tuple[float, float, float] | None:
-    """Validate a voxel size and return it as ``(dz, dy, dx)`` floats in µm.
+def check_voxel_size(voxel_size: VoxelSize | str | None, *, where: str = "voxel_size",
+                     partial: bool = False) -> tuple[float, float, float] | None:
+    """Parse and validate a voxel size; return it as ``(dz, dy, dx)`` floats in µm.
 
-    A scalar means an isotropic voxel. ``None`` means unknown and is returned as is.
+    The one parser of voxel sizes: the readers' ``voxel_size=``, the command line's
+    ``--voxel-size`` and every other entry point go through it, so they accept and
+    refuse the same things with the same words.
+
+    Parameters
+    ----------
+    voxel_size : float, str, sequence of 1 or 3, or None
+        One value (isotropic voxels) or three ``(dz, dy, dx)``, in µm; a string
+        ``"D"``, ``"DZ,DY,DX"`` or ``"DZxDYxDX"`` as typed on a command line.
+        ``None`` means unknown and is returned as is.
+    where : str
+        What gave the value (a file and header field, ``--voxel-size``), quoted at
+        the start of messages.
+    partial : bool
+        Allow ``None`` for single axes of three (kept unknown, e.g. "keep the file's
+        y and x"); they are returned as ``None``.
+
+    Returns
+    -------
+    tuple of 3 float, or None
 
     Raises
     ------
     FormatError
-        If it is not one or three finite, positive numbers; ``where`` (e.g. a file
-        name and header field) is quoted in the message.
+        If it is not one or three numbers, or a number is not finite and positive.
+
+    Examples
+    --------
+    >>> check_voxel_size("0.05,0.032,0.032")
+    (0.05, 0.032, 0.032)
+    >>> check_voxel_size((0.032,))
+    (0.032, 0.032, 0.032)
     """
     if voxel_size is None:
         return None
-    values = np.atleast_1d(np.asarray(voxel_size, dtype=float)).ravel()
-    if values.size == 1:
-        values = np.repeat(values, 3)
-    if values.size != 3:
-        raise FormatError(f"{where}: expected 1 or 3 values (dz, dy, dx) in µm, got {list(values)}")
-    if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise FormatError(
-            f"{where}: voxel size must be finite and positive (µm), got (dz, dy, dx) = "
-            f"{tuple(float(v) for v in values)}"
-        )
-    return tuple(float(v) for v in values)  # type: ignore[return-value]
+    if isinstance(voxel_size, str):
+        items: list = [v.strip() for v in voxel_size.lower().replace("x", ",").split(",")]
+    else:
+        items = [v.item() if isinstance(v, np.generic) else v for v in np.ravel(np.asarray(voxel_size, object))]
+    if len(items) == 1:
+        items = items * 3
+    if len(items) != 3:
+        raise FormatError(f"{where}: expected one value or three (dz, dy, dx) in µm, got {voxel_size!r}")
+    values: list[float | None] = []
+    for item in items:
+        if item is None and partial:
+            values.append(None)
+            continue
+        try:
+            values.append(float(item))
+        except (TypeError, ValueError):
+            raise FormatError(f"{where}: expected one number or three (dz, dy, dx) in µm, got {voxel_size!r}"
+                              ) from None
+    known = np.array([v for v in values if v is not None], float)
+    if not np.all(np.isfinite(known)) or np.any(known <= 0):
+        raise FormatError(f"{where}: voxel size must be finite and positive (µm), got (dz, dy, dx) = "
+                          f"({', '.join('?' if v is None else f'{v:g}' for v in values)})")
+    return tuple(values)  # type: ignore[return-value]
 
 
 def check_finite(data, *, where: str = "volume") -> None:
@@ -326,9 +364,8 @@ class SxtAccessor:
         if vs is None:
             src = self._obj.attrs.get("source", "this volume")
             raise VoxelSizeUnknownError(
-                f"the voxel size of {src} is unknown; give it with "
-                "`.sxt.with_voxel_size((dz, dy, dx))` in µm (or voxel_size= when reading)"
-            )
+                f"the voxel size of {src} is unknown; give it with `.sxt.with_voxel_size((dz, dy, dx))` in µm "
+                f"(or {GIVE_VOXEL_SIZE[0]} when reading)", remedies=[GIVE_VOXEL_SIZE])
         return tuple(float(v) for v in vs)  # type: ignore[return-value]
 
     @property
@@ -401,8 +438,7 @@ class SxtAccessor:
         if cal is None:
             raise CalibrationError(
                 f"{obj.attrs.get('source', 'this volume')} holds gray values and has no calibration; "
-                "give one (sxtlab.Calibration or sxtlab.estimate_calibration)"
-            )
+                f"give one ({GIVE_CALIBRATION[0]})", remedies=[GIVE_CALIBRATION])
         out = cal.apply(obj.astype(np.float32)).astype(np.float32)
         out.attrs = {**obj.attrs, **cal.to_attrs(), "units": "1/um", "long_name": "LAC"}
         out.name = obj.name

@@ -277,13 +277,26 @@ def test_zarr_backed_prediction_is_blockwise_and_equal(trained, cells, tmp_path)
     src = write_volume(lac, tmp_path / "cell.ome.zarr")
     lazy_in = read_volume(src, chunks=10)
     assert not isinstance(lazy_in.data, np.ndarray)
-    memory = model.predict(lac, progress=False)
+    memory = model.predict(lac, progress=False, clean=False)  # blockwise labels are the arg-max
     out = model.predict(lazy_in, out=tmp_path / "seg.ome.zarr", block_size=16, progress=False)
     np.testing.assert_array_equal(out["labels"].values, memory["labels"].values)
     np.testing.assert_allclose(out["probabilities"].values, memory["probabilities"].values, atol=1e-6)
     assert out["labels"].attrs["classes"] == {"1": "cell", "2": "nucleus"}
     for d in "zyx":
         np.testing.assert_allclose(out[d].values, lac[d].values)
+
+
+def test_predict_cleans_the_labels_unless_told_not_to(trained, cells) -> None:
+    from sxtlab.clean import clean_labels
+
+    model, _ = trained
+    raw = model.predict(cells[2]["lac"], progress=False, clean=False)
+    seg = model.predict(cells[2]["lac"], progress=False)
+    np.testing.assert_array_equal(seg["probabilities"].values, raw["probabilities"].values)
+    expected = clean_labels(raw["labels"])
+    np.testing.assert_array_equal(seg["labels"].values, expected.values)
+    assert seg["labels"].attrs["cleaned"] == expected.attrs["cleaned"]
+    assert "cleaned" not in raw["labels"].attrs
 
 
 def test_other_voxel_size_is_resampled_and_mapped_back(trained) -> None:

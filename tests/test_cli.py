@@ -133,30 +133,134 @@ def test_train_and_segment_a_sparsely_annotated_project(shared, tmp_path, capsys
     assert 0 < (labels[annotation == 255] == 1).sum() < (annotation == 255).sum()
 
 
-def test_demo_writes_segmentation_table_and_figure(tmp_path, capsys):
+def test_demo_then_real_demo_in_the_same_folder(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "-o", str(out), "--size", "48"]) == 0
-    printed = capsys.readouterr().out
-    assert "Dice against the phantom's truth" in printed
-    table = pd.read_csv(out / "organelles.csv")
+    assert "Dice against the phantom's truth" in capsys.readouterr().out
+    table = pd.read_csv(out / "phantom" / "organelles.csv")
     assert {"class", "volume_um3", "surface_area_um2"} <= set(table.columns) and len(table)
-    assert (out / "overview.png").read_bytes()[:4] == b"\x89PNG"
-    assert sxtlab.read_segmentation(out / "segmentation.ome.zarr")["labels"].attrs["classes"]
+    # predictions are cleaned: no speck is measured as an object
+    assert table["volume_um3"].min() >= 0.001 and (table["class"] == "cell").sum() == 1
+    assert (out / "phantom" / "overview.png").read_bytes()[:4] == b"\x89PNG"
+    assert sxtlab.read_segmentation(out / "phantom" / "segmentation.ome.zarr")["labels"].attrs["classes"]
+    phantom_files = sorted(p.name for p in (out / "phantom").iterdir())
+    assert phantom_files == ["organelles.csv", "overview.png", "segmentation.ome.zarr"]
     assert main(["demo", "-o", str(out), "--size", "48"]) == 3  # outputs are not overwritten silently
-
-
-def test_real_demo_fills_in_the_annotated_cell_and_measures_every_cell(tmp_path, capsys):
-    out = tmp_path / "real"
+    capsys.readouterr()
     assert main(["demo", "--real", "-o", str(out), "--iterations", "2", "2"]) == 0
     captured = capsys.readouterr()
+    # each run in its own folder, the first run's files untouched
+    assert sorted(p.name for p in (out / "phantom").iterdir()) == phantom_files
+    assert sorted(p.name for p in (out / "real").iterdir()) == ["cells.csv", "cells.ome.zarr", "overview.png",
+                                                                  "segmentation.ome.zarr"]
     assert "found 3 cells" in captured.out and "sizes are in voxels" in captured.out
-    table = pd.read_csv(out / "cells.csv")
-    assert table.groupby("segmentation").size().to_dict() == {"all cells": 3, "annotated cell": 1}
+    table = pd.read_csv(out / "real" / "cells.csv")
+    assert len(table) == 3 and table["annotated"].sum() == 1  # one row per cell
+    assert table["touches_border"].sum() == 2  # the capillary's ends cut two cells
     assert "volume_voxels" in table and "gray_mean" in table  # units follow what is known
-    seg = sxtlab.read_segmentation(out / "segmentation.ome.zarr")
+    seg = sxtlab.read_segmentation(out / "real" / "segmentation.ome.zarr")
     assert seg["labels"].attrs["classes"] == {"1": "cell"}
-    assert (out / "overview.png").stat().st_size > 10_000
+    # the annotated cell has the same voxels in both outputs
+    assert table.loc[table["annotated"], "voxel_count"].item() == int((seg["labels"].values == 1).sum())
+    assert (out / "real" / "overview.png").stat().st_size > 10_000
     # every cell as an instance, so that `sxtlab measure` gives the same rows
-    assert main(["measure", str(out / "cells.ome.zarr"), "-o", str(out / "again.csv"), "--allow-voxel-units"]) == 0
-    again = pd.read_csv(out / "again.csv")
-    np.testing.assert_allclose(again["volume_voxels"], table[table.segmentation == "all cells"]["volume_voxels"])
+    again_csv = out / "again.csv"
+    assert main(["measure", str(out / "real" / "cells.ome.zarr"), "-o", str(again_csv), "--allow-voxel-units"]) == 0
+    np.testing.assert_array_equal(pd.read_csv(again_csv)["voxel_count"], table["voxel_count"])
+    assert main(["demo", "--real", "-o", str(out), "--iterations", "2", "2"]) == 3
+
+
+# -- one voxel-size parser; messages for the command line's user ---------------------
+@pytest.fixture
+def mrc_without_voxel_size(tmp_path):
+    import mrcfile
+
+    path = tmp_path / "tomo.mrc"
+    mrcfile.new(path, np.zeros((4, 5, 6), np.float32)).close()  # voxel size 0: unset
+    return path
+
+
+@pytest.mark.parametrize("given, shown", [("0.032", "0.032 × 0.032 × 0.032"), ("0.05,0.032,0.032", "0.05 × 0.032 × 0.032"),
+                                           ("0.05x0.032x0.032", "0.05 × 0.032 × 0.032")])
+def test_voxel_size_takes_one_value_or_three(mrc_without_voxel_size, given, shown, capsys):
+    assert main(["info", str(mrc_without_voxel_size), "--voxel-size", given]) == 0
+    assert f"voxel size {shown} µm" in capsys.readouterr().out
+    # the API parses the same values the same way
+    vs = sxtlab.read_volume(mrc_without_voxel_size, voxel_size=given).sxt.voxel_size
+    assert " × ".join(f"{v:g}" for v in vs) == shown
+    assert sxtlab.read_volume(mrc_without_voxel_size, voxel_size=(0.032,)).sxt.voxel_size == (0.032,) * 3
+
+
+def test_zero_voxel_size_is_refused_once_with_a_clean_message(mrc_without_voxel_size, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["info", str(mrc_without_voxel_size), "--voxel-size", "0"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "sxtlab info: error: argument --voxel-size: voxel size must be finite and positive (µm), "
+        "got (dz, dy, dx) = (0, 0, 0)")
+    with pytest.raises(sxtlab.FormatError) as err:
+        sxtlab.read_volume(mrc_without_voxel_size, voxel_size=(0.0,))
+    assert str(err.value) == (f"{mrc_without_voxel_size}: voxel_size: voxel size must be finite and positive "
+                              "(µm), got (dz, dy, dx) = (0, 0, 0)")
+    with pytest.raises(SystemExit):
+        main(["info", str(mrc_without_voxel_size), "--voxel-size", "0.05,0.03"])
+    assert "expected one value or three (dz, dy, dx) in µm, got '0.05,0.03'" in capsys.readouterr().err
+
+
+def test_unknown_voxel_size_names_the_option_or_the_keyword(shared, tmp_path, capsys):
+    hx = shared / "data" / "ncxt" / "sample_12.hx"
+    assert main(["measure", str(hx), "-o", str(tmp_path / "t.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("cannot be measured; give --voxel-size DZ,DY,DX (or one value) in µm, or "
+                        "--allow-voxel-units for columns in voxel units (volume_voxels, ...)")
+    with pytest.warns(sxtlab.SxtlabWarning):
+        seg = sxtlab.read_project(hx)
+    with pytest.raises(sxtlab.VoxelSizeUnknownError, match=r"give voxel_size=\(dz, dy, dx\) in µm, or "
+                                                           r"allow_voxel_units=True for columns"):
+        sxtlab.measure.instances(seg)
+
+
+def test_a_folder_given_as_input_is_called_a_folder(tmp_path, capsys):
+    (tmp_path / "stack").mkdir()
+    assert main(["info", str(tmp_path / "stack")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"sxtlab: {tmp_path / 'stack'}: is a folder; sxtlab reads a volume file, or an OME-Zarr folder named "
+        "*.zarr (Amira projects: the .hx file, not its -files folder)")
+
+
+def test_segment_help_shows_the_default_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["segment", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "'none' runs every window (default: 0.5)" in help_text
+    assert "wherever it ran (default: 0.95)" in help_text and "sxtlab.cascade" not in help_text
+
+
+@pytest.mark.parametrize("load, threads", [(0.2, 2), (1.2, 1), (5.0, 1)])
+def test_torch_gets_the_cores_other_work_leaves_free(monkeypatch, load, threads):
+    import torch
+
+    from sxtlab.cli import _use_free_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr("os.getloadavg", lambda: (load, 0.0, 0.0))
+    before = torch.get_num_threads()
+    try:
+        assert _use_free_cores() == threads == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(2)
+        assert _use_free_cores() == 2  # an explicit setting is the user's
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_gray_input_names_the_calibration_option(mrc_without_voxel_size, tmp_path, capsys):
+    out = tmp_path / "seg.zarr"
+    assert main(["segment", str(mrc_without_voxel_size), "--voxel-size", "0.05", "-o", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"sxtlab: {mrc_without_voxel_size} holds gray values and has no calibration; give one (--calibration "
+        "SCALE,OFFSET, or --calibration 1 where the values are LAC in µm⁻¹)")
+    with pytest.raises(SystemExit):
+        main(["segment", str(mrc_without_voxel_size), "--calibration", "0", "-o", str(out)])
+    assert "SCALE finite and not 0), got '0'" in capsys.readouterr().err

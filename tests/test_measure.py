@@ -630,3 +630,35 @@ def test_population_with_a_client():
     cells = small_cells(2)
     via_client = measure.population(cells, client=Client(), progress=False)
     pd.testing.assert_frame_equal(via_client, measure.population(cells, scheduler="sync", progress=False))
+
+
+@pytest.mark.parametrize("vs", [ISO, ANISO])
+def test_sphericity_is_at_most_one_for_every_voxelised_object(vs):
+    # one voxel (meshed as an octahedron: 0.846), a bar, a ball of radius 10 voxels
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[2, 2, 2] = 5
+    labels[5, 5:15, 5] = 5
+    labels[ball(grid(labels.shape, ISO), (0.6, 0.6, 0.6), 0.3 + 1e-9)] = 5
+    table = measure.instances(make_seg(labels, vs)).sort_values("voxel_count")
+    assert table["voxel_count"].tolist() == [1, 10, 4169]
+    # a cubic voxel gives a regular octahedron, π^(1/3)/√3; a 50 × 30 × 30 nm one a stretched one
+    assert table["sphericity"].iloc[0] == pytest.approx(math.pi ** (1 / 3) / math.sqrt(3) if vs == ISO else 0.8041,
+                                                        rel=0.01)
+    assert (table["sphericity"] <= 1).all() and table["sphericity"].iloc[1] < 0.7
+    if vs == ISO:
+        assert table["sphericity"].iloc[2] == pytest.approx(0.9965, abs=0.001)
+
+
+def test_min_volume_leaves_out_specks_with_the_cleaning_filter():
+    from sxtlab.clean import MIN_VOLUME_UM3
+
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[ball(grid(labels.shape, ANISO), (1.0, 0.6, 0.6), 0.5)] = 1    # 0.52 µm³: below the 1 µm³ of a cell
+    labels[ball(grid(labels.shape, ANISO), (1.0, 0.6, 0.6), 0.15)] = 5   # 0.014 µm³ lipid body
+    labels[1, 30, 10:32] = 5                                            # 22 voxels, 0.00099 µm³: a speck
+    table = measure.instances(make_seg(labels, ANISO))
+    assert sorted(table["class"]) == ["cell", "lipid_body", "lipid_body"]
+    kept = measure.instances(make_seg(labels, ANISO), min_volume_um3=MIN_VOLUME_UM3)
+    assert kept["class"].tolist() == ["lipid_body"] and kept["voxel_count"].tolist() == [306]
+    with pytest.raises(VoxelSizeUnknownError, match="min_volume_um3 needs the voxel size"):
+        measure.instances(make_seg(labels, None), allow_voxel_units=True, min_volume_um3=MIN_VOLUME_UM3)

@@ -298,3 +298,33 @@ def test_every_plot_renders(table, distance_table, tmp_path):
         for ax in fig.axes:
             for a in [ax, *ax.child_axes]:
                 assert not ticklabels_overlap(a, draw=False), (name, [t.get_text() for t in a.get_xticklabels()])
+
+
+def test_cut_objects_are_hollow_and_out_of_the_boxes():
+    t = pd.DataFrame({"cell_id": "c0", "cell": 1, "class": ["cell", "cell", "cell", "lipid_body"],
+                      "volume_um3": [40.0, 3.0, 50.0, 0.01], "touches_border": [False, True, False, False]})
+    fig = plot.per_class(t, "volume_um3", by=None, aggregate=None)
+    ax = fig.axes[0]
+    gids = {a.get_gid(): a for a in ax.get_children() if a.get_gid()}
+    assert sorted(gids["points:cell"].get_offsets()[:, 1]) == [40.0, 50.0]
+    assert gids["cut:cell"].get_offsets()[:, 1].tolist() == [3.0]
+    assert gids["cut:cell"].get_facecolor().size == 0  # hollow
+    assert ax.get_title(loc="left") == "1 object cut by the volume's edge: hollow points, not in the boxes"
+    every = plot.per_class(t, "volume_um3", by=None, aggregate=None, include_cut=True)
+    assert not [a for a in every.axes[0].get_children() if str(a.get_gid()).startswith("cut:")]
+    assert every.axes[0].get_title(loc="left") == ""
+    panels = plot.sizes(t, by=None).axes
+    assert panels[0].get_legend().get_title().get_text() == "cell (1 cut by the edge, left out)"
+    assert panels[0].get_legend().get_texts()[0].get_text() == "2 instances, 1 cell"
+
+
+def test_history_of_a_short_run_shows_every_class_or_says_why_not():
+    # one validation per stage (a short run); the nucleus was never found
+    h = pd.DataFrame({"stage": ["stage 1", "stage 1", "stage 2", "stage 2"], "step": [1, 2, 1, 2],
+                      "train_loss": [1.0, 0.9, 0.8, 0.7], "dice_lipid_body": [np.nan, 0.4, np.nan, 0.5],
+                      "dice_nucleus": [np.nan] * 4, "mean_dice": [np.nan, 0.4, np.nan, 0.5]})
+    ax = plot.history(h).axes[1]
+    line = next(a for a in ax.get_lines() if a.get_gid() == "dice:lipid_body:stage 1")
+    assert line.get_marker() == "o"  # a single value is drawn
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == [
+        "lipid body", "nucleus (no validation value)"]

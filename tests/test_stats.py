@@ -247,3 +247,16 @@ def test_invalid_test_and_correction():
         compare(table, correction="bonferroni")
     with pytest.raises(ValueError, match="order names \\['d'\\]"):
         compare(table, order=["a", "d"])
+
+
+def test_objects_cut_by_the_volume_edge_are_left_out_of_summaries():
+    t = pd.DataFrame({"cell_id": ["a", "a", "a", "b", "b", "c", "c"], "condition": ["x", "x", "x", "y", "y", "y", "y"],
+                      "class": "lipid_body", "volume_um3": [1.0, 3.0, 0.1, 2.0, 0.2, 5.0, 4.0],
+                      "touches_border": [False, False, True, False, True, False, False]})
+    per = per_cell(t, "volume_um3", aggregate="sum")
+    assert per.set_index("cell_id")["volume_um3"].to_dict() == {"a": 4.0, "b": 2.0, "c": 9.0}
+    assert per["n_instances"].tolist() == [2, 1, 2] and per.attrs["cut_left_out"] == 2
+    every = per_cell(t, "volume_um3", aggregate="sum", include_cut=True)
+    assert every.set_index("cell_id")["volume_um3"].to_dict() == pytest.approx({"a": 4.1, "b": 2.2, "c": 9.0})
+    res = compare(t, "volume_um3", aggregate="sum")
+    assert res.attrs["cut_left_out"] == 2 and res["n_instances"].tolist() == [2, 3]

@@ -6,6 +6,7 @@ Headless (matplotlib Agg, no browser): widgets are driven by setting their
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import matplotlib
@@ -267,3 +268,27 @@ def test_ipympl_canvas(image, labels):
     viewer.slider.value = 5
     np.testing.assert_array_equal(viewer.panels["xy"].image.get_array(), image.values[5])
     assert "point at the image" in viewer.readout.value
+
+
+def test_the_viewer_leaves_matplotlib_as_it_found_it(image, labels, tmp_path, monkeypatch):
+    # ipympl's __init__ makes itself the backend (matplotlib.use), as the real one does
+    package = tmp_path / "ipympl"
+    package.mkdir()
+    (package / "__init__.py").write_text("import matplotlib\nmatplotlib.use('svg')\nmatplotlib.interactive(False)\n")
+    (package / "backend_nbagg.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("ipympl", "ipympl.backend_nbagg"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    import matplotlib.pyplot as plt
+
+    was_interactive = matplotlib.is_interactive()
+    matplotlib.interactive(True)
+    try:
+        SliceViewer(image, labels)  # "auto": imports ipympl, then finds no kernel
+        assert "ipympl" in sys.modules
+        assert matplotlib.get_backend().lower() == "agg" and matplotlib.is_interactive()
+        assert plt.get_backend().lower() == "agg"
+    finally:
+        matplotlib.interactive(was_interactive)
+        for name in ("ipympl", "ipympl.backend_nbagg"):
+            sys.modules.pop(name, None)

@@ -64,7 +64,8 @@ def detect_format(path: str | os.PathLike, *, for_writing: bool = False) -> str:
     Raises
     ------
     FormatError
-        If the extension is not one sxtlab reads (the message lists those it does).
+        If the extension is not one sxtlab reads (the message lists those it does),
+        or ``path`` is a folder that is not OME-Zarr.
     """
     path = Path(path)
     ext = _suffix(path)
@@ -77,6 +78,9 @@ def detect_format(path: str | os.PathLike, *, for_writing: bool = False) -> str:
         return "amira" if _looks_like_amira(path) else "mrc"
     if ext in _EXTENSIONS:
         return _EXTENSIONS[ext]
+    if not for_writing and path.is_dir():
+        raise FormatError(f"{path}: is a folder; sxtlab reads a volume file, or an OME-Zarr folder named *.zarr "
+                          "(Amira projects: the .hx file, not its -files folder)")
     raise FormatError(
         f"{path}: unknown extension {ext or '(none)'!r}; sxtlab reads "
         f"{', '.join(sorted(set(_EXTENSIONS) | {'.rec'}))}"

@@ -129,8 +129,9 @@ def merge_voxel_size(found: Sequence[float | None], override: Any, *, where: str
     ----------
     found : (dz, dy, dx)
         From the file, µm; ``None`` for each axis the file leaves unknown.
-    override : float, (dz, dy, dx) or None
-        From the user, µm; a ``None`` entry keeps the file's value for that axis.
+    override : float, (dz, dy, dx), str or None
+        From the user, µm, as :func:`sxtlab.volume.check_voxel_size` parses it; a
+        ``None`` entry keeps the file's value for that axis.
     where : str
         The file, for messages.
 
@@ -149,19 +150,14 @@ def merge_voxel_size(found: Sequence[float | None], override: Any, *, where: str
     """
     if override is None:
         return (tuple(found) if all(v is not None for v in found) else None), []  # type: ignore[return-value]
-    values = list(override) if isinstance(override, (list, tuple, np.ndarray)) else [override] * 3
-    if len(values) != 3:
-        raise FormatError(f"{where}: voxel_size={override!r}: expected one value or three (dz, dy, dx) in µm")
+    values = check_voxel_size(override, where=f"{where}: voxel_size", partial=True)
+    assert values is not None
     merged = [o if o is not None else f for o, f in zip(values, found)]
     missing = [d for d, v in zip(DIMS, merged) if v is None]
     if missing:
         raise FormatError(f"{where}: voxel_size={override!r} leaves {', '.join(missing)} unknown and the file "
                           "does not record it; give all of (dz, dy, dx) in µm")
-    try:
-        vs = check_voxel_size(merged, where=f"{where}: voxel_size=")
-    except (TypeError, ValueError) as err:
-        raise FormatError(f"{where}: voxel_size={override!r}: {err}") from None
-    assert vs is not None
+    vs = tuple(float(v) for v in merged)
     differ = [d for d, o, f in zip(DIMS, values, found)
               if o is not None and f is not None and not np.isclose(float(o), f, rtol=1e-6, atol=0)]
     return vs, differ
