@@ -35,6 +35,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -146,7 +147,7 @@ def main() -> None:
     text = [f"## {started:%Y-%m-%d %H:%M} UTC: {', '.join(n for n, _, _ in models)}", ""]
     if args.note:
         text += [args.note, ""]
-    text += [f"Command: `python benchmarks/bench_generalisation.py {' '.join(sys.argv[1:])}`; "
+    text += [f"Command: `python benchmarks/bench_generalisation.py {shlex.join(sys.argv[1:])}`; "
              f"{platform.machine()}, {os.cpu_count()} CPUs, torch {args.threads} thread(s); "
              f"load average (1, 5, 15 min) {tuple(round(v, 2) for v in load_start)} at the start, "
              f"{tuple(round(v, 2) for v in load_end)} at the end; `load1` per row is the 1-min load when "
