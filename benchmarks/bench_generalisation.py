@@ -10,7 +10,7 @@ name          sxtlab.phantom.Acquisition                  independent_phantom pr
 standard      ±67°, 90 angles (1.5°), 2000 photons/px     ±65-70°, 1-2° step, 1.8-3.2e6 ph/µm²
 wedge         ±57°, 77 angles (1.5°), 2000 photons/px     ±55-60°, same otherwise
 coarse        standard, 48 nm voxels                      standard, 48 nm voxels
-low_dose      standard, 700 photons/px                    standard × 0.30-0.45 photons
+low_dose      standard, 700 photons/px                    standard × 0.12-0.20 photons
 ============  ==========================================  =====================================
 
 Fields: ``--size`` voxels per side at 32 nm (default 128); coarse fields have the same
