@@ -1,0 +1,173 @@
+"""Dice of sxtlab models (and a MONAI peer) on held-out cells of two phantom generators.
+
+Generators: ``sxtlab`` (``sxtlab.phantom.cell``, seeds >= 5000, never used in
+training) and ``independent`` (``benchmarks/independent_phantom.py``, written for
+evaluation only). Acquisitions, each generator with its own simulator:
+
+============  ==========================================  =====================================
+name          sxtlab.phantom.Acquisition                  independent_phantom preset
+============  ==========================================  =====================================
+standard      ±67°, 90 angles (1.5°), 2000 photons/px     ±65-70°, 1-2° step, 1.8-3.2e6 ph/µm²
+wedge         ±57°, 77 angles (1.5°), 2000 photons/px     ±55-60°, same otherwise
+coarse        standard, 48 nm voxels                      standard, 48 nm voxels
+low_dose      standard, 700 photons/px                    standard × 0.12-0.20 photons
+============  ==========================================  =====================================
+
+Fields: ``--size`` voxels per side at 32 nm (default 128); coarse fields have the same
+extent at 48 nm (128 → 85, rounded to 88). The same seeds (5000, 5001, ...) are used
+under every acquisition.
+
+    python benchmarks/bench_generalisation.py --cells 2                     # the default model
+    python benchmarks/bench_generalisation.py --cells 2 --model default --model path/to/model_dir \\
+        --monai /tmp/peer --note "after retraining"
+    python benchmarks/bench_generalisation.py --cells 1 --size 64 --out /tmp/g.md   # quick smoke run
+
+Appends a dated section to ``benchmarks/results/generalisation.md`` (never erases
+earlier ones): a per-cell table and the mean per (model, generator, acquisition), with
+the machine's load average (``os.getloadavg()``) beside the times. Dice per class of
+the model's task (``cell`` is the cytoplasm; nucleolus counts as nucleus) and of the
+whole cell (all labels > 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import sxtlab
+from sxtlab import phantom
+from sxtlab.metrics import dice, evaluate
+from sxtlab.task import Task
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import independent_phantom  # noqa: E402
+
+ACQUISITIONS = ("standard", "wedge", "coarse", "low_dose")
+SXTLAB_ACQ = {
+    "standard": dict(tilt_range_deg=67.0, n_angles=90, photons=2000.0),
+    "wedge": dict(tilt_range_deg=57.0, n_angles=77, photons=2000.0),
+    "coarse": dict(tilt_range_deg=67.0, n_angles=90, photons=2000.0),
+    "low_dose": dict(tilt_range_deg=67.0, n_angles=90, photons=700.0),
+}
+FIRST_SEED = 5000
+
+
+def field(acq: str, size: int) -> tuple[int, float]:
+    """(voxels per side, voxel size µm) of an acquisition's field."""
+    if acq == "coarse":
+        return int(round(size * 32 / 48 / 8) * 8), 0.048
+    return size, 0.032
+
+
+def make_cell(generator: str, seed: int, acq: str, size: int):
+    n, vs = field(acq, size)
+    if generator == "sxtlab":
+        return phantom.cell(seed=seed, shape=(n, n, n), voxel_size=vs,
+                            acquisition=phantom.Acquisition(**SXTLAB_ACQ[acq]))
+    return independent_phantom.cell(seed, (n, n, n), vs, acq)
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    cells = table.map(lambda v: f"{v:.3f}" if isinstance(v, float) else str(v))
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells.values.tolist()]
+    return "\n".join(lines)
+
+
+def _load(spec: str):
+    if spec.startswith("monai:"):
+        import monai_peer
+
+        peer = monai_peer.load(spec[len("monai:"):])
+        return f"monai:{Path(peer.path).parent.name}", peer, lambda lac: monai_peer.predict(peer, lac)
+    model = sxtlab.models.load_model(spec)
+    name = spec if spec in sxtlab.models.SHIPPED else Path(spec).name
+    name += f" ({model.weights_sha256[:8]})"
+    return name, model, lambda lac: model.predict(lac, progress=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="shipped name or model folder (repeatable; default 'default')")
+    parser.add_argument("--monai", action="append", default=[], help="MONAI peer checkpoint (folder or .pt; repeatable)")
+    parser.add_argument("--cells", type=int, default=2, help="cells per generator and acquisition (default 2)")
+    parser.add_argument("--size", type=int, default=128, help="voxels per side at 32 nm (default 128)")
+    parser.add_argument("--generators", default="sxtlab,independent")
+    parser.add_argument("--acquisitions", default=",".join(ACQUISITIONS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--note", default="", help="a line of context for the results section")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "generalisation.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai]
+    models = [_load(s) for s in specs]
+    started = dt.datetime.now(dt.timezone.utc)
+    load_start = os.getloadavg()
+    rows = []
+    for gen in args.generators.split(","):
+        for acq in args.acquisitions.split(","):
+            for seed in range(FIRST_SEED, FIRST_SEED + args.cells):
+                t0 = time.perf_counter()
+                c = make_cell(gen, seed, acq, args.size)
+                gen_s = time.perf_counter() - t0
+                n = c["lac"].shape[0]
+                for name, model, predict in models:
+                    load1 = os.getloadavg()[0]
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    seg = predict(c["lac"])
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                    truth = Task(list(model.classes)).remap(c["labels"])
+                    scores = evaluate(seg, truth)["dice"]
+                    whole = dice((seg["labels"].values > 0).astype(np.uint8),
+                                 (truth.values > 0).astype(np.uint8), [1])[1]
+                    row = {"model": name, "generator": gen, "acquisition": acq, "seed": seed,
+                           "field": f"{n}³×{c['lac'].sxt.voxel_size[0] * 1000:.0f}nm",
+                           "whole_cell": whole, **scores.to_dict(), "gen_s": round(gen_s, 1),
+                           "predict_s": round(wall, 1), "predict_cpu_s": round(cpu, 1), "load1": round(load1, 2)}
+                    rows.append(row)
+                    print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                          flush=True)
+    table = pd.DataFrame(rows)
+    classes = [c for c in table.columns if c not in ("model", "generator", "acquisition", "seed", "field",
+                                                     "gen_s", "predict_s", "predict_cpu_s", "load1")]
+    mean = table.groupby(["model", "generator", "acquisition"], sort=False)[classes + ["predict_s"]].mean().reset_index()
+    overall = table.groupby(["model", "generator"], sort=False)[classes].mean().reset_index()
+    load_end = os.getloadavg()
+    text = [f"## {started:%Y-%m-%d %H:%M} UTC: {', '.join(n for n, _, _ in models)}", ""]
+    if args.note:
+        text += [args.note, ""]
+    text += [f"Command: `python benchmarks/bench_generalisation.py {shlex.join(sys.argv[1:])}`; "
+             f"{platform.machine()}, {os.cpu_count()} CPUs, torch {args.threads} thread(s); "
+             f"load average (1, 5, 15 min) {tuple(round(v, 2) for v in load_start)} at the start, "
+             f"{tuple(round(v, 2) for v in load_end)} at the end; `load1` per row is the 1-min load when "
+             f"that prediction started. Total {(dt.datetime.now(dt.timezone.utc) - started).total_seconds() / 60:.1f} min. "
+             f"Seeds {FIRST_SEED}-{FIRST_SEED + args.cells - 1} of each generator under each acquisition; "
+             f"fields {args.size}³ × 32 nm, coarse {field('coarse', args.size)[0]}³ × 48 nm. "
+             "NaN: the class is absent from both truth and prediction.", "",
+             "Mean Dice per (model, generator, acquisition):", "", _markdown(mean), "",
+             "Mean over the four acquisitions:", "", _markdown(overall), "",
+             "Per cell:", "", _markdown(table), "", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    head = "" if args.out.exists() else (
+        "# Generalisation: held-out cells of two phantom generators\n\n"
+        "Produced by `benchmarks/bench_generalisation.py` (see its docstring for the acquisitions); sections are "
+        "appended, newest last. `independent` is `benchmarks/independent_phantom.py`, a generator written for "
+        "evaluation only (figure: `independent_phantom.png`).\n\n")
+    with open(args.out, "a") as f:
+        f.write(head + "\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
