@@ -72,12 +72,11 @@ def _pad(a: np.ndarray, size: int, value: float) -> np.ndarray:
     return np.pad(a, pad, constant_values=value) if any(p[1] for p in pad) else a
 
 
-def _patch(x, y, rng: np.random.Generator):
-    if rng.random() < 0.5:
-        present = [c for c in np.unique(y) if c > 0]
-        c = rng.choice(present)
-        idx = np.flatnonzero(y.ravel() == c)
-        centre = np.unravel_index(rng.choice(idx), y.shape)
+def _patch(x, y, where: dict, rng: np.random.Generator):
+    """A 64³ patch; ``where`` maps each class present to the flat indices of its voxels."""
+    if rng.random() < 0.5 and where:
+        idx = where[sorted(where)[int(rng.integers(len(where)))]]
+        centre = np.unravel_index(idx[int(rng.integers(idx.size))], y.shape)
         lo = [int(np.clip(k - PATCH // 2 + rng.integers(-8, 9), 0, n - PATCH)) for k, n in zip(centre, y.shape)]
     else:
         lo = [int(rng.integers(0, n - PATCH + 1)) for n in y.shape]
@@ -119,6 +118,7 @@ def train(cells: list[xr.Dataset], out_dir: str | Path, cpu_seconds: float, *, s
     data = [_prepare(c, classes, config["normalisation"]) for c in cells]
     data = [(_pad(x, PATCH, (0.1 - config["normalisation"]["offset"]) / config["normalisation"]["scale"]),
              _pad(y, PATCH, 0)) for x, y in data]
+    data = [(x, y, {int(c): np.flatnonzero(y.ravel() == c) for c in np.unique(y) if c > 0}) for x, y in data]
     rng = np.random.default_rng([seed, state["step"]])
     loss_fn = DiceCELoss(softmax=True, to_onehot_y=True)
     net.train()
