@@ -10,6 +10,7 @@ quotes these numbers.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -46,8 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "default_model.md")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 where the machine is shared)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = sxtlab.models.load_model(args.model)
     task = Task(model.classes)
     rows = []
@@ -68,7 +70,8 @@ def main() -> None:
             f"Model `{args.model}` (weights sha256 `{model.weights_sha256[:12]}`), classes {model.classes}; "
             "cells with seeds never used in training, simulated acquisition (photon noise, blur, missing wedge). "
             "Dice per label (`cell` is the cytoplasm label, organelles excluded; the truth's nucleolus counts "
-            "as nucleus) and of the whole cell (all labels > 0); 2 CPU threads.", "",
+            f"as nucleus) and of the whole cell (all labels > 0); {args.threads} torch thread(s), load average "
+            f"{os.getloadavg()[0]:.1f} at the end.", "",
             _markdown(table), "",
             "Mean Dice: " + ", ".join(f"{c} {v:.3f}" for c, v in mean.items()), ""]
     args.out.write_text("\n".join(text))

@@ -256,7 +256,7 @@ def run_fold(ds, fold, k: int, args, features: np.ndarray | None, feature_clock:
         if args.save_predictions:
             np.save(Path(args.json_dir) / f"cascade_prob_fold{k}.npy", probs)
     if "default" in args.methods:
-        out["methods"]["default"] = default_model(ds, train, truth, test)
+        out["methods"]["default"] = default_model(ds, train, truth, test, args.model)
         if "dice" in out["methods"]["default"]:
             m = out["methods"]["default"]
             print(f"fold {k} default         Dice {m['dice']:.3f}  ASSD {m['assd']:.2f}  "
@@ -269,7 +269,7 @@ def run_fold(ds, fold, k: int, args, features: np.ndarray | None, feature_clock:
 CYTOPLASM_LAC = 0.25
 
 
-def default_model(ds, train: np.ndarray, truth: np.ndarray, test: np.ndarray) -> dict:
+def default_model(ds, train: np.ndarray, truth: np.ndarray, test: np.ndarray, model_name: str = "default") -> dict:
     """The shipped default model applied as is, or why it cannot be.
 
     The default model wants LAC; an uncalibrated gray volume gets the calibration a
@@ -279,7 +279,7 @@ def default_model(ds, train: np.ndarray, truth: np.ndarray, test: np.ndarray) ->
     """
     try:
         from sxtlab.models import load_model
-        model = load_model("default")
+        model = load_model(model_name)
     except (ImportError, FileNotFoundError) as e:
         return {"unavailable": f"no shipped default model ({e})"}
     if "cell" not in model.classes:
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--iterations", type=int, nargs=2, default=(600, 600), help="cascade steps per stage")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="default", help="model of the 'default' method: a name or folder")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json-dir", default=None, help="folder for per-fold JSON results")
     parser.add_argument("--report", action="store_true", help="only build the report from --json-dir")
