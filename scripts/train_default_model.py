@@ -3,6 +3,8 @@
     python scripts/train_default_model.py --work /tmp/default-run            # writes sxtlab/models/default/
     python scripts/train_default_model.py --work /tmp/default-run --out /tmp/m
     # killed or stopped? the same command resumes from the cached cells and the checkpoints
+    # a later sitting on a fresh machine: continue from the shipped weights
+    python scripts/train_default_model.py --work /tmp/more --init default --iterations 1000 2000
 
 Training data: :func:`sxtlab.phantom.varied_cell` cells (every class's LAC over its
 whole literature range, the nucleus darker or brighter than the cytoplasm, texture,
@@ -31,6 +33,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from sxtlab import phantom
+from sxtlab.models import load_model
 from sxtlab.train import CascadeConfig, TrainConfig, train_cascade
 from sxtlab.unet import UNetConfig
 from sxtlab.volume import label_volume, segmentation, volume
@@ -94,6 +97,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(1500, 2000), metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init", default=None,
+                        help="continue from this model's weights ('default' or a folder), e.g. in a later sitting")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -105,8 +110,11 @@ def main() -> None:
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
     cfg = config(tuple(args.iterations))
+    init = load_model(args.init) if args.init else None
+    if init is not None and not ledger.exists():  # the first sitting on top of that model counts its CPU
+        spent += init.info.get("train_cpu_seconds", 0)
     try:
-        model, history = train_cascade(train, CLASSES, cfg, validation=val,
+        model, history = train_cascade(train, CLASSES, cfg, validation=val, init=init,
                                        checkpoint_dir=args.work / "checkpoints", resume=True)
     finally:
         args.work.mkdir(parents=True, exist_ok=True)
