@@ -77,7 +77,7 @@ from ..classes import UNANNOTATED, UnknownClassError, canonical_name, class_map,
 from ..errors import FormatError
 from ..volume import DIMS, check_instance_ids, check_voxel_size, int_triple, label_volume, volume
 from ..volume import segmentation as _segmentation
-from ._common import UM_PER_UNIT, jsonable, length_unit, merge_voxel_size, to_um, warn
+from ._common import MAX_EDGE, UM_PER_UNIT, foreign_errors, jsonable, length_unit, merge_voxel_size, to_um, warn
 
 __all__ = ["read", "write", "NGFF_VERSION", "DEFAULT_CHUNK", "METADATA_KEY"]
 
@@ -514,7 +514,7 @@ class _Multiscale:
 
     def array(self, level: int, chunks: Any) -> da.Array:
         if not 0 <= level < len(self.datasets):
-            raise ValueError(f"{self.where}: level={level}, but {self.field} has levels 0 to {len(self.datasets) - 1}")
+            raise FormatError(f"{self.where}: level={level}, but {self.field} has levels 0 to {len(self.datasets) - 1}")
         rel = str(self.datasets[level].get("path", ""))
         try:
             arr = self.group[rel]
@@ -529,6 +529,10 @@ class _Multiscale:
                 f"{self.where}: array {rel!r} is {arr.ndim}-D with shape {arr.shape}, but "
                 f"{self.field}.axes lists {len(self.axes)} axes {[a['name'] for a in self.axes]}"
             )
+        if any(n > MAX_EDGE for n in arr.shape):
+            # the coords are allocated from the shape (a sparse Zarr array may claim any size)
+            raise FormatError(f"{self.where}: array {rel!r} (.zarray 'shape') is {arr.shape}: expected at most "
+                              f"{MAX_EDGE:,} voxels along each axis")
         dropped = [i for i in range(arr.ndim) if i not in self.keep]
         for i in dropped:
             if arr.shape[i] != 1:
@@ -832,8 +836,7 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
         ``segmentation=True``.
     sxtlab.classes.UnknownClassError
         If ``image-label.properties`` name a class outside sxtlab's vocabulary.
-    ValueError
-        If ``level`` is not a level of the file.
+        Also if ``level`` is not a level of the file (a ``ValueError`` too).
 
     Warns
     -----
@@ -844,6 +847,14 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
         ``voxel_size`` overrides a different value in the file.
     """
     path = Path(path)
+    with foreign_errors(path, "OME-Zarr image", "group metadata (.zattrs, .zarray, zarr.json)"):
+        return _read(path, voxel_size=voxel_size, chunks=chunks, segmentation=segmentation, level=level,
+                     label_name=label_name)
+
+
+def _read(path: Path, *, voxel_size: Any, chunks: Any, segmentation: bool, level: int,
+          label_name: str | None) -> xr.DataArray | xr.Dataset:
+    """:func:`read` inside its boundary."""
     where = str(path)
     root = _open_group(path)
     attrs = _ome_attrs(root)

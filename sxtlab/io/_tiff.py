@@ -41,8 +41,9 @@ import tifffile
 import xarray as xr
 
 from ..errors import FormatError
-from ._common import (KNOWN_UNITS, LAZY_BYTES, build_volume, drop_float_noise, finite_checked, length_unit,
-                      metadata, output_grid, parse_metadata, resolve_voxel_size, storage_dtype, to_um, warn)
+from ._common import (KNOWN_UNITS, LAZY_BYTES, build_volume, check_claimed_size, drop_float_noise, finite_checked,
+                      foreign_errors, length_unit, metadata, output_grid, parse_metadata, resolve_voxel_size,
+                      storage_dtype, to_um, warn)
 
 __all__ = ["read", "write"]
 
@@ -121,22 +122,24 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
     if segmentation:
         raise FormatError(f"{where}: a TIFF stack holds one volume, not an image with labels; "
                           "read the image and the labels files separately")
-    try:
+    with foreign_errors(path, "TIFF stack") as at:
         with tifffile.TiffFile(path) as tif:
+            at.field = "image series (page shapes, ImageJ/OME metadata)"
+            if not tif.series:
+                raise FormatError(f"{where}: the TIFF holds no image (no pages)")
             series = tif.series[0]
             shape, dtype = _check_axes(series, where), series.dtype
+            _check_series_size(series, path)
             if len(tif.series) > 1:
                 warn(f"{where}: the file holds {len(tif.series)} image series; reading the first, "
                      f"axes {series.axes} and shape {series.shape}")
+            at.field = "calibration (ImageDescription, resolution tags, OME-XML)"
             grid = _grid(tif, shape, where, box_units)
+            at.field = "ImageJ Info (sxtlab metadata)"
             meta = _sxtlab_metadata(tif, where)
             lazy = chunks is not None or series.nbytes > LAZY_BYTES
+            at.field = "pixel data"
             data = None if lazy else series.asarray().reshape(shape)
-    except FormatError:
-        raise  # ours, already naming the file (a ValueError too, so it must not be wrapped below)
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError, ImportError) as err:
-        # tifffile's own errors, truncated files and missing codecs (imagecodecs) land here
-        raise FormatError(f"{where}: not a readable TIFF stack ({type(err).__name__}: {err})") from None
     if data is None:
         data = finite_checked(
             da.from_array(_LazyTiff(where, shape, dtype), chunks=chunks if chunks is not None else "auto",
@@ -173,6 +176,15 @@ def _check_axes(series: tifffile.TiffPageSeries, where: str) -> tuple[int, int, 
         + (f"; it has {', '.join(extra)}, which are not z" if extra else "")
         + "; save one channel and time point as a z stack"
     )
+
+
+def _check_series_size(series: tifffile.TiffPageSeries, path: Path) -> None:
+    """Raise if the pixels the tags claim cannot be in the file (before anything is allocated)."""
+    page = series.keyframe
+    compressed = int(page.compression) != 1  # TIFF Compression 1: none
+    check_claimed_size(int(series.nbytes), path.stat().st_size, where=str(path), compressed=compressed,
+                       field=f"the image series (ImageLength {page.imagelength}, ImageWidth {page.imagewidth}, "
+                             f"{len(series)} pages of {page.dtype})")
 
 
 def _length_unit(unit: Any, field_name: str, where: str) -> str | None:
