@@ -58,6 +58,7 @@ from typing import Any
 import dask.array as da
 import mrcfile
 import mrcfile.utils
+from mrcfile.mrcinterpreter import MrcInterpreter
 import numpy as np
 import xarray as xr
 
@@ -75,6 +76,8 @@ IMOD_STAMP = 1146047817
 EXTTYP_JSON = b"JSON"
 
 _AXES_XYZ = ("x", "y", "z")
+#: Byte offset of the header word ``nsymbt`` (bytes of extended header).
+_NSYMBT = 92
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,15 +145,7 @@ def _read(path: Path, at: foreign_errors, *, voxel_size, chunks: Any, classes: M
     where = str(path)
     compressed = _compression(path)
     at.field = "header (the first 1024 bytes)"
-    # the sizes the header claims are checked before mrcfile allocates any of them
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # reported, naming the fields, from the full open below
-            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-                header = mrc.header.copy()
-    except (ValueError, OSError, EOFError, zlib.error) as err:
-        # mrcfile raises ValueError for a short header; gzip/bz2 raise OSError, EOFError, zlib.error
-        raise FormatError(f"{where}: not a readable MRC file ({type(err).__name__}: {err})") from err
+    header = _read_header(path, compressed)
     _check_header(header, where)
     _check_sizes(path, header, compressed)
     opener = mrcfile.open if compressed else mrcfile.mmap
@@ -197,6 +192,33 @@ def _read(path: Path, at: foreign_errors, *, voxel_size, chunks: Any, classes: M
         data = finite_checked(data, where)
     at.field = "data"
     return build_volume(data, path=path, voxel_size=vs, origin_um=origin, meta=meta, classes=classes)
+
+
+def _read_header(path: Path, compressed: str | None) -> np.recarray:
+    """The 1024-byte header as mrcfile interprets it (byte order included), read on its own.
+
+    mrcfile reads (and allocates) the ``nsymbt`` bytes of the extended header with the
+    header, even for ``header_only=True``; a damaged ``nsymbt`` of 2**31 - 1 would cost
+    2 GB. So the header is parsed from a copy whose ``nsymbt`` is 0 (0 in either byte
+    order), and the true value is put back for :func:`_check_sizes`.
+    """
+    opener = {"gzip": gzip.open, "bzip2": bz2.open, None: open}[compressed]
+    try:
+        with opener(path, "rb") as fh:
+            head = fh.read(1024)
+    except (OSError, EOFError, zlib.error) as err:
+        raise FormatError(f"{path}: not a readable MRC file ({type(err).__name__}: {err})") from err
+    if len(head) < 1024:
+        raise FormatError(f"{path}: not a readable MRC file (ValueError: Couldn't read enough bytes for MRC header: "
+                          f"{len(head)} bytes, the header needs 1024)")
+    nsymbt = head[_NSYMBT:_NSYMBT + 4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported, naming the fields, from the full open
+        mrc = MrcInterpreter(io.BytesIO(head[:_NSYMBT] + bytes(4) + head[_NSYMBT + 4:]), permissive=True,
+                             header_only=True)
+    header = mrc.header.copy()
+    header.nsymbt = np.frombuffer(nsymbt, dtype=header.nsymbt.dtype)[0]
+    return header
 
 
 def _compression(path: Path) -> str | None:

@@ -492,6 +492,29 @@ def _open_group(path: Path) -> zarr.Group:
     return node
 
 
+class _Chunks:
+    """A Zarr array for :func:`dask.array.from_array` whose reads are inside the reader's boundary.
+
+    The data are read lazily, after :func:`read` returned: a damaged chunk (a codec
+    error, a truncated file) raises :class:`~sxtlab.FormatError` naming the array
+    when it is computed, not the codec's own exception.
+    """
+
+    def __init__(self, arr: zarr.Array, where: str) -> None:
+        self.arr, self.where = arr, where
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with foreign_errors(self.where, "OME-Zarr image", f"chunk data of array {self.arr.path!r} at {key}"):
+            return np.asarray(self.arr[key])
+
+
+def _lazy(arr: zarr.Array, where: str, chunks: Any) -> da.Array:
+    """The array as dask, with the Zarr chunks unless ``chunks`` is given."""
+    return da.from_array(_Chunks(arr, where), chunks=chunks if chunks is not None else arr.chunks,
+                         asarray=False, fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
+
+
 def _ome_attrs(group: zarr.Group) -> dict[str, Any]:
     """NGFF metadata of a group: ``.zattrs`` (0.4) or ``attributes.ome`` (0.5)."""
     attrs = dict(group.attrs)
@@ -543,7 +566,7 @@ class _Multiscale:
                 )
         if dropped and isinstance(chunks, tuple) and len(chunks) == len(DIMS):
             chunks = tuple(1 if i in dropped else chunks[self.keep.index(i)] for i in range(arr.ndim))
-        data = da.from_zarr(arr, chunks=chunks) if chunks is not None else da.from_zarr(arr)
+        data = _lazy(arr, self.where, chunks)
         return data[tuple(0 if i in dropped else slice(None) for i in range(arr.ndim))]
 
     def transform(self, level: int) -> tuple[list[float], list[float]]:
@@ -784,7 +807,7 @@ def _probabilities(group: zarr.Group, where: str, level: int, chunks: Any, like:
         )
     if isinstance(chunks, tuple) and len(chunks) == 3:
         chunks = (1,) + chunks
-    data = da.from_zarr(arr, chunks=chunks) if chunks is not None else da.from_zarr(arr)
+    data = _lazy(arr, where, chunks)
     own = _own(group)
     coords: dict[str, Any] = {d: like[d] for d in DIMS}
     if own.get("class_coord") is not None:

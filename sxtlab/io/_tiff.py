@@ -128,8 +128,8 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
             if not tif.series:
                 raise FormatError(f"{where}: the TIFF holds no image (no pages)")
             series = tif.series[0]
-            shape, dtype = _check_axes(series, where), series.dtype
             _check_series_size(series, path)
+            shape, dtype = _check_axes(series, where), series.dtype
             if len(tif.series) > 1:
                 warn(f"{where}: the file holds {len(tif.series)} image series; reading the first, "
                      f"axes {series.axes} and shape {series.shape}")
@@ -183,8 +183,8 @@ def _check_series_size(series: tifffile.TiffPageSeries, path: Path) -> None:
     page = series.keyframe
     compressed = int(page.compression) != 1  # TIFF Compression 1: none
     check_claimed_size(int(series.nbytes), path.stat().st_size, where=str(path), compressed=compressed,
-                       field=f"the image series (ImageLength {page.imagelength}, ImageWidth {page.imagewidth}, "
-                             f"{len(series)} pages of {page.dtype})")
+                       field=f"the image series (axes {series.axes}, shape {tuple(series.shape)} of {series.dtype}; "
+                             f"ImageLength {page.imagelength}, ImageWidth {page.imagewidth})")
 
 
 def _length_unit(unit: Any, field_name: str, where: str) -> str | None:
