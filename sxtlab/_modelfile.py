@@ -29,15 +29,18 @@ import struct
 import typing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .classes import UnknownClassError, canonical_name
 from .errors import FormatError
 
+if TYPE_CHECKING:
+    from .unet import UNetConfig
+
 __all__ = ["MAX_META_BYTES", "MAX_NESTING", "MAX_PARAMETERS", "UNET_RANGES", "ModelSpec",
-           "read_meta", "validate_meta", "read_weights"]
+           "read_meta", "validate_meta", "expected_tensors", "read_weights"]
 
 #: Largest ``model.json`` read (bytes); the shipped model's is 5 kB.
 MAX_META_BYTES = 1 * 2**20
@@ -86,8 +89,8 @@ class ModelSpec:
     voxel_size: tuple[float, float, float] | None
     context: str
     smooth_sigma: float
-    stage1: Any  # UNetConfig
-    stage2: Any  # UNetConfig
+    stage1: UNetConfig
+    stage2: UNetConfig
     stage1_patch: tuple[int, int, int]
     stage2_patch: tuple[int, int, int]
     weights_file: str
@@ -224,8 +227,8 @@ class _Fields:
         text = json.dumps(found) if not isinstance(found, _Missing) else "nothing (missing)"
         return FormatError(f"{self.where}: field '{self.name(key)}': found {text[:80]}, expected {expected}")
 
-    def get(self, key: str, default: Any = None) -> Any:
-        value = self.obj.get(key, _MISSING if default is None else default)
+    def get(self, key: str) -> Any:
+        value = self.obj.get(key, _MISSING)
         if isinstance(value, _Missing):
             raise self.fail(key, value, "a value")
         return value
@@ -284,7 +287,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _unet_config(f: _Fields):
+def _unet_config(f: _Fields) -> UNetConfig:
     """A :class:`~sxtlab.unet.UNetConfig` from its JSON object, every field checked first.
 
     The fields, their types and their defaults are UNetConfig's own; :data:`UNET_RANGES`

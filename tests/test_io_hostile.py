@@ -259,3 +259,20 @@ def test_zarr_metadata_not_json(tmp_path) -> None:
                                           r"metadata") as info:
         read_segmentation(path)
     assert info.value.__cause__ is not None
+
+
+def test_tiff_strip_byte_count_beyond_the_file_is_refused_before_reading(tmp_path) -> None:
+    # tifffile reads a strip with one allocation of its StripByteCounts (found by the long fuzz run)
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.zeros((3, 4, 5), np.uint8), compression="zlib", imagej=True,
+                     metadata={"axes": "ZYX"})
+    with tifffile.TiffFile(path) as tif:
+        tag = tif.pages.first.tags["StripByteCounts"]
+        offset, width = tag.valueoffset, tag.dtype
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<I" if width == 4 else "<H", raw, offset, 3_000_000_000 if width == 4 else 65535)
+    path.write_bytes(bytes(raw))
+    with Bounded(), pytest.raises(FormatError, match=r"a\.tif: page 0: a strip or tile at byte [\d,]+ of [\d,]+ "
+                                                     r"bytes \(StripOffsets/StripByteCounts or TileOffsets/"
+                                                     r"TileByteCounts\) ends beyond the file's [\d,]+ bytes"):
+        read_volume(path)

@@ -179,12 +179,25 @@ def _check_axes(series: tifffile.TiffPageSeries, where: str) -> tuple[int, int, 
 
 
 def _check_series_size(series: tifffile.TiffPageSeries, path: Path) -> None:
-    """Raise if the pixels the tags claim cannot be in the file (before anything is allocated)."""
-    page = series.keyframe
+    """Raise if the pixels the tags claim cannot be in the file (before anything is allocated).
+
+    Both the decoded size (shape and dtype; at most :data:`MAX_RATIO` times the file for
+    compressed data) and every strip or tile (``StripOffsets`` + ``StripByteCounts``, which
+    tifffile reads with one allocation of the claimed count) must fit in the file.
+    """
+    page, size, where = series.keyframe, path.stat().st_size, str(path)
     compressed = int(page.compression) != 1  # TIFF Compression 1: none
-    check_claimed_size(int(series.nbytes), path.stat().st_size, where=str(path), compressed=compressed,
+    check_claimed_size(int(series.nbytes), size, where=where, compressed=compressed,
                        field=f"the image series (axes {series.axes}, shape {tuple(series.shape)} of {series.dtype}; "
                              f"ImageLength {page.imagelength}, ImageWidth {page.imagewidth})")
+    for p in series.pages:
+        if p is None:
+            continue
+        for offset, count in zip(p.dataoffsets, p.databytecounts):
+            if count and offset + count > size:
+                raise FormatError(f"{where}: page {p.index}: a strip or tile at byte {offset:,} of {count:,} bytes "
+                                  f"(StripOffsets/StripByteCounts or TileOffsets/TileByteCounts) ends beyond the "
+                                  f"file's {size:,} bytes; the file is damaged or truncated")
 
 
 def _length_unit(unit: Any, field_name: str, where: str) -> str | None:
@@ -341,10 +354,9 @@ class _LazyTiff:
         self.path, self.shape, self.dtype, self.ndim = path, shape, np.dtype(dtype), 3
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        try:
+        # read after read() returned, so inside a boundary of its own
+        with foreign_errors(self.path, "TIFF stack", f"pixel data at {key}"):
             return np.asarray(tifffile.imread(self.path, series=0, level=0, selection=key))
-        except (tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError) as err:
-            raise FormatError(f"{self.path}: cannot read TIFF data at {key} ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------------------------------
