@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import xarray as xr
 
-import sxtlab
 from sxtlab.errors import FormatError, SxtlabWarning
 from sxtlab.io import read_segmentation, read_volume, write_volume
 from sxtlab.volume import volume
@@ -27,7 +27,7 @@ from sxtlab.volume import volume
 NSYMBT, NX = 92, 0
 
 
-def small(dtype=np.float32) -> "sxtlab.xr.DataArray":
+def small(dtype=np.float32) -> xr.DataArray:
     data = np.arange(4 * 5 * 6, dtype=dtype).reshape(4, 5, 6)
     return volume(data, 0.05)
 
