@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     rows, problems = [], []
     load_start, start = os.getloadavg(), time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix="sxtlab-kill-", dir=ROOT.parent))
+    work = Path(tempfile.mkdtemp(prefix="sxtlab-kill-"))
     try:
         for fmt in args.formats:
             out = work / f"vol.{fmt}"
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                     allowed = {"absent", "complete 2"} if mode == "new" else {"complete 1", "complete 2"}
                     states.append(state)
                     left_after_kill += sum(map(len, leftovers(out).values())) > 0
+                    print(f"{fmt} {mode} trial {trial}: killed at {delay:.2f} s of {full:.2f} s: {state}", flush=True)
                     if state not in allowed:
                         problems.append(f"{fmt} {mode} trial {trial} (killed at {delay:.2f} s): {state}")
                     _write(out, args.size, 1.0)  # the next write: recovers and cleans
