@@ -507,12 +507,21 @@ class CascadeModel:
         sxtlab.FormatError
             If ``path`` is not an sxtlab model (no ``model.json``, not JSON, wrong
             ``format``), was written by a newer sxtlab (``format_version`` above
-            :data:`FORMAT_VERSION`), its weights are missing, corrupt (checksum) or
+            :data:`FORMAT_VERSION`), a field is missing, of the wrong type or out of
+            range, its weights are missing, outside the folder, corrupt (checksum) or
             do not fit the recorded architecture, or it was made for other classes
-            than ``classes``.
+            than ``classes``. The message names the file and the field.
+
+        Notes
+        -----
+        Everything is checked before a network is built (:mod:`sxtlab._modelfile`):
+        the size and nesting of ``model.json``, its schema, the weights' checksum and
+        every tensor's name, dtype and shape against the recorded configuration.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load
+
+        from ._modelfile import read_meta, read_weights, validate_meta
 
         path = Path(path)
         if not path.exists():
@@ -522,61 +531,31 @@ class CascadeModel:
         if not meta_path.is_file():
             raise FormatError(f"{path}: not an sxtlab model: expected a folder with {_META} and "
                               f"{_WEIGHTS}, found {sorted(p.name for p in folder.iterdir())[:10]}")
+        spec = validate_meta(read_meta(meta_path), meta_path, format_name=FORMAT_NAME,
+                             format_version=FORMAT_VERSION, sxtlab_version=_sxtlab_version())
+        if classes is not None:
+            expected = [canonical_name(c) for c in classes]
+            if expected != spec.classes:
+                raise FormatError(f"{path}: the model segments classes {spec.classes}, expected {expected}")
+        # Every name, dtype and shape was checked against the configuration, so nothing
+        # below should fail; should safetensors or torch still refuse, it is this file's fault.
+        data = read_weights(folder, spec, meta_path)
+        weights_file = folder / spec.weights_file
         try:
-            meta = json.loads(meta_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FormatError(f"{meta_path}: not an sxtlab model: not valid JSON ({e})") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-            raise FormatError(f"{meta_path}: not an sxtlab model: 'format' is {found!r}, "
-                              f"expected {FORMAT_NAME!r}")
-        version = meta.get("format_version")
-        if not isinstance(version, int) or version < 1:
-            raise FormatError(f"{meta_path}: 'format_version' must be a positive integer, got {version!r}")
-        if version > FORMAT_VERSION:
-            raise FormatError(
-                f"{meta_path}: model format version {version} was written by sxtlab "
-                f"{meta.get('sxtlab_version', '?')}; this sxtlab ({_sxtlab_version()}) reads up to "
-                f"version {FORMAT_VERSION}: upgrade sxtlab")
-        try:
-            model_classes = [canonical_name(c) for c in meta["classes"]]
-            if classes is not None:
-                expected = [canonical_name(c) for c in classes]
-                if expected != model_classes:
-                    raise FormatError(f"{path}: the model segments classes {model_classes}, "
-                                      f"expected {expected}")
-            s1 = UNet3D(UNetConfig.from_dict(meta["stage1"]["unet"]))
-            s2 = UNet3D(UNetConfig.from_dict(meta["stage2"]["unet"]))
-            weights_file = folder / meta["weights"]["file"]
-            data = weights_file.read_bytes() if weights_file.is_file() else None
-            if data is None:
-                raise FormatError(f"{path}: weights file {weights_file.name} is missing")
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != meta["weights"]["sha256"]:
-                raise FormatError(f"{weights_file}: checksum {digest[:12]}… does not match the "
-                                  f"recorded {str(meta['weights']['sha256'])[:12]}… (corrupt or replaced)")
-            try:
-                tensors = load(data)
-            except SafetensorError as e:
-                raise FormatError(f"{weights_file}: not a safetensors file ({e})") from None
-            for prefix, net in (("stage1.", s1), ("stage2.", s2)):
-                sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-                try:
-                    net.load_state_dict(sd, strict=True)
-                except RuntimeError as e:
-                    raise FormatError(f"{weights_file}: weights do not fit the recorded "
-                                      f"{prefix.rstrip('.')} architecture: {e}") from None
-            vs = meta["voxel_size_um"]
-            norm = meta["normalisation"]
-            return cls(s1, s2, model_classes, factor=meta["factor"],
-                       normalisation=Normalisation(float(norm["offset"]), float(norm["scale"]),
-                                                   norm.get("units", "1/um")),
-                       voxel_size=None if vs == "unknown" else vs,
-                       stage1_patch=meta["stage1"]["patch"], stage2_patch=meta["stage2"]["patch"],
-                       context=meta["context"]["mode"], smooth_sigma=meta["context"]["smooth_sigma"],
-                       info=meta.get("info", {}))
-        except (KeyError, TypeError) as e:
-            raise FormatError(f"{meta_path}: incomplete model metadata: missing or malformed {e}") from None
+            tensors = load(data)
+            stages = []
+            for prefix, config in (("stage1.", spec.stage1), ("stage2.", spec.stage2)):
+                net = UNet3D(config)
+                net.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                    strict=True)
+                stages.append(net)
+            offset, scale, units = spec.normalisation
+            return cls(stages[0], stages[1], spec.classes, factor=spec.factor,
+                       normalisation=Normalisation(offset, scale, units), voxel_size=spec.voxel_size,
+                       stage1_patch=spec.stage1_patch, stage2_patch=spec.stage2_patch,
+                       context=spec.context, smooth_sigma=spec.smooth_sigma, info=spec.info)
+        except (SafetensorError, RuntimeError, ValueError) as err:
+            raise FormatError(f"{weights_file}: cannot build the model it records: {err}") from err
 
     # -- stages ---------------------------------------------------------------------
     def stage1_probabilities(self, lac_normalised, *, tta: bool = False, progress: bool = False) -> np.ndarray:

@@ -1,9 +1,12 @@
 """Read and write SXT volumes: MRC/.rec, AmiraMesh, TIFF stacks and OME-Zarr.
 
 Every reader returns volumes as built by :mod:`sxtlab.volume` (dims ``z, y, x``,
-coords in µm, attrs with voxel size and calibration); every writer is atomic
-(temporary name, then rename) and refuses to replace an existing output unless
-``overwrite=True``.
+coords in µm, attrs with voxel size and calibration) and turns whatever goes wrong
+in the libraries beneath it into :class:`~sxtlab.FormatError` naming the file and the
+field (sizes a header claims are checked against the file before anything is
+allocated); every writer is atomic (temporary name, then rename; see
+:mod:`sxtlab.io._atomic`): it creates a new output exclusively, refuses to replace
+an existing one unless ``overwrite=True``, and cleans what a killed write left.
 
 The format is chosen by content where the extension is ambiguous (``.rec`` is an
 MRC file for IMOD but an AmiraMesh file for Amira), else by extension:

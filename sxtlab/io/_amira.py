@@ -48,8 +48,8 @@ from ..errors import FormatError
 from ..volume import DIMS, label_volume, volume
 from ..volume import segmentation as make_segmentation
 from . import _amiramesh as am
-from ._common import (KNOWN_UNITS, LAZY_BYTES, drop_float_noise, finite_checked, length_unit, merge_voxel_size,
-                      to_um, warn)
+from ._common import (KNOWN_UNITS, LAZY_BYTES, drop_float_noise, finite_checked, foreign_errors, length_unit,
+                      merge_voxel_size, to_um, warn)
 
 __all__ = ["read", "write", "read_project"]
 
@@ -69,7 +69,7 @@ def _grid(h: am.Header, dims_xyz: tuple[int, int, int], *, voxel_size: Any, box_
     where = str(h.path)
     attrs: dict[str, Any] = {}
     box = h.parameters.get("BoundingBox")  # top-level only: nested HistoryLog blocks hold old boxes
-    coord_type = (h.parameters.get("CoordType") or ("uniform",))[0]
+    coord_type = _first(h.parameters.get("CoordType", ("uniform",)))
     file_vs = None
     origin = (0.0, 0.0, 0.0)
     reason = ""
@@ -90,7 +90,7 @@ def _grid(h: am.Header, dims_xyz: tuple[int, int, int], *, voxel_size: Any, box_
         else:
             units_block = h.parameters.get("Units")
             units = units_block.get("Coordinates") if isinstance(units_block, am.Block) else None
-            unit = box_units if box_units is not None else (str(units[0]) if units else None)
+            unit = box_units if box_units is not None else (str(_first(units)) if _first(units) else None)
             zyx = [drop_float_noise(s) for s in reversed(spacing)]  # type: ignore[arg-type]
             attrs["amira_box_spacing_zyx"] = zyx
             if unit is None:
@@ -372,7 +372,18 @@ def _read_labels_data(h: am.Header, f: am.Field, shape: tuple[int, int, int], *,
 def _read_file(path: Path, *, voxel_size: Any = None, chunks: Any = None, field: str | None = None,
                class_map: Mapping[str, str] | None = None, box_units: str | None = None,
                materials_by: str | None = None, as_labels: bool | None = None) -> xr.DataArray:
-    h = am.read_header(path)
+    with foreign_errors(path, "AmiraMesh file") as at:
+        h = am.read_header(path)
+        at.field = "data"
+        return _read_fields(h, voxel_size=voxel_size, chunks=chunks, field=field, class_map=class_map,
+                            box_units=box_units, materials_by=materials_by, as_labels=as_labels)
+
+
+def _read_fields(h: am.Header, *, voxel_size: Any, chunks: Any, field: str | None,
+                 class_map: Mapping[str, str] | None, box_units: str | None, materials_by: str | None,
+                 as_labels: bool | None) -> xr.DataArray:
+    """:func:`_read_file` once the header is read: the field chosen, its grid and data."""
+    path = h.path
     f = h.field(field)
     dims = _dims_xyz(h, f)
     shape = (dims[2], dims[1], dims[0])
@@ -656,7 +667,15 @@ def read_project(path: str | os.PathLike, *, voxel_size: Any = None, chunks: Any
         return make_segmentation(image, None, **attrs)
     if not am.is_amiramesh(labels_path):
         raise FormatError(f"{hx}: label field {labels_path} is not an AmiraMesh file")
-    h = am.read_header(labels_path)
+    with foreign_errors(labels_path, "AmiraMesh label field"):
+        return _with_labels(hx, image, image_path, labels_path, am.read_header(labels_path), chunks=chunks,
+                            class_map=class_map, materials_by=materials_by, attrs=attrs)
+
+
+def _with_labels(hx: Path, image: xr.DataArray, image_path: Path, labels_path: Path, h: am.Header, *,
+                 chunks: Any, class_map: Mapping[str, str] | None, materials_by: str | None,
+                 attrs: dict[str, Any]) -> xr.Dataset:
+    """The project's segmentation: ``image`` with the label field of header ``h`` on its grid."""
     f = h.field()
     dims = _dims_xyz(h, f)
     shape = (dims[2], dims[1], dims[0])

@@ -42,6 +42,7 @@ Facts this module relies on:
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from ._common import warn
+from ._common import check_claimed_size, warn
 
 __all__ = [
     "Block",
@@ -148,7 +149,7 @@ class Field:
     @property
     def count(self) -> int:
         """Number of values (elements times components)."""
-        return int(np.prod(self.dims, dtype=np.int64)) * self.components
+        return math.prod(self.dims) * self.components  # Python ints: no overflow from a damaged header
 
     @property
     def array_shape(self) -> tuple[int, ...]:
@@ -246,6 +247,9 @@ class _Lexer:
     """
 
     _WORD = re.compile(r'[^\s{},"]+')
+    # every blank that ends a word (form feed, NEL and no-break space too, which Latin-1
+    # decoding brings in), except the newline, which ends a statement
+    _BLANK = re.compile(r"[^\S\n]*")
 
     def __init__(self, text: str, pos: int, path: Path, complete: bool) -> None:
         self.text, self.pos, self.path, self.complete = text, pos, path, complete
@@ -277,9 +281,7 @@ class _Lexer:
 
     def _scan(self) -> _Tok:
         text, n = self.text, len(self.text)
-        i = self.pos
-        while i < n and text[i] in " \t\r":
-            i += 1
+        i = self._BLANK.match(text, self.pos).end()  # type: ignore[union-attr]
         if i >= n:
             self.pos = n
             return _Tok("eof", "", n)
@@ -304,7 +306,8 @@ class _Lexer:
             self.pos = j + 1
             return _Tok("str", "".join(out), i)
         m = self._WORD.match(text, i)
-        assert m is not None  # any other character starts a word
+        if m is None:  # cannot happen after _BLANK; an error, not a crash, if the patterns ever disagree
+            raise self.error(i, f"unexpected character {c!r}")
         self.pos = m.end()
         return _Tok("word", m.group(), i)
 
@@ -447,8 +450,9 @@ def _parse_header(text: str, path: Path, complete: bool) -> Header | None:
             dims = []
             while lx.peek().kind == "word":
                 t = lx.next()
-                if not _INT.fullmatch(t.value):
-                    raise lx.error(t.pos, f"'define {what.value}' expects integer sizes")
+                if not _INT.fullmatch(t.value) or int(t.value) < 1:
+                    raise lx.error(t.pos, f"'define {what.value}' expects positive integer sizes, "
+                                          f"found {t.value[:40]!r}")
                 dims.append(int(t.value))
             if not dims:
                 raise lx.error(what.pos, f"'define {what.value}' gives no size")
@@ -813,18 +817,22 @@ def read_field(h: Header, f: Field) -> np.ndarray:
         return values.astype(DTYPES[f.type]).reshape(f.array_shape)
     dtype = np.dtype(h.byteorder + DTYPES[f.type])
     n_bytes = f.count * dtype.itemsize
+    if f.encoding != "raw":  # the lattice must be what the encoded bytes can decode to
+        check_claimed_size(n_bytes, length, where=where, compressed=True,
+                           field=f"the lattice {' x '.join(map(str, f.dims))} of {f.type}")
     if f.encoding == "raw":
         buf = raw
     elif f.encoding == "HxByteRLE":
         buf = decode_hx_byte_rle(raw, n_bytes, where=where)
     elif f.encoding == "HxZip":
         try:
-            unzipped = zlib.decompress(raw, wbits=47)  # 47: a zlib or a gzip header, detected
+            # 47: a zlib or a gzip header, detected; one byte more than needed tells "too long"
+            unzipped = zlib.decompressobj(wbits=47).decompress(raw, n_bytes + 1)
         except zlib.error as exc:
-            raise FormatError(f"{where}: HxZip data ({length:,} bytes) do not decompress: {exc}") from None
+            raise FormatError(f"{where}: HxZip data ({length:,} bytes) do not decompress: {exc}") from exc
         if len(unzipped) != n_bytes:
-            raise FormatError(
-                f"{where}: HxZip data decompress to {len(unzipped):,} bytes, the lattice needs {n_bytes:,}")
+            found = f"more than {n_bytes:,}" if len(unzipped) > n_bytes else f"{len(unzipped):,}"
+            raise FormatError(f"{where}: HxZip data decompress to {found} bytes, the lattice needs {n_bytes:,}")
         buf = np.frombuffer(bytearray(unzipped), dtype=np.uint8)
     else:
         raise FormatError(f"{where}: unknown data encoding {f.encoding!r}; sxtlab reads raw, HxByteRLE and HxZip")

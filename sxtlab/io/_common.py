@@ -26,14 +26,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from ..errors import FormatError, SxtlabWarning
+from ..errors import FormatError, SxtlabError, SxtlabWarning
 from ..volume import DIMS, check_finite, check_voxel_size, label_volume, volume
 
 __all__ = [
     "LAZY_BYTES", "METADATA_VERSION", "UM_PER_UNIT", "KNOWN_UNITS",
     "warn", "length_unit", "to_um", "drop_float_noise", "merge_voxel_size", "resolve_voxel_size",
     "jsonable", "metadata", "parse_metadata", "build_volume", "finite_checked", "output_grid",
-    "storage_dtype",
+    "storage_dtype", "foreign_errors", "check_claimed_size", "MAX_RATIO", "MAX_EDGE",
 ]
 
 #: Files larger than this (bytes) open lazily as dask arrays.
@@ -57,6 +57,71 @@ def warn(message: str) -> None:
     while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
         frame, level = frame.f_back, level + 1
     warnings.warn(message, SxtlabWarning, stacklevel=level)
+
+
+# ---------------------------------------------------------------------------------------
+# the readers' boundary
+# ---------------------------------------------------------------------------------------
+#: Largest ratio of decoded to stored bytes believed of compressed data (deflate's limit
+#: is 1032:1, LZW's and HxByteRLE's 127:1 about the same order); a header that claims
+#: more is refused before anything is allocated.
+MAX_RATIO = 1100
+
+#: Most voxels along one axis of a volume read lazily from a file that need not hold
+#: them all (a sparse Zarr array): its coords are allocated from the shape. 2**20 voxels
+#: are 5 cm at 50 nm, far beyond any SXT field of view.
+MAX_EDGE = 2**20
+
+#: Exceptions that pass the boundary unchanged: sxtlab's own, the missing or unreadable
+#: file that read_volume documents, memory exhaustion (no file's fault once sizes are
+#: checked) and warnings turned into errors by a filter.
+_PASS_THROUGH = (SxtlabError, FileNotFoundError, PermissionError, MemoryError, Warning)
+
+
+class foreign_errors:  # noqa: N801  (used as a context manager, like contextlib's)
+    """The one place where a reader turns its libraries' exceptions into :class:`~sxtlab.FormatError`.
+
+    ``with foreign_errors(path, "TIFF stack") as at:`` wraps a reader's whole body; the reader sets
+    ``at.field`` to the part of the file it is reading (``"header"``, ``"extended header
+    (nsymbt)"``, ``"data"``), so that a tifffile, mrcfile, zarr, struct, XML or JSON
+    exception (a damaged file, whatever its cause deep inside the library) becomes a
+    FormatError naming the file and that field, chained so that the cause is kept.
+
+    sxtlab's own errors, :class:`FileNotFoundError`, :class:`PermissionError`,
+    :class:`MemoryError` and warnings raised as errors pass unchanged.
+    """
+
+    def __init__(self, path: str | Path, kind: str, field: str = "header") -> None:
+        self.where, self.kind, self.field = str(path), kind, field
+
+    def __enter__(self) -> "foreign_errors":
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or not isinstance(err, Exception) or isinstance(err, _PASS_THROUGH):
+            return False
+        text = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise FormatError(f"{self.where}: not a readable {self.kind}: cannot read its {self.field} "
+                          f"({type(err).__name__}{': ' + text if text else ''})") from err
+
+
+def check_claimed_size(claimed: int, available: int, *, where: str, field: str, compressed: bool = False) -> None:
+    """Raise unless ``claimed`` bytes fit in the ``available`` bytes of the file.
+
+    Called before anything is allocated from a header's sizes. ``compressed`` allows
+    :data:`MAX_RATIO` decoded bytes per stored byte.
+
+    Raises
+    ------
+    sxtlab.FormatError
+        Naming the file, the field, the claimed and the available byte counts.
+    """
+    bound = available * MAX_RATIO if compressed else available
+    if claimed < 0 or claimed > bound:
+        what = (f"{available:,} compressed bytes (at most {bound:,} decoded)" if compressed
+                else f"{available:,} bytes")
+        raise FormatError(f"{where}: {field} claims {claimed:,} bytes, but the file holds {what}; "
+                          "the header is damaged or the file truncated")
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +307,7 @@ def parse_metadata(text: str, *, where: str) -> dict | None:
     """sxtlab's payload from JSON text, or ``None`` (with a warning if it is damaged)."""
     try:
         doc = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
         warn(f"{where}: sxtlab metadata is not valid JSON ({err}); attrs such as the calibration are not restored")
         return None
     payload = doc.get("sxtlab") if isinstance(doc, dict) else None
@@ -255,7 +320,26 @@ def parse_metadata(text: str, *, where: str) -> dict | None:
     if not isinstance(payload.get("attrs", {}), dict):
         warn(f"{where}: sxtlab metadata field 'attrs' is not a mapping; attrs are not restored")
         payload = {**payload, "attrs": {}}
+    for key, (usable, expected) in _METADATA_FIELDS.items():
+        if payload.get(key) is not None and not usable(payload[key]):
+            warn(f"{where}: sxtlab metadata field {key!r} is {json.dumps(payload[key])[:80]}, expected "
+                 f"{expected}; it is ignored (the header's value is used)")
+            payload = {**payload, key: None}
     return payload
+
+
+def _three_numbers(value: Any) -> bool:
+    return (isinstance(value, list) and len(value) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+#: sxtlab metadata fields used beyond the attrs: how to tell a usable value, and what is expected.
+_METADATA_FIELDS: dict[str, tuple[Any, str]] = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "dtype": (lambda v: isinstance(v, str), "a NumPy dtype name"),
+    "voxel_size_um": (lambda v: _three_numbers(v) and all(x > 0 for x in v), "three positive numbers (µm)"),
+    "origin_um": (_three_numbers, "three finite numbers (µm)"),
+}
 
 
 # ---------------------------------------------------------------------------------------

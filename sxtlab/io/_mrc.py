@@ -50,7 +50,6 @@ import os
 import re
 import sys
 import warnings
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,12 +57,13 @@ from typing import Any
 import dask.array as da
 import mrcfile
 import mrcfile.utils
+from mrcfile.mrcinterpreter import MrcInterpreter
 import numpy as np
 import xarray as xr
 
 from ..errors import FormatError
-from ._common import (LAZY_BYTES, build_volume, finite_checked, metadata, output_grid, parse_metadata,
-                      resolve_voxel_size, storage_dtype, warn)
+from ._common import (LAZY_BYTES, build_volume, finite_checked, foreign_errors, metadata,
+                      output_grid, parse_metadata, resolve_voxel_size, storage_dtype, warn)
 
 __all__ = ["read", "write"]
 
@@ -75,6 +75,8 @@ IMOD_STAMP = 1146047817
 EXTTYP_JSON = b"JSON"
 
 _AXES_XYZ = ("x", "y", "z")
+#: Byte offset of the header word ``nsymbt`` (bytes of extended header).
+_NSYMBT = 92
 
 
 # ---------------------------------------------------------------------------------------
@@ -132,21 +134,29 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
     if segmentation:
         raise FormatError(f"{where}: an MRC file holds one volume, not an image with labels; "
                           "read the image and the labels files separately")
+    with foreign_errors(path, "MRC file") as at:
+        return _read(path, at, voxel_size=voxel_size, chunks=chunks, classes=classes, signed_bytes=signed_bytes)
+
+
+def _read(path: Path, at: foreign_errors, *, voxel_size, chunks: Any, classes: Mapping | None,
+          signed_bytes: bool | None) -> xr.DataArray:
+    """:func:`read` inside its boundary; ``at.field`` follows the part of the file being read."""
+    where = str(path)
     compressed = _compression(path)
+    at.field = "header (the first 1024 bytes)"
+    header = _read_header(path, compressed)
+    _check_header(header, where)
+    _check_sizes(path, header, compressed)
     opener = mrcfile.open if compressed else mrcfile.mmap
     caught: list[warnings.WarningMessage] = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            mrc = opener(path, mode="r", permissive=True)
-    except (ValueError, OSError, EOFError, zlib.error) as err:
-        # mrcfile raises ValueError for a short header; gzip/bz2 raise OSError, EOFError, zlib.error
-        raise FormatError(f"{where}: not a readable MRC file ({type(err).__name__}: {err})") from None
+    at.field = f"extended header ({int(header.nsymbt)} bytes) and data"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mrc = opener(path, mode="r", permissive=True)
     with mrc:
         header = mrc.header.copy()
         ext = mrc.extended_header
         raw = mrc.data
-    _check_header(header, where)
     if raw is None:
         raise _truncated(path, header, compressed)
     _warn_nonstandard(header, caught, where)
@@ -179,7 +189,32 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
     origin = _header_origin(header, vs, where)
     if isinstance(data, da.Array):  # NumPy data are checked by sxtlab.volume
         data = finite_checked(data, where)
+    at.field = "data"
     return build_volume(data, path=path, voxel_size=vs, origin_um=origin, meta=meta, classes=classes)
+
+
+def _read_header(path: Path, compressed: str | None) -> np.recarray:
+    """The 1024-byte header as mrcfile interprets it (byte order included), read on its own.
+
+    mrcfile reads (and allocates) the ``nsymbt`` bytes of the extended header with the
+    header, even for ``header_only=True``; a damaged ``nsymbt`` of 2**31 - 1 would cost
+    2 GB. So the header is parsed from a copy whose ``nsymbt`` is 0 (0 in either byte
+    order), and the true value is put back for :func:`_check_sizes`.
+    """
+    opener = {"gzip": gzip.open, "bzip2": bz2.open, None: open}[compressed]
+    with opener(path, "rb") as fh:  # a damaged gzip/bzip2 stream's errors are the boundary's (read)
+        head = fh.read(1024)
+    if len(head) < 1024:
+        raise FormatError(f"{path}: not a readable MRC file (ValueError: Couldn't read enough bytes for MRC header: "
+                          f"{len(head)} bytes, the header needs 1024)")
+    nsymbt = head[_NSYMBT:_NSYMBT + 4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # reported, naming the fields, from the full open
+        mrc = MrcInterpreter(io.BytesIO(head[:_NSYMBT] + bytes(4) + head[_NSYMBT + 4:]), permissive=True,
+                             header_only=True)
+    header = mrc.header.copy()
+    header.nsymbt = np.frombuffer(nsymbt, dtype=header.nsymbt.dtype)[0]
+    return header
 
 
 def _compression(path: Path) -> str | None:
@@ -230,11 +265,37 @@ def _check_header(header: np.recarray, where: str) -> None:
                           "expected real values (mode 0, 1, 2, 6 or 12)")
 
 
-def _truncated(path: Path, header: np.recarray, compressed: str | None) -> FormatError:
-    shape = mrcfile.utils.data_shape_from_header(header)
-    expected = int(np.prod(shape, dtype=np.int64)) * mrcfile.utils.dtype_from_mode(header.mode).itemsize
+def _data_bytes(header: np.recarray) -> int:
+    """Bytes of the data block the header claims: nx · ny · nz · the mode's item size (Python ints)."""
+    itemsize = mrcfile.utils.dtype_from_mode(header.mode).itemsize
+    return int(header.nx) * int(header.ny) * int(header.nz) * itemsize
+
+
+def _check_sizes(path: Path, header: np.recarray, compressed: str | None) -> None:
+    """Raise if the extended header or the data block the header claims cannot be in the file.
+
+    mrcfile allocates ``nsymbt`` bytes for the extended header of a compressed file, and
+    the data block, before it finds them missing; a damaged header could ask for gigabytes.
+    """
+    where = str(path)
+    nsymbt = int(header.nsymbt)
+    if nsymbt < 0:
+        raise FormatError(f"{where}: header 'nsymbt' (extended header bytes) = {nsymbt}: expected 0 or more")
+    # a compressed stream is measured by decompressing it (bounded by the compressed size)
+    stream = _stream_size(path, compressed)
+    available = stream - header.nbytes
+    if nsymbt > available:
+        raise FormatError(f"{where}: header 'nsymbt' claims an extended header of {nsymbt:,} bytes, but only "
+                          f"{max(available, 0):,} bytes follow the 1024-byte header; the header is damaged "
+                          "or the file truncated")
+    if _data_bytes(header) > available - nsymbt:
+        raise _truncated(path, header, compressed, stream)
+
+
+def _truncated(path: Path, header: np.recarray, compressed: str | None, stream: int | None = None) -> FormatError:
+    expected = _data_bytes(header)
     offset = header.nbytes + int(header.nsymbt)
-    found = max(_stream_size(path, compressed) - offset, 0)
+    found = max((_stream_size(path, compressed) if stream is None else stream) - offset, 0)
     return FormatError(
         f"{path}: truncated or corrupt MRC file: the header promises {expected:,} data bytes "
         f"(nx, ny, nz = {int(header.nx)}, {int(header.ny)}, {int(header.nz)}; mode {int(header.mode)}) "

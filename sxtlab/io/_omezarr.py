@@ -77,7 +77,7 @@ from ..classes import UNANNOTATED, UnknownClassError, canonical_name, class_map,
 from ..errors import FormatError
 from ..volume import DIMS, check_instance_ids, check_voxel_size, int_triple, label_volume, volume
 from ..volume import segmentation as _segmentation
-from ._common import UM_PER_UNIT, jsonable, length_unit, merge_voxel_size, to_um, warn
+from ._common import MAX_EDGE, UM_PER_UNIT, foreign_errors, jsonable, length_unit, merge_voxel_size, to_um, warn
 
 __all__ = ["read", "write", "NGFF_VERSION", "DEFAULT_CHUNK", "METADATA_KEY"]
 
@@ -492,6 +492,29 @@ def _open_group(path: Path) -> zarr.Group:
     return node
 
 
+class _Chunks:
+    """A Zarr array for :func:`dask.array.from_array` whose reads are inside the reader's boundary.
+
+    The data are read lazily, after :func:`read` returned: a damaged chunk (a codec
+    error, a truncated file) raises :class:`~sxtlab.FormatError` naming the array
+    when it is computed, not the codec's own exception.
+    """
+
+    def __init__(self, arr: zarr.Array, where: str) -> None:
+        self.arr, self.where = arr, where
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        with foreign_errors(self.where, "OME-Zarr image", f"chunk data of array {self.arr.path!r} at {key}"):
+            return np.asarray(self.arr[key])
+
+
+def _lazy(arr: zarr.Array, where: str, chunks: Any) -> da.Array:
+    """The array as dask, with the Zarr chunks unless ``chunks`` is given."""
+    return da.from_array(_Chunks(arr, where), chunks=chunks if chunks is not None else arr.chunks,
+                         asarray=False, fancy=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
+
+
 def _ome_attrs(group: zarr.Group) -> dict[str, Any]:
     """NGFF metadata of a group: ``.zattrs`` (0.4) or ``attributes.ome`` (0.5)."""
     attrs = dict(group.attrs)
@@ -514,7 +537,7 @@ class _Multiscale:
 
     def array(self, level: int, chunks: Any) -> da.Array:
         if not 0 <= level < len(self.datasets):
-            raise ValueError(f"{self.where}: level={level}, but {self.field} has levels 0 to {len(self.datasets) - 1}")
+            raise FormatError(f"{self.where}: level={level}, but {self.field} has levels 0 to {len(self.datasets) - 1}")
         rel = str(self.datasets[level].get("path", ""))
         try:
             arr = self.group[rel]
@@ -529,6 +552,10 @@ class _Multiscale:
                 f"{self.where}: array {rel!r} is {arr.ndim}-D with shape {arr.shape}, but "
                 f"{self.field}.axes lists {len(self.axes)} axes {[a['name'] for a in self.axes]}"
             )
+        if any(n > MAX_EDGE for n in arr.shape):
+            # the coords are allocated from the shape (a sparse Zarr array may claim any size)
+            raise FormatError(f"{self.where}: array {rel!r} (.zarray 'shape') is {arr.shape}: expected at most "
+                              f"{MAX_EDGE:,} voxels along each axis")
         dropped = [i for i in range(arr.ndim) if i not in self.keep]
         for i in dropped:
             if arr.shape[i] != 1:
@@ -539,7 +566,7 @@ class _Multiscale:
                 )
         if dropped and isinstance(chunks, tuple) and len(chunks) == len(DIMS):
             chunks = tuple(1 if i in dropped else chunks[self.keep.index(i)] for i in range(arr.ndim))
-        data = da.from_zarr(arr, chunks=chunks) if chunks is not None else da.from_zarr(arr)
+        data = _lazy(arr, self.where, chunks)
         return data[tuple(0 if i in dropped else slice(None) for i in range(arr.ndim))]
 
     def transform(self, level: int) -> tuple[list[float], list[float]]:
@@ -780,7 +807,7 @@ def _probabilities(group: zarr.Group, where: str, level: int, chunks: Any, like:
         )
     if isinstance(chunks, tuple) and len(chunks) == 3:
         chunks = (1,) + chunks
-    data = da.from_zarr(arr, chunks=chunks) if chunks is not None else da.from_zarr(arr)
+    data = _lazy(arr, where, chunks)
     own = _own(group)
     coords: dict[str, Any] = {d: like[d] for d in DIMS}
     if own.get("class_coord") is not None:
@@ -832,8 +859,7 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
         ``segmentation=True``.
     sxtlab.classes.UnknownClassError
         If ``image-label.properties`` name a class outside sxtlab's vocabulary.
-    ValueError
-        If ``level`` is not a level of the file.
+        Also if ``level`` is not a level of the file (a ``ValueError`` too).
 
     Warns
     -----
@@ -844,6 +870,14 @@ def read(path: Path, *, voxel_size: Any = None, chunks: Any = None, segmentation
         ``voxel_size`` overrides a different value in the file.
     """
     path = Path(path)
+    with foreign_errors(path, "OME-Zarr image", "group metadata (.zattrs, .zarray, zarr.json)"):
+        return _read(path, voxel_size=voxel_size, chunks=chunks, segmentation=segmentation, level=level,
+                     label_name=label_name)
+
+
+def _read(path: Path, *, voxel_size: Any, chunks: Any, segmentation: bool, level: int,
+          label_name: str | None) -> xr.DataArray | xr.Dataset:
+    """:func:`read` inside its boundary."""
     where = str(path)
     root = _open_group(path)
     attrs = _ome_attrs(root)

@@ -41,8 +41,9 @@ import tifffile
 import xarray as xr
 
 from ..errors import FormatError
-from ._common import (KNOWN_UNITS, LAZY_BYTES, build_volume, drop_float_noise, finite_checked, length_unit,
-                      metadata, output_grid, parse_metadata, resolve_voxel_size, storage_dtype, to_um, warn)
+from ._common import (KNOWN_UNITS, LAZY_BYTES, build_volume, check_claimed_size, drop_float_noise, finite_checked,
+                      foreign_errors, length_unit, metadata, output_grid, parse_metadata, resolve_voxel_size,
+                      storage_dtype, to_um, warn)
 
 __all__ = ["read", "write"]
 
@@ -121,22 +122,24 @@ def read(path: Path, *, voxel_size=None, chunks: Any = None, segmentation: bool 
     if segmentation:
         raise FormatError(f"{where}: a TIFF stack holds one volume, not an image with labels; "
                           "read the image and the labels files separately")
-    try:
+    with foreign_errors(path, "TIFF stack") as at:
         with tifffile.TiffFile(path) as tif:
+            at.field = "image series (page shapes, ImageJ/OME metadata)"
+            if not tif.series:
+                raise FormatError(f"{where}: the TIFF holds no image (no pages)")
             series = tif.series[0]
+            _check_series_size(series, path)
             shape, dtype = _check_axes(series, where), series.dtype
             if len(tif.series) > 1:
                 warn(f"{where}: the file holds {len(tif.series)} image series; reading the first, "
                      f"axes {series.axes} and shape {series.shape}")
+            at.field = "calibration (ImageDescription, resolution tags, OME-XML)"
             grid = _grid(tif, shape, where, box_units)
+            at.field = "ImageJ Info (sxtlab metadata)"
             meta = _sxtlab_metadata(tif, where)
             lazy = chunks is not None or series.nbytes > LAZY_BYTES
+            at.field = "pixel data"
             data = None if lazy else series.asarray().reshape(shape)
-    except FormatError:
-        raise  # ours, already naming the file (a ValueError too, so it must not be wrapped below)
-    except (tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError, ImportError) as err:
-        # tifffile's own errors, truncated files and missing codecs (imagecodecs) land here
-        raise FormatError(f"{where}: not a readable TIFF stack ({type(err).__name__}: {err})") from None
     if data is None:
         data = finite_checked(
             da.from_array(_LazyTiff(where, shape, dtype), chunks=chunks if chunks is not None else "auto",
@@ -173,6 +176,28 @@ def _check_axes(series: tifffile.TiffPageSeries, where: str) -> tuple[int, int, 
         + (f"; it has {', '.join(extra)}, which are not z" if extra else "")
         + "; save one channel and time point as a z stack"
     )
+
+
+def _check_series_size(series: tifffile.TiffPageSeries, path: Path) -> None:
+    """Raise if the pixels the tags claim cannot be in the file (before anything is allocated).
+
+    Both the decoded size (shape and dtype; at most :data:`MAX_RATIO` times the file for
+    compressed data) and every strip or tile (``StripOffsets`` + ``StripByteCounts``, which
+    tifffile reads with one allocation of the claimed count) must fit in the file.
+    """
+    page, size, where = series.keyframe, path.stat().st_size, str(path)
+    compressed = int(page.compression) != 1  # TIFF Compression 1: none
+    check_claimed_size(int(series.nbytes), size, where=where, compressed=compressed,
+                       field=f"the image series (axes {series.axes}, shape {tuple(series.shape)} of {series.dtype}; "
+                             f"ImageLength {page.imagelength}, ImageWidth {page.imagewidth})")
+    for p in series.pages:
+        if p is None:
+            continue
+        for offset, count in zip(p.dataoffsets, p.databytecounts):
+            if count and offset + count > size:
+                raise FormatError(f"{where}: page {p.index}: a strip or tile at byte {offset:,} of {count:,} bytes "
+                                  f"(StripOffsets/StripByteCounts or TileOffsets/TileByteCounts) ends beyond the "
+                                  f"file's {size:,} bytes; the file is damaged or truncated")
 
 
 def _length_unit(unit: Any, field_name: str, where: str) -> str | None:
@@ -329,10 +354,9 @@ class _LazyTiff:
         self.path, self.shape, self.dtype, self.ndim = path, shape, np.dtype(dtype), 3
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        try:
+        # read after read() returned, so inside a boundary of its own
+        with foreign_errors(self.path, "TIFF stack", f"pixel data at {key}"):
             return np.asarray(tifffile.imread(self.path, series=0, level=0, selection=key))
-        except (tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError, IndexError) as err:
-            raise FormatError(f"{self.path}: cannot read TIFF data at {key} ({type(err).__name__}: {err})") from None
 
 
 # ---------------------------------------------------------------------------------------
