@@ -769,7 +769,7 @@ def cell(
     gray: bool = False,
     cell_radius_um: float | None = None,
     class_lac: Mapping[str, float] | None = None,
-    texture: tuple[float, float] | None = None,
+    texture: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None,
     axis_ratio: tuple[float, float] = _AXIS_RATIO,
     mito_density: float = _MITO_DENSITY,
     capillary: Capillary | None = None,
@@ -807,11 +807,14 @@ def cell(
         LAC (µm⁻¹) of some classes (``"background"`` is the medium), replacing the
         values drawn from the literature ranges; :func:`varied_cell` draws them
         over the whole ranges.
-    texture : (std, length), optional
+    texture : (std, length) or mapping of class name to (std, length), optional
         Correlated LAC fluctuation inside the cell: a Gaussian random field of
         standard deviation ``std`` µm⁻¹ and correlation length ``length`` µm (the
         σ of the Gaussian smoothing of white noise), as the granular cytoplasm and
-        the uneven organelle interiors of real reconstructions. ``None``: none.
+        the uneven organelle interiors of real reconstructions. A pair gives one
+        field over the whole cell; a mapping gives each named class a field of its
+        own within its voxels (``"cell"`` is the cytoplasm), so that, e.g., a
+        smooth nucleus sits in a granular cytoplasm. ``None``: none.
     axis_ratio : (lo, hi)
         Range of the cell body's two shorter axes relative to its longest, in
         (0, 1]; (0.82, 1.0) by default, lower for elongated cells.
@@ -885,8 +888,13 @@ def cell(
         raise ValueError(f"axis_ratio must be (lo, hi) with 0 < lo <= hi <= 1, got {axis_ratio!r}")
     if not (np.isfinite(mito_density) and mito_density >= 0):
         raise ValueError(f"mito_density must be >= 0 per µm³, got {mito_density!r}")
-    if texture is not None and not (len(texture) == 2 and texture[0] >= 0 and texture[1] > 0):
-        raise ValueError(f"texture must be (std >= 0 µm⁻¹, length > 0 µm), got {texture!r}")
+    textures = {} if texture is None else (dict(texture) if isinstance(texture, Mapping) else {None: texture})
+    for name, pair in textures.items():
+        if name is not None and name not in LABELS:
+            raise ValueError(f"texture names unknown class {name!r}; known: {list(LABELS)}")
+        if not (len(pair) == 2 and np.isfinite(pair).all() and pair[0] >= 0 and pair[1] > 0):
+            raise ValueError(f"texture must be (std >= 0 µm⁻¹, length > 0 µm), got {pair!r}"
+                             + ("" if name is None else f" for {name!r}"))
     unknown = set(class_lac or {}) - set(LABELS)
     if unknown:
         raise ValueError(f"class_lac names unknown classes {sorted(unknown)}; known: {list(LABELS)}")
@@ -982,11 +990,12 @@ def cell(
     for i, shape_ in enumerate(organelles, start=1):
         paint(shape_, i, "cell")
     paint(nucleolus, len(organelles) + 1, "nucleus", within=nucleus)
-    if texture is not None and texture[0] > 0:
-        field_ = ndimage.gaussian_filter(rngs["texture"].standard_normal(grid_shape, np.float32),
-                                         [texture[1] / d for d in spacing], mode="wrap")
-        field_ *= np.float32(texture[0] / max(float(field_.std()), 1e-12))
-        lac += field_ * f_cell
+    for name, (std, length) in textures.items():
+        if std > 0:
+            field_ = ndimage.gaussian_filter(rngs["texture"].standard_normal(grid_shape, np.float32),
+                                             [length / d for d in spacing], mode="wrap")
+            field_ *= np.float32(std / max(float(field_.std()), 1e-12))
+            lac += field_ * (f_cell if name is None else (labels == LABELS[name]))
     if capillary is not None:
         lac += capillary.wall_fraction(grid, body.max_radius) * np.float32(capillary.lac - lac_of["background"])
 
@@ -1015,7 +1024,8 @@ def cell(
         "lipid_fraction": lipid_volume / v_cell,
         "lipid_fraction_target": target,
         "starch": bool(starch),
-        "texture": None if texture is None else [float(v) for v in texture],
+        "texture": {("cell body" if k is None else k): [float(v) for v in pair] for k, pair in textures.items()}
+        or None,
         "capillary": None if capillary is None else asdict(capillary),
         "acquisition": None,
     }
@@ -1101,8 +1111,8 @@ def varied_cell(
     Draws, from ``seed``, everything :func:`cell` lets vary and calls it: every
     class's LAC over its whole literature range with the nucleus darker or brighter
     than the cytoplasm by 0.01–0.1 µm⁻¹ (DESIGN.md: from almost nothing to about
-    0.1, either sign); a correlated interior texture of 0–0.03 µm⁻¹ over
-    0.04–0.25 µm; round or elongated cells (axis ratios down to 0.5) filling
+    0.1, either sign); a correlated texture of 0–0.03 µm⁻¹ over 0.04–0.25 µm drawn
+    for the cytoplasm, nucleus, mitochondria and vacuoles apart; round or elongated cells (axis ratios down to 0.5) filling
     45–100 % of the largest radius the field allows; 0.15–1 mitochondrial tubules
     per µm³; no lipid bodies (15 %) or up to 10 % of the cell; starch granules in
     15 % of cells; a glass capillary wall in 30 %; and a simulated acquisition
@@ -1145,7 +1155,10 @@ def varied_cell(
                               lac=float(rng.uniform(0.8, 1.6)), offset_um=tuple(rng.uniform(-0.4, 0.4, size=2)))
     variation: dict[str, Any] = {
         "class_lac": _varied_lac(rng),
-        "texture": (float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.04, 0.25))),
+        # each class its own, so that texture as well as mean LAC tells classes apart,
+        # or does not: a nucleus smoother or rougher than its cytoplasm
+        "texture": {name: (float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.04, 0.25)))
+                    for name in ("cell", "nucleus", "mitochondria", "vacuole")},
         "axis_ratio": (0.82, 1.0) if rng.random() < 0.6 else (0.5, 0.8),
         "mito_density": _log_uniform(rng, 0.15, 1.0),
         "lipid_fraction": 0.0 if rng.random() < 0.15 else float(rng.uniform(0.005, 0.1)),

@@ -317,6 +317,8 @@ def test_attrs_are_json_friendly(algae):
         ({"mito_density": -1.0}, "mito_density"),
         ({"texture": (0.01, 0.0)}, "texture"),
         ({"class_lac": {"golgi": 0.3}}, "golgi"),
+        ({"texture": {"golgi": (0.01, 0.1)}}, "golgi"),
+        ({"texture": {"nucleus": (-0.01, 0.1)}}, "for 'nucleus'"),
     ],
 )
 def test_invalid_cell_parameters(kwargs, match):
@@ -413,6 +415,13 @@ def test_class_lac_texture_and_capillary():
     medium = ~ndimage.binary_dilation(labels > 0, iterations=2)  # beyond the partial-volume edge
     assert np.all(extra[medium] == 0)  # the medium stays flat
     np.testing.assert_array_equal(textured.labels.values, labels)
+
+    # a texture of the nucleus alone leaves the cytoplasm as it was
+    smooth_cytoplasm = phantom.cell(4, (64, 64, 64), 0.05, class_lac=lac, texture={"nucleus": (0.02, 0.1)})
+    extra = smooth_cytoplasm.lac.values - plain.lac.values
+    assert np.all(extra[labels != phantom.LABELS["nucleus"]] == 0)
+    assert 0.01 < extra[inner].std() < 0.03
+    assert smooth_cytoplasm.attrs["texture"] == {"nucleus": [0.02, 0.1]}
 
     wall = phantom.Capillary(clearance_um=0.1, thickness_um=0.2, lac=1.2)
     walled = phantom.cell(4, (64, 64, 64), 0.05, class_lac=lac, capillary=wall)
