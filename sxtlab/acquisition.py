@@ -321,12 +321,12 @@ def _sirt(geo: _Geometry, sino: np.ndarray, iterations: int, n_jobs: int) -> np.
     eq. 3). ``sino``: (n_angles · n_det, ny) line integrals; returns (nz · nx, ny) µm⁻¹."""
     a = geo.forward
     at = a.T.tocsr()
-    inv_row = 1.0 / np.maximum(np.asarray(a.sum(axis=1)).ravel(), 1e-6)
-    inv_col = 1.0 / np.maximum(np.asarray(a.sum(axis=0)).ravel(), 1e-6)
+    inv_row = (1.0 / np.maximum(np.asarray(a.sum(axis=1)), 1e-6)).astype(np.float32)  # (rows, 1)
+    inv_col = (1.0 / np.maximum(np.asarray(a.sum(axis=0)).T, 1e-6)).astype(np.float32)  # (columns, 1)
     x = np.zeros((a.shape[1], sino.shape[1]), np.float32)
     for _ in range(iterations):
-        residual = (sino - _matmul_threads(a, x, n_jobs)) * inv_row[:, None].astype(np.float32)
-        x += _matmul_threads(at, residual, n_jobs) * inv_col[:, None].astype(np.float32)
+        residual = (sino - _matmul_threads(a, x, n_jobs)) * inv_row
+        x += _matmul_threads(at, residual, n_jobs) * inv_col
     return x
 
 

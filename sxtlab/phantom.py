@@ -1166,17 +1166,15 @@ def varied_cell(
         "cell_radius_um": float(max(_MIN_CELL_RADIUS, rng.uniform(0.45, 1.0) * largest)),
     }
     acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7) if acquisition else None
-    kwargs = {k: v for k, v in variation.items()}
     while True:
         try:
-            ds = cell(seed, grid_shape, spacing, acquisition=acq, capillary=capillary, **kwargs)
+            ds = cell(seed, grid_shape, spacing, acquisition=acq, capillary=capillary, **variation)
             break
         except ValueError as err:
             # a small cell cannot hold every lipid fraction drawn: halve it until it fits
-            if "does not fit" not in str(err) or kwargs["lipid_fraction"] < 1e-3:
+            if "does not fit" not in str(err) or variation["lipid_fraction"] < 1e-3:
                 raise
-            kwargs["lipid_fraction"] /= 2
-    variation["lipid_fraction"] = kwargs["lipid_fraction"]
+            variation["lipid_fraction"] /= 2
     variation["capillary"] = None if capillary is None else asdict(capillary)
     ds.attrs["variation"] = variation
     ds.attrs["generator"] = "sxtlab.phantom.varied_cell"
