@@ -18,7 +18,7 @@ RANKS = {
     "errors": 0, "classes": 0, "calibration": 0, "volume": 0, "metrics": 0, "_figure": 0,
     "io": 1,
     "phantom": 2, "acquisition": 2, "data": 2,
-    "unet": 3, "inference": 3, "clean": 3,
+    "unet": 3, "inference": 3, "clean": 3, "threads": 3,
     "cascade": 4, "_modelfile": 4, "models": 4,
     "train": 5,
     "catalog": 6, "task": 6.5,
