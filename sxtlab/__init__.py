@@ -20,7 +20,7 @@ _LAZY_SUBMODULES = {"cascade", "catalog", "data", "measure", "metrics", "phantom
                     "clean"}
 _LAZY_NAMES = {"Catalog": "catalog", "Task": "task", "CascadeModel": "cascade", "SliceViewer": "viewer",
                "show_slices": "viewer", "load_model": "models", "train_cascade": "train",
-               "clean_labels": "clean"}
+               "clean_labels": "clean", "calibrate_from_medium": "cells"}
 
 
 def __getattr__(name: str):

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .calibration import LAC_ICE_PER_UM, LAC_WATER_PER_UM
 from .errors import OutputExistsError, SxtlabError
 
-__all__ = ["main", "describe"]
+__all__ = ["main", "describe", "add_image_options", "read_image", "calibrate", "build_parser"]
 
 log = logging.getLogger("sxtlab")
 
@@ -49,6 +50,10 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     lo, hi, mean = (float(v) for v in (image.min(), image.max(), image.mean()))
     unit_text = "µm⁻¹ (LAC)" if units == "1/um" else units
     lines.append(f"  values {lo:.4g} … {hi:.4g}, mean {mean:.4g} {unit_text}")
+    cal = image.sxt.calibration
+    if units == "gray" and cal is not None:
+        lines.append(f"  calibration: LAC = {cal.scale:.6g}·gray + {cal.offset:.6g} µm⁻¹, so LAC "
+                     f"{cal.apply(lo):.4g} … {cal.apply(hi):.4g}, mean {cal.apply(mean):.4g} µm⁻¹")
     if image.attrs.get("source"):
         lines.append(f"  source: {image.attrs['source']}")
     if isinstance(obj, xr.Dataset) and "labels" in obj:
@@ -71,10 +76,109 @@ def _read_input(path: str, voxel_size, calibration=None) -> xr.Dataset:
     p = Path(path)
     if p.suffix.lower() == ".hx" or (detect_format(p) == "omezarr" and (p / "labels").is_dir()):
         ds = read_segmentation(p, voxel_size=voxel_size)
-        if calibration is not None:
-            ds["lac"] = ds["lac"].sxt.with_calibration(calibration)
-        return ds
-    return read_volume(p, voxel_size=voxel_size, calibration=calibration).to_dataset(name="lac")
+    else:
+        ds = read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
+    if calibration is not None:
+        ds["lac"] = ds["lac"].sxt.with_calibration(calibration)
+    return ds
+
+
+# -- the options of every command that reads an image ------------------------------------
+#: What --lac records: the values are LAC in µm⁻¹ already.
+LAC_AS_IS = "--lac"
+
+
+def add_image_options(parser: argparse.ArgumentParser, *, calibration: bool = True) -> None:
+    """Add the options that complete what an image file lacks: voxel size and units.
+
+    ``--voxel-size`` and, with ``calibration``, ``--lac``, ``--calibration
+    SCALE[,OFFSET]`` and ``--calibrate-from-medium [LAC]``, in one group. Every
+    command that reads an image uses this, and :func:`read_image` reads with them,
+    so the options mean the same everywhere (a new command adds both).
+    """
+    group = parser.add_argument_group(
+        "image units", "complete what the file does not record (MRC, TIFF and Amira files record no LAC units)")
+    group.add_argument("--voxel-size", type=_voxel_size, default=None,
+                       help="voxel size in µm ('D' or 'DZ,DY,DX') where the file records none, or to replace it")
+    if not calibration:
+        return
+    group.add_argument("--lac", action="store_true",
+                       help="the file's values are LAC in µm⁻¹ already (as most SXT reconstructions are)")
+    group.add_argument("--calibration", type=_calibration, default=None, metavar="SCALE[,OFFSET]",
+                       help="gray → LAC of an image in gray values: LAC = SCALE·gray + OFFSET (µm⁻¹); with "
+                            "--calibrate-from-medium, SCALE alone and the medium fixes OFFSET")
+    group.add_argument("--calibrate-from-medium", type=_positive_lac, nargs="?", const=LAC_WATER_PER_UM,
+                       default=None, metavar="LAC",
+                       help="estimate the calibration from the medium around the cells, whose LAC (µm⁻¹) is "
+                            f"LAC (default {LAC_WATER_PER_UM}, water at 517 eV; vitreous ice {LAC_ICE_PER_UM}): "
+                            "LAC = SCALE·gray with the scale fitted, or the offset fitted with --calibration "
+                            "SCALE; the fit is reported")
+
+
+def _positive_lac(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10:
+        raise argparse.ArgumentTypeError(f"expected the medium's LAC in µm⁻¹ (e.g. {LAC_WATER_PER_UM}), got {text!r}")
+    return value
+
+
+def _calibration_options(args: argparse.Namespace) -> tuple[bool, Any, float | None]:
+    """(--lac, --calibration, --calibrate-from-medium) of a command, checked together."""
+    lac = getattr(args, "lac", False)
+    given = getattr(args, "calibration", None)
+    medium = getattr(args, "calibrate_from_medium", None)
+    if lac and (given is not None or medium is not None):
+        raise SxtlabError("--lac says the values are LAC already; it takes no --calibration or "
+                          "--calibrate-from-medium")
+    if given is not None and medium is not None and given.offset != 0.0:
+        raise SxtlabError(f"--calibrate-from-medium fits the offset when --calibration gives the scale alone; "
+                          f"got --calibration {given.scale:g},{given.offset:g}")
+    return lac, given, medium
+
+
+def has_calibration_options(args: argparse.Namespace) -> bool:
+    """Whether any of --lac, --calibration, --calibrate-from-medium was given."""
+    lac, given, medium = _calibration_options(args)
+    return bool(lac or given is not None or medium is not None)
+
+
+def calibrate(image: xr.DataArray, args: argparse.Namespace, where: str) -> xr.DataArray:
+    """``image`` with the calibration the image options give (unchanged without one).
+
+    The fit of ``--calibrate-from-medium`` is printed, for the user to judge.
+    """
+    from .calibration import Calibration
+
+    lac, given, medium = _calibration_options(args)
+    if not (lac or given is not None or medium is not None):
+        return image
+    units = image.attrs.get("units")
+    if units == "1/um":
+        if lac:
+            return image  # says what the file says already
+        raise SxtlabError(f"{where}: holds LAC in µm⁻¹ already (units '1/um'); it takes no --calibration or "
+                          "--calibrate-from-medium")
+    if lac:
+        cal = Calibration(1.0, 0.0, {"method": "values are LAC in µm⁻¹ (--lac)"})
+    elif medium is not None:
+        from .cells import calibrate_from_medium, describe_fit
+
+        cal = calibrate_from_medium(image.load(), medium, scale=None if given is None else given.scale)
+        print(f"{where}: calibrated from the medium: {describe_fit(cal)}")
+    else:
+        cal = given
+    return image.sxt.with_calibration(cal)
+
+
+def read_image(path: str, args: argparse.Namespace) -> xr.Dataset:
+    """An input file as a Dataset (``lac`` and, where the file has them, ``labels``),
+    completed by the image options of :func:`add_image_options`."""
+    ds = _read_input(path, getattr(args, "voxel_size", None))
+    ds["lac"] = calibrate(ds["lac"], args, path)
+    return ds
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -109,7 +213,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
-    ds = _read_input(args.input, args.voxel_size, args.calibration)
+    ds = read_image(args.input, args)
     model = load_model(args.model)
     log.info("model %s: classes %s", args.model, ", ".join(model.classes))
     if "sparse" in model.info and "labels" in ds and not args.ignore_annotation:
@@ -137,6 +241,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
     seg = read_segmentation(args.segmentation, voxel_size=args.voxel_size)
+    seg["lac"] = calibrate(seg["lac"], args, args.segmentation)
     kwargs = {"allow_voxel_units": args.allow_voxel_units}
     if args.table == "distances":
         pairs = [tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else None
@@ -166,7 +271,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
                                "source") if c in frame]
         print(frame[columns].to_string() if len(frame) else f"{args.catalog}: empty catalog")
         return 0
-    ds = _read_input(args.image, args.voxel_size)
+    ds = read_image(args.image, args)
     if args.labels:
         labels = _read_input(args.labels, args.voxel_size)["lac"]
         if not labels.sxt.is_labels:
@@ -188,7 +293,7 @@ def _import(cat, args: argparse.Namespace) -> int:
     class_map = dict(_key_value(kv, "--class-map") for kv in args.class_map)
     metadata = dict(_key_value(kv) for kv in args.meta)
     report = import_projects(cat, args.folder, pattern=args.pattern, class_map=class_map,
-                             voxel_size=args.voxel_size, **metadata)
+                             voxel_size=args.voxel_size, calibration=_per_project(args), **metadata)
     for row in report.itertuples():
         detail = f" {row.entry} ({', '.join(row.classes)})" if row.status in ("added", "present") else ""
         print(f"{row.status:>9}  {row.project}{detail}")
@@ -198,6 +303,13 @@ def _import(cat, args: argparse.Namespace) -> int:
     print(f"{len(report)} projects: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {len(cat)} entries")
     # Projects left out are a reason to look, and scripts should see it.
     return 2 if counts.get("unmapped", 0) or counts.get("failed", 0) else 0
+
+
+def _per_project(args: argparse.Namespace):
+    """The calibration of each imported project, from the image options (None: as read)."""
+    if not has_calibration_options(args):
+        return None
+    return lambda image, where: calibrate(image, args, where).sxt.calibration
 
 
 def _key_value(text: str, option: str = "--meta") -> tuple[str, str]:
@@ -236,11 +348,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.catalog:
         from .catalog import Catalog
 
+        if has_calibration_options(args) or args.voxel_size is not None:
+            raise SxtlabError("--voxel-size, --lac, --calibration and --calibrate-from-medium apply to input "
+                              "files; catalog entries carry their own")
         model, history = task.train(Catalog.open(args.catalog), _cascade_config(args))
     elif args.inputs:
         cells = []
         for path in args.inputs:
-            ds = _read_input(path, args.voxel_size)
+            ds = read_image(path, args)
             if "labels" not in ds:
                 raise SxtlabError(f"{path}: has no label field; training needs labels "
                                   "(`sxtlab segment` works without them)")
@@ -279,8 +394,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    print(describe(_read_input(args.path, args.voxel_size)))
+    ds = read_image(args.path, args)
+    print(describe(ds))
+    for line in missing(ds["lac"]):
+        print(line)
     return 0
+
+
+def missing(image: xr.DataArray) -> list[str]:
+    """What an image lacks for sxtlab's physical results, each with the option that completes it.
+
+    Examples
+    --------
+    >>> import numpy as np, sxtlab
+    >>> print("\\n".join(missing(sxtlab.volume(np.full((2, 2, 2), 0.2, np.float32), None, units="gray"))))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    voxel size: unknown (the file records none); give it with --voxel-size DZ,DY,DX (or one value) in µm
+    units: gray values without a calibration; give --lac if they are LAC in µm⁻¹ already (their range, 0.2 … 0.2, is LAC's), --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]
+    """
+    from .errors import GIVE_CALIBRATION, GIVE_VOXEL_SIZE
+
+    lines = []
+    if image.attrs.get("voxel_size_um") is None:
+        lines.append(f"voxel size: unknown (the file records none); give it with {GIVE_VOXEL_SIZE[1]}")
+    if image.attrs.get("units") != "1/um" and image.sxt.calibration is None and not image.sxt.is_labels:
+        lo, hi = float(image.min()), float(image.max())
+        # Only a hint: LAC of cells, ice and lipid lies within 0 … 1.5 µm⁻¹ (DESIGN notes).
+        looks = f" (their range, {lo:.3g} … {hi:.3g}, is LAC's)" if -0.2 <= lo and hi <= 2.0 else ""
+        lines.append(f"units: gray values without a calibration; give --lac if they are LAC in µm⁻¹ "
+                     f"already{looks}, --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]")
+    if not lines:
+        lines.append("complete: voxel size and LAC units known")
+    return lines
 
 
 def _beta(text: str) -> float | str:
@@ -360,8 +505,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done, step by step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    vs_help = "voxel size in µm ('D' or 'DZ,DY,DX') where the file records none"
-
     demo = sub.add_parser("demo", help="segment and measure a sample cell; write OME-Zarr, CSV and PNG",
                           description="Segment a sample cell with the shipped model, measure its organelles "
                                       "and write the segmentation (OME-Zarr), the table (CSV) and a figure "
@@ -385,10 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("input", help="volume file")
     seg.add_argument("-o", "--output", required=True, help="output OME-Zarr folder (e.g. seg.zarr)")
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
-    seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
-    seg.add_argument("--calibration", type=_calibration, default=None, metavar="SCALE[,OFFSET]",
-                     help="gray → LAC of an image in gray values: LAC = SCALE·gray + OFFSET (µm⁻¹); "
-                          "'1' where the file's values are LAC in µm⁻¹ already")
+    add_image_options(seg)
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
     # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
     # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.
@@ -415,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     meas.add_argument("--table", choices=("instances", "classes", "distances"), default="instances",
                       help="one row per organelle, per class, or per distance (default: %(default)s)")
     meas.add_argument("--pairs", help="class pairs for --table distances, e.g. mitochondria:nucleus,lipid_body:cell")
-    meas.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(meas)
     meas.add_argument("--allow-voxel-units", action="store_true",
                       help="measure in voxels when the voxel size is unknown")
     meas.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -434,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--classes", help="the classes annotated, comma-separated (default: those the labels name)")
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                      help="metadata, e.g. --meta species=yeast --meta condition=control")
-    add.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(add)
     imp = cat_sub.add_parser(
         "import", help="add every segmented Amira project (.hx) under a folder that is not in yet",
         description="Walk FOLDER for Amira projects, map their materials onto sxtlab's classes and add each "
@@ -447,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="map a material name onto a class (or 'ignore'), e.g. --class-map Inside=cell")
     imp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                      help="metadata for every imported cell, e.g. --meta species=yeast")
-    imp.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(imp)
     cat.set_defaults(func=_cmd_catalog)
 
     train = sub.add_parser("train", help="train a model for a task",
@@ -460,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", required=True, help="classes, comma-separated, e.g. nucleus,lipid_body")
     train.add_argument("--catalog", help="train from every entry of this catalog that fits the task")
     train.add_argument("-o", "--output", required=True, help="output model folder")
-    train.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(train)
     train.add_argument("--task-voxel-size", type=_voxel_size, default=None,
                        help="resolution (µm) the model works at; catalog entries are resampled to it")
     train.add_argument("--fast", action="store_true", help="a short training run, for trying things out")
@@ -472,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="summarise a volume file (MRC, AmiraMesh, TIFF, OME-Zarr, .hx)")
     info.add_argument("path")
-    info.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(info)
     info.set_defaults(func=_cmd_info)
     return parser
 
