@@ -193,7 +193,8 @@ def _write_csv(table, path: Path, overwrite: bool) -> Path:
     return atomic_output(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
 
 
-def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, **predict: Any) -> xr.Dataset:
+def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, ngff_version: str | None = None,
+             **predict: Any) -> xr.Dataset:
     """Predict (``predict``: options of ``CascadeModel.predict``), writing to ``out``
     block by block where no resampling is needed."""
     from .io import write_volume
@@ -201,11 +202,16 @@ def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, **pr
     same_grid = (model.voxel_size is None or not image.sxt.has_voxel_size
                  or np.allclose(image.sxt.voxel_size, model.voxel_size, rtol=0.02))
     if out is not None and same_grid:
-        return model.predict(image, out=out, overwrite=overwrite, **predict)
+        return model.predict(image, out=out, overwrite=overwrite, ngff_version=ngff_version, **predict)
     seg = model.predict(image.load(), **predict)
     if out is not None:
-        write_volume(seg, out, overwrite=overwrite)
+        write_volume(seg, out, overwrite=overwrite, **_ngff(ngff_version))
     return seg
+
+
+def _ngff(version: str | None) -> dict[str, str]:
+    """``write_volume`` keywords of an OME-Zarr version (none: the writer's default)."""
+    return {} if version is None else {"ngff_version": version}
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -223,12 +229,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         from .sparse import segment_sparse
 
         seg = segment_sparse(ds, model, beta=args.beta, progress=True)
-        write_volume(seg, out, overwrite=args.overwrite)
+        write_volume(seg, out, overwrite=args.overwrite, **_ngff(args.ngff_version))
         print(f"used the annotation of {args.input}: probabilities of the model and of the annotation's "
               "interpolation averaged, only the instances the annotation marks kept")
     else:
         gates = {k: getattr(args, k) for k in ("skip_background", "trust_background") if hasattr(args, k)}
-        seg = _segment(ds["lac"], model, out, args.overwrite, tta=args.tta, **gates)
+        seg = _segment(ds["lac"], model, out, args.overwrite, args.ngff_version, tta=args.tta, **gates)
     print(describe(seg))
     print(f"wrote {out}")
     return 0
@@ -529,6 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--output", required=True, help="output OME-Zarr folder (e.g. seg.zarr)")
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     add_image_options(seg)
+    seg.add_argument("--ngff-version", choices=("0.5", "0.4"), default=None,
+                     help="OME-Zarr version written: 0.5 (Zarr v3, the default) or 0.4 (Zarr v2) for viewers "
+                          "that read no Zarr v3")
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
     # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
     # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.
