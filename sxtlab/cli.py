@@ -389,6 +389,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    from .export import describe_model, export_bioimageio
+    from .models import load_model
+
+    model = load_model(args.model)
+    if args.model_command == "info":
+        print(describe_model(model, args.model))
+        return 0
+    out = Path(args.output)
+    _refuse_existing(out, args.overwrite)
+    export_bioimageio(model, out, overwrite=args.overwrite)
+    print(f"BioImage.IO packages of {args.model}: {out / 'stage1'} and {out / 'stage2'} (how they chain: "
+          f"{out / 'README.md'})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -618,6 +634,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "volume: 600 600)")
     train.add_argument("--overwrite", action="store_true", help="replace an existing output")
     train.set_defaults(func=_cmd_train)
+
+    mod = sub.add_parser("model", help="what a model holds; export it for BioImage.IO")
+    mod_sub = mod.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    minfo = mod_sub.add_parser("info", help="classes, voxel size, training data, validation Dice, checksum")
+    minfo.add_argument("model", help="'default' or a model folder")
+    export = mod_sub.add_parser(
+        "export", help="write the model as BioImage.IO 0.5 packages (one per stage, TorchScript)",
+        description="Write each stage of the cascade as a BioImage.IO 0.5 model package (TorchScript weights, "
+                    "preprocessing, test tensors of sxtlab's own prediction) and a README on how they chain.")
+    export.add_argument("model", help="'default' or a model folder")
+    export.add_argument("-o", "--output", required=True, help="output folder")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mod.set_defaults(func=_cmd_model)
 
     info = sub.add_parser("info", help="summarise a volume file (MRC, AmiraMesh, TIFF, OME-Zarr, .hx)")
     info.add_argument("path")
