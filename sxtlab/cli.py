@@ -187,10 +187,10 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
-def _write_csv(table, path: Path, overwrite: bool) -> Path:
-    from .io import atomic_output
+def _write_table(table, path: Path, overwrite: bool) -> Path:
+    from .measure import write_table
 
-    return atomic_output(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
+    return write_table(table, path, overwrite=overwrite)
 
 
 def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, ngff_version: str | None = None,
@@ -256,7 +256,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         table = measure.distances(seg, pairs, **kwargs)
     else:
         table = getattr(measure, args.table)(seg, **kwargs)
-    _write_csv(table, out, args.overwrite)
+    table.attrs["source"] = str(args.segmentation)
+    _write_table(table, out, args.overwrite)
     print(f"{len(table)} rows ({args.table}) -> {out}")
     return 0
 
@@ -572,11 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.set_defaults(func=_cmd_segment)
 
-    meas = sub.add_parser("measure", help="measure a segmentation into a CSV table",
-                          description="Measure organelles of a segmentation (OME-Zarr or .hx) into a CSV "
-                                      "table with units in the column names.")
+    meas = sub.add_parser("measure", help="measure a segmentation into a CSV or Parquet table",
+                          description="Measure organelles of a segmentation (OME-Zarr or .hx) into a table "
+                                      "with units in the column names: CSV, or Parquet (.parquet) with the "
+                                      "units and voxel size in its metadata too.")
     meas.add_argument("segmentation", help="OME-Zarr segmentation or Amira project")
-    meas.add_argument("-o", "--output", required=True, help="output CSV file")
+    meas.add_argument("-o", "--output", required=True,
+                      help="output table: .csv, or .parquet (needs pyarrow: pip install \"sxtlab[parquet]\")")
     meas.add_argument("--table", choices=("instances", "classes", "distances"), default="instances",
                       help="one row per organelle, per class, or per distance (default: %(default)s)")
     meas.add_argument("--pairs", help="class pairs for --table distances, e.g. mitochondria:nucleus,lipid_body:cell")
