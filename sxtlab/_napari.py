@@ -145,7 +145,7 @@ def _volume_of(data: Any, meta: dict[str, Any], what: str) -> xr.DataArray:
     units = meta.get("units")
     known = attrs.get("voxel_size_um") is not None or (units is not None and "micrometer" in str(units))
     v = volume(np.asarray(data) if not hasattr(data, "dask") else data, scale if known else None,
-               units=attrs.get("units", "gray") if "classes" not in attrs else "gray",
+               units=attrs.get("units", "gray"),
                origin_um=translate if known else None, name=own.get("name") or what)
     v.attrs = {**attrs, "voxel_size_um": v.attrs["voxel_size_um"]}
     return v

@@ -68,19 +68,15 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def _read_input(path: str, voxel_size, calibration=None) -> xr.Dataset:
-    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``;
-    ``calibration`` (a :class:`sxtlab.Calibration`) is recorded on a gray image."""
+def _read_input(path: str, voxel_size) -> xr.Dataset:
+    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``
+    (units as read; :func:`read_image` completes them from the options)."""
     from .io import detect_format, read_segmentation, read_volume
 
     p = Path(path)
     if p.suffix.lower() == ".hx" or (detect_format(p) == "omezarr" and (p / "labels").is_dir()):
-        ds = read_segmentation(p, voxel_size=voxel_size)
-    else:
-        ds = read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
-    if calibration is not None:
-        ds["lac"] = ds["lac"].sxt.with_calibration(calibration)
-    return ds
+        return read_segmentation(p, voxel_size=voxel_size)
+    return read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
 
 
 # -- the options of every command that reads an image ------------------------------------
@@ -442,8 +438,9 @@ def missing(image: xr.DataArray) -> list[str]:
         lines.append(f"voxel size: unknown (the file records none); give it with {GIVE_VOXEL_SIZE[1]}")
     if image.attrs.get("units") != "1/um" and image.sxt.calibration is None and not image.sxt.is_labels:
         lo, hi = float(image.min()), float(image.max())
-        # Only a hint: LAC of cells, ice and lipid lies within 0 … 1.5 µm⁻¹ (DESIGN notes).
-        looks = f" (their range, {lo:.3g} … {hi:.3g}, is LAC's)" if -0.2 <= lo and hi <= 2.0 else ""
+        # Only a hint: cells absorb more than water (0.111 µm⁻¹), lipid at most about
+        # 1 µm⁻¹ (DESIGN notes); noise reaches a little below 0.
+        looks = f" (their range, {lo:.3g} … {hi:.3g}, is LAC's)" if -0.2 <= lo and 0.1 <= hi <= 2.0 else ""
         lines.append(f"units: gray values without a calibration; give --lac if they are LAC in µm⁻¹ "
                      f"already{looks}, --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]")
     if not lines:

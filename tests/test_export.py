@@ -74,3 +74,12 @@ def test_bioimageio_spec_validates_the_packages(package, stage):
 def test_export_refuses_an_existing_output(package, capsys):
     assert main(["model", "export", "default", "-o", str(package)]) == 3
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_bioimageio_core_runs_the_packages_test(package, stage):
+    """bioimageio.core's own test: preprocessing, the weights, the test tensors (where it installs)."""
+    core = pytest.importorskip("bioimageio.core", reason="bioimageio.core runs the packages where installed")
+    summary = core.test_model(package / stage / "rdf.yaml")
+    assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
+                                        if d.status != "passed"]

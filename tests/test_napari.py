@@ -57,10 +57,13 @@ def test_reads_mrc_with_scale_in_micrometres(plugin, tmp_path):
 
 
 def test_reads_amira_project_and_ome_zarr_segmentation_with_label_names(plugin, tmp_path):
-    layers = _layers(sxtlab.data.ncxt_sample_12_path())
+    with pytest.warns(sxtlab.SxtlabWarning, match="voxel size unknown"):  # the project records none
+        layers = _layers(sxtlab.data.ncxt_sample_12_path())
     kinds = [k for _, _, k in layers]
     assert kinds == ["image", "labels"]
     labels = layers[1][1]
+    # No voxel size: napari is told voxels, never µm.
+    assert labels["scale"] == (1.0, 1.0, 1.0) and labels["units"] == ("pixel",) * 3
     assert labels["features"]["class"] == ["cell"] and labels["features"]["index"] == [1]
 
     cell = phantom.cell(seed=1, shape=(32, 32, 32), voxel_size=0.05)
@@ -96,7 +99,8 @@ def test_sample_data_and_widget_function(plugin):
     pm = npe2.PluginManager.instance()
     samples = dict(pm.iter_sample_data())["sxtlab"]
     assert [s.key for s in samples] == ["sample_12", "phantom"]
-    layers = pm.get_command("sxtlab.sample_12").exec()
+    with pytest.warns(sxtlab.SxtlabWarning, match="voxel size unknown"):
+        layers = pm.get_command("sxtlab.sample_12").exec()
     assert [k for _, _, k in layers] == ["image", "labels"]
     # The widget's function on a layer's data: a labels layer with the model's classes.
     cell = phantom.cell(seed=1, shape=(32, 32, 32), voxel_size=0.05)
