@@ -252,6 +252,24 @@ def test_ngff_zarr_reads_our_05_with_scale_in_micrometres(seg, tmp_path):
     np.testing.assert_array_equal(np.asarray(labels.images[0].data), seg["labels"].values)
 
 
+def test_large_levels_are_sharded_for_fewer_files_and_read_by_ome_zarr(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05 import Image
+
+    rng = np.random.default_rng(4)
+    v = sxtlab.volume(rng.random((70, 80, 90), dtype=np.float32), 0.05)
+    out = write_volume(v, tmp_path / "big.ome.zarr", chunks=32)
+    group = zarr.open_group(out, mode="r")
+    assert group["0"].chunks == (32, 32, 32) and group["0"].shards == (64, 64, 64)  # 2³ chunks per file
+    assert group["2"].shards is None  # (70, 20, 22): too small to gain from shards
+    Image.from_zarr(group)
+    np.testing.assert_array_equal(np.asarray(list(Reader(parse_url(str(out)))())[0].data[0]), v.values)
+    xr.testing.assert_identical(read_volume(out).compute(), v)
+    files = sum(1 for p in (out / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert files == 2 * 2 * 2  # not the 3 × 3 × 3 chunks
+
+
 def test_04_written_by_earlier_sxtlab_still_reads(seg, tmp_path):
     """A 0.4 file as sxtlab wrote before 0.5 (Zarr v2, versions in each multiscale)."""
     out = write_volume(seg, tmp_path / "old.ome.zarr", ngff_version="0.4")

@@ -13,6 +13,11 @@ n5-zarr/MoBIE, BigDataViewer). Reading accepts 0.4, 0.5 and the coordinate syste
 of 0.6 (``coordinateSystems`` instead of ``axes``; transforms with ``input`` and
 ``output``, ``sequence`` of scale and translation), whichever wrote them.
 
+Chunks are 64³ voxels (1 MiB of float32: a viewer reading one plane reads little at
+every level). In 0.5, arrays of at least 2³ chunks are sharded (Zarr v3
+``sharding_indexed``: :data:`SHARD_CHUNKS`\ ³ chunks per file), which cuts the number
+of files eightfold for large volumes while readers still fetch single chunks.
+
 Layout written
 --------------
 ::
@@ -262,6 +267,29 @@ def _as_dask(data: Any, dtype: np.dtype, chunks: tuple[int, ...]) -> da.Array:
     return arr.astype(dtype).rechunk(chunks)
 
 
+#: Chunks per shard along each spatial axis (Zarr v3 only): 2³ chunks of 64³ make one
+#: file of 128³ voxels, the block ``CascadeModel.predict(out=...)`` computes at a
+#: time, so sharding cuts the file count eightfold without holding more in memory.
+SHARD_CHUNKS = 2
+
+
+def _shards(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Shard shape of an array, or None where a shard would hold fewer than 2³ chunks
+    (small arrays: one file per chunk is no burden, and a reader fetches less)."""
+    lead = len(shape) - 3
+    spatial = [min(c * SHARD_CHUNKS, -(-n // c) * c) for n, c in zip(shape[lead:], chunks[lead:])]
+    if any(s < c * SHARD_CHUNKS for s, c in zip(spatial, chunks[lead:])):
+        return None
+    return tuple(chunks[:lead]) + tuple(spatial)
+
+
+def _write_block(arr: zarr.Array) -> tuple[int, ...]:
+    """The unit a writer may fill without a lock: the shard where there are shards
+    (two threads writing chunks of one shard would overwrite each other), else the chunk."""
+    shards = getattr(arr, "shards", None)
+    return tuple(shards) if shards else tuple(arr.chunks)
+
+
 class _Pyramid:
     """Zarr arrays of one multiscale group and how to fill them level by level."""
 
@@ -281,13 +309,16 @@ class _Pyramid:
                     "dimension_names": ("c",) * len(self.lead) + DIMS,
                     "compressors": zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
                 }
+                shards = _shards(shape, ch)
+                if shards is not None:
+                    layout["shards"] = shards
             else:
                 # NGFF 0.4 requires "/" between chunk indices.
                 layout = {"chunk_key_encoding": {"name": "v2", "separator": "/"},
                           "compressors": numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)}
             self.arrays.append(group.create_array(str(i), shape=shape, dtype=dtype, chunks=ch, fill_value=0,
                                                   **layout))
-        self.source0 = _as_dask(data, np.dtype(dtype), self.arrays[0].chunks)
+        self.source0 = _as_dask(data, np.dtype(dtype), _write_block(self.arrays[0]))
         self.factors = [(1,) * len(self.lead) + lv.factor for lv in levels]
 
     def source(self, level: int) -> da.Array:
@@ -295,7 +326,7 @@ class _Pyramid:
             return self.source0
         # Read the stored level before: each chunk of the input is computed only once.
         prev = da.from_zarr(self.arrays[level - 1])
-        return _reduce(prev, self.factors[level], self.labels).rechunk(self.arrays[level].chunks)
+        return _reduce(prev, self.factors[level], self.labels).rechunk(_write_block(self.arrays[level]))
 
 
 #: Display colour of voxels nobody annotated: transparent, so that sparse annotations
