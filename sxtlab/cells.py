@@ -329,7 +329,9 @@ def calibrate_from_medium(image: xr.DataArray, medium_lac: float = LAC_WATER_PER
         # Medians of large regions barely change with a block mean, while the distance
         # transforms of medium_region on a whole 1000³ volume would need gigabytes.
         factor = math.ceil((image.size / MAX_CALIBRATION_VOXELS) ** (1 / 3))
-        image = image.sxt.downsample(factor)
+        image = image.sxt.downsample(factor).load()
+    else:
+        factor = 1
     mask = medium_region(image, **region) if medium is None else medium
     found = int(np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask, bool).sum())
     src = image.attrs.get("source") or image.name or "the image"
@@ -341,7 +343,7 @@ def calibrate_from_medium(image: xr.DataArray, medium_lac: float = LAC_WATER_PER
     values = np.asarray(image.values, np.float64)
     cal = estimate_calibration(values, np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask, bool),
                                medium_lac, scale=scale, offset=offset)
-    fit = dict(cal.fit)
+    fit = dict(cal.fit, downsampled_by=factor)
     if isinstance(mask, xr.DataArray):
         fit.update({k: mask.attrs[k] for k in ("threshold", "margin_voxels", "width_voxels") if k in mask.attrs})
     cells = values > fit.get("threshold", np.inf)

@@ -162,7 +162,8 @@ def calibrate(image: xr.DataArray, args: argparse.Namespace, where: str) -> xr.D
     elif medium is not None:
         from .cells import calibrate_from_medium, describe_fit
 
-        cal = calibrate_from_medium(image.load(), medium, scale=None if given is None else given.scale)
+        # Not loaded: a large (lazy) image is calibrated on a block-mean copy.
+        cal = calibrate_from_medium(image, medium, scale=None if given is None else given.scale)
         print(f"{where}: calibrated from the medium: {describe_fit(cal)}")
     else:
         cal = given
