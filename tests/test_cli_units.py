@@ -172,3 +172,10 @@ def test_lac_on_an_image_in_lac_units_already_is_accepted_calibration_refused(ce
     capsys.readouterr()
     assert main(["info", str(path), "--calibration", "2"]) == 2
     assert "holds LAC in µm⁻¹ already (units '1/um')" in capsys.readouterr().err
+
+
+def test_train_from_a_catalog_refuses_image_options(tmp_path, capsys):
+    # catalog entries carry their own voxel size and calibration: an option would be ignored
+    assert main(["train", "--catalog", str(tmp_path / "refs.catalog"), "--task", "cell", "-o",
+                 str(tmp_path / "m"), "--lac"]) == 2
+    assert "apply to input files; catalog entries carry their own" in capsys.readouterr().err
