@@ -18,8 +18,9 @@ Nothing here imports napari: the functions take and return napari's plain
 window, through npe2's own reader and writer API.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: magicgui builds the widget from the
+# annotations of segment_layer and cannot evaluate a string such as
+# "Annotated[str, {'choices': VALUES}]" (it needs the objects themselves).
 import os
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -78,26 +79,33 @@ def layers_of(obj: xr.DataArray | xr.Dataset, name: str = "") -> list[LayerData]
             return [_label_layer(obj, f"{prefix}{obj.name or 'labels'}")]
         obj = obj.to_dataset(name=obj.name or "lac")
     out: list[LayerData] = []
+    # One grid for all variables of a segmentation: the image's (the others may lack
+    # the voxel_size_um attr, e.g. a phantom's instance ids).
+    ref = next((v for v in obj.data_vars.values() if v.dims == DIMS and v.attrs.get("voxel_size_um") is not None),
+               next(v for v in obj.data_vars.values() if v.dims == DIMS))
+    grid = _geometry(ref)
     for var in obj.data_vars.values():
-        if var.dims == DIMS and var.name not in ("labels", "instances"):
-            units = var.attrs.get("units")
-            out.append((var.data, {"name": f"{prefix}{var.name}", **_geometry(var), "metadata": _metadata(var),
+        if var.dims != DIMS or var.name == "labels":
+            continue
+        if np.issubdtype(var.dtype, np.integer) and not var.sxt.is_labels:
+            # Instance ids (sxtlab.cells, a phantom's instances): napari colours each id.
+            out.append((var.data, {"name": f"{prefix}{var.name}", **grid, "metadata": _metadata(var),
+                                   "opacity": 0.5, "visible": False}, "labels"))
+        elif var.sxt.is_labels:
+            out.append(_label_layer(var, f"{prefix}{var.name}"))
+        else:
+            out.append((var.data, {"name": f"{prefix}{var.name}", **grid, "metadata": _metadata(var),
                                    "colormap": "gray"}, "image"))
-            if units == "1/um":
+            if var.attrs.get("units") == "1/um":
                 out[-1][1]["metadata"]["sxtlab"]["display"] = "LAC [µm⁻¹]"
     if "labels" in obj:
         out.append(_label_layer(obj["labels"], f"{prefix}labels"))
-    if "instances" in obj:
-        inst = obj["instances"]
-        out.append((inst.data, {"name": f"{prefix}instances", **_geometry(inst), "metadata": _metadata(inst),
-                                "opacity": 0.5}, "labels"))
     if "probabilities" in obj:
         p = obj["probabilities"]
         names = ["background", *obj["labels"].sxt.classes.values()] if "labels" in obj else \
             [str(c) for c in p["class"].values]
         names = names if len(names) == p.sizes["class"] else [str(c) for c in range(p.sizes["class"])]
-        out.append((p.data, {"name": [f"{prefix}p({n})" for n in names], "channel_axis": 0,
-                             **_geometry(obj["labels"] if "labels" in obj else next(iter(obj.data_vars.values()))),
+        out.append((p.data, {"name": [f"{prefix}p({n})" for n in names], "channel_axis": 0, **grid,
                              "colormap": "magma", "contrast_limits": (0.0, 1.0), "visible": False,
                              "metadata": _metadata(p)}, "image"))
     return out
@@ -140,8 +148,10 @@ def _volume_of(data: Any, meta: dict[str, Any], what: str) -> xr.DataArray:
 
     own = (meta.get("metadata") or {}).get("sxtlab") or {}
     attrs = dict(own.get("attrs") or {})
-    scale = tuple(float(s) for s in (meta.get("scale") or (1.0, 1.0, 1.0)))[-3:]
-    translate = tuple(float(t) for t in (meta.get("translate") or (0.0, 0.0, 0.0)))[-3:]
+    # napari layers give NumPy arrays here, layer-data tuples give tuples (or nothing).
+    scale = tuple(float(s) for s in (meta["scale"] if meta.get("scale") is not None else (1.0,) * 3))[-3:]
+    translate = tuple(float(t) for t in (meta["translate"] if meta.get("translate") is not None
+                                         else (0.0,) * 3))[-3:]
     units = meta.get("units")
     known = attrs.get("voxel_size_um") is not None or (units is not None and "micrometer" in str(units))
     v = volume(np.asarray(data) if not hasattr(data, "dask") else data, scale if known else None,
@@ -168,7 +178,9 @@ def write_ome_zarr(path: str, layer_data: list[LayerData]) -> list[str]:
     if labels:
         data, meta = labels[0]
         own = ((meta.get("metadata") or {}).get("sxtlab") or {}).get("attrs") or {}
-        features = meta.get("features") or {}
+        # A napari layer gives its features as a DataFrame, a layer-data tuple maybe a dict.
+        features = meta.get("features")
+        features = {} if features is None else {k: list(features[k]) for k in ("index", "class") if k in features}
         classes = own.get("classes") or dict(zip((str(i) for i in features.get("index", [])),
                                                  features.get("class", [])))
         lab = label_volume(np.asarray(data), image, classes)
@@ -199,7 +211,8 @@ VALUES = ("as recorded", "LAC", "calibrate from medium")
 
 def segment_layer(image: "napari.layers.Image", model: str = "default",  # noqa: F821
                   values: Annotated[str, {"choices": VALUES}] = "as recorded",
-                  medium_lac: float = LAC_WATER_PER_UM) -> "napari.types.LayerDataTuple":  # noqa: F821
+                  medium_lac: Annotated[float, {"min": 0.001, "max": 2.0, "step": 0.001}] = LAC_WATER_PER_UM,
+                  ) -> "napari.types.LayerDataTuple":  # noqa: F821
     """npe2 widget (autogenerated by magicgui): segment the chosen image layer.
 
     Parameters

@@ -105,7 +105,48 @@ def test_sample_data_and_widget_function(plugin):
     # The widget's function on a layer's data: a labels layer with the model's classes.
     cell = phantom.cell(seed=1, shape=(32, 32, 32), voxel_size=0.05)
     (image,) = [layer for layer in sxtlab._napari.layers_of(cell["lac"], "cell")]
-    data, meta, kind = sxtlab._napari.segment_data(image[0], image[1], values="as recorded")
+    # as a napari layer gives them: scale and translate as NumPy arrays
+    meta = {**image[1], "scale": np.asarray(image[1]["scale"]), "translate": np.asarray(image[1]["translate"])}
+    data, meta, kind = sxtlab._napari.segment_data(image[0], meta, values="as recorded")
     assert kind == "labels" and data.shape == (32, 32, 32)
     assert meta["features"]["class"] == sxtlab.load_model("default").classes
     assert meta["scale"] == pytest.approx((0.05, 0.05, 0.05))
+
+
+def test_widget_annotations_are_objects_magicgui_can_use():
+    import inspect
+    import typing
+
+    params = inspect.signature(sxtlab._napari.segment_layer).parameters
+    values = params["values"].annotation
+    assert typing.get_origin(values) is typing.Annotated
+    assert typing.get_args(values)[1] == {"choices": sxtlab._napari.VALUES}
+    assert params["image"].annotation == "napari.layers.Image"  # resolved by napari's magicgui hooks
+
+
+def test_in_a_napari_viewer(plugin, tmp_path):
+    """napari itself (where it and a display exist, e.g. under xvfb-run): open, segment, save."""
+    import os
+
+    napari = pytest.importorskip("napari", reason="napari itself is an optional extra (sxtlab[napari])")
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        pytest.skip("napari's viewer needs a display (run under xvfb-run)")
+    cell = phantom.cell(seed=1, shape=(32, 32, 32), voxel_size=0.05)
+    seg = sxtlab.load_model("default").predict(cell["lac"], progress=False)
+    path = sxtlab.write_volume(seg, tmp_path / "seg.ome.zarr")
+    viewer = napari.Viewer(show=False)
+    try:
+        viewer.open(str(path), plugin="sxtlab")
+        labels = viewer.layers["seg labels"]
+        assert tuple(labels.scale) == pytest.approx((0.05, 0.05, 0.05))
+        assert [str(u) for u in labels.units] == ["micrometer"] * 3
+        assert list(labels.features["class"]) == list(seg["labels"].sxt.classes.values())
+        _, widget = viewer.window.add_plugin_dock_widget("sxtlab", "Segment organelles")
+        widget.image.value = viewer.layers["seg lac"]
+        widget()
+        assert "sxtlab labels" in [layer.name for layer in viewer.layers]
+        out = napari.save_layers(str(tmp_path / "saved.ome.zarr"),
+                                 [viewer.layers["seg lac"], viewer.layers["seg labels"]], plugin="sxtlab")
+        np.testing.assert_array_equal(sxtlab.read_segmentation(out[0])["labels"].values, seg["labels"].values)
+    finally:
+        viewer.close()
