@@ -127,7 +127,12 @@ def _test_cell(model: CascadeModel) -> np.ndarray:
     unit = [int(np.lcm(p, f * model.stage1.config.divisor)) for p, f in zip(model.stage2_patch, model.factor)]
     shape = tuple(max(u, u * int(np.ceil(64 / u))) for u in unit)
     cell = phantom.cell(seed=7, shape=shape, voxel_size=vs, acquisition=phantom.Acquisition(seed=7))
-    return model.normalisation.apply(np.asarray(cell["lac"].values, np.float32)).astype(np.float32)
+    lac = np.asarray(cell["lac"].values, np.float32)
+    if model.normalisation.units != "1/um":
+        # A model of gray values (trained on one uncalibrated volume): the cell's
+        # contrast in the range its normalisation expects, not LAC.
+        return ((lac - lac.mean()) / lac.std()).astype(np.float32)
+    return model.normalisation.apply(lac).astype(np.float32)
 
 
 def _axes(channel_names: list[str], sizes: Any, scale: tuple[float, ...] | None) -> list[dict[str, Any]]:
@@ -163,6 +168,7 @@ def _stage_rdf(model: CascadeModel, stage: int, folder: Path, name: str, x: np.n
 
     div = net.config.divisor
     vs = model.voxel_size
+    what = "LAC (µm⁻¹)" if norm.units == "1/um" else "gray values as in training"
     in_scale = tuple(v * f for v, f in zip(vs, model.factor)) if (vs and stage == 1) else vs
     k = model.n_classes
     channels = ["lac"] if stage == 1 else ["lac"] + [f"stage1_{c}" for c in model.classes]
@@ -188,8 +194,8 @@ def _stage_rdf(model: CascadeModel, stage: int, folder: Path, name: str, x: np.n
         "documentation": "README.md",
         "inputs": [{
             "id": "input",
-            "description": (f"LAC (µm⁻¹) block-mean downsampled by {list(model.factor)} (README, step 1)"
-                            if stage == 1 else "channel 0: LAC (µm⁻¹); 1..: stage 1's smoothed, upsampled "
+            "description": (f"{what} block-mean downsampled by {list(model.factor)} (README, step 1)"
+                            if stage == 1 else f"channel 0: {what}; 1..: stage 1's smoothed, upsampled "
                             "probabilities (README, step 3)"),
             "axes": _axes(channels, [{"min": m, "step": div} for m in min_size], in_scale),
             "test_tensor": {"source": "test_input.npy", "sha256": _sha256(folder / "test_input.npy")},
@@ -219,14 +225,17 @@ def _readme(model: CascadeModel, description: str) -> str:
 {description}
 
 Two BioImage.IO model packages (format {BIOIMAGEIO_FORMAT}), one per stage; run them in
-this order on a reconstruction in LAC (µm⁻¹) at the voxel size above:
+this order on a reconstruction in {"LAC (µm⁻¹)" if model.normalisation.units == "1/um" else
+"the gray values the model was trained on (it takes no LAC)"} at the model's voxel size
+({"unknown: the voxels of its training volume" if model.voxel_size is None else
+" × ".join(f"{v:g}" for v in model.voxel_size) + " µm"}):
 
-1. **Coarse volume**: block mean of the LAC by {list(f)} (z, y, x); trim each edge to a
+1. **Coarse volume**: block mean of the input by {list(f)} (z, y, x); trim each edge to a
    multiple of the factor.
 2. **stage1/**: the whole coarse volume in one pass (padded to a multiple of
    {model.stage1.config.divisor} per edge): probabilities of background and
    {', '.join(model.classes)} (channel = label value). Its preprocessing normalises the
-   LAC as (LAC − {model.normalisation.offset:g}) / {model.normalisation.scale:g}.
+   input as (value − {model.normalisation.offset:g}) / {model.normalisation.scale:g}.
 3. **Context**: stage 1's probabilities smoothed on the coarse grid by a Gaussian of
    σ {s:g} full-resolution voxels (σ/factor coarse voxels, edges 'nearest'), then
    {"interpolated linearly (voxel centres)" if model.context == "probabilities" else

@@ -83,3 +83,21 @@ def test_bioimageio_core_runs_the_packages_test(package, stage):
     summary = core.test_model(package / stage / "rdf.yaml")
     assert summary.status == "passed", [(d.name, [e.msg for e in d.errors]) for d in summary.details
                                         if d.status != "passed"]
+
+
+def test_a_model_of_gray_values_is_exported_as_such(tmp_path):
+    """A model trained on one uncalibrated volume (sxtlab train X.hx) takes gray values, not LAC."""
+    from dataclasses import replace
+
+    from sxtlab.export import export_bioimageio
+
+    model = sxtlab.load_model("default")
+    model.normalisation = replace(model.normalisation, offset=0.01, scale=0.001, units="gray")
+    model.voxel_size = None
+    out = export_bioimageio(model, tmp_path / "gray")
+    rdf = json.loads((out / "stage1" / "rdf.yaml").read_text())
+    assert rdf["inputs"][0]["description"].startswith("gray values as in training")
+    assert all("unit" not in axis for axis in rdf["inputs"][0]["axes"])  # no voxel size: no µm
+    assert "it takes no LAC" in (out / "README.md").read_text()
+    x = np.load(out / "stage1" / "test_input.npy")
+    assert abs(float(np.median((x - 0.01) / 0.001))) < 3  # normalised, the input is in the network's range
