@@ -81,9 +81,6 @@ def _read_input(path: str, voxel_size) -> xr.Dataset:
 
 
 # -- the options of every command that reads an image ------------------------------------
-#: What --lac records: the values are LAC in µm⁻¹ already.
-LAC_AS_IS = "--lac"
-
 
 def add_image_options(parser: argparse.ArgumentParser, *, calibration: bool = True) -> None:
     """Add the options that complete what an image file lacks: voxel size and units.
@@ -433,7 +430,7 @@ def missing(image: xr.DataArray) -> list[str]:
     voxel size: unknown (the file records none); give it with --voxel-size DZ,DY,DX (or one value) in µm
     units: gray values without a calibration; give --lac if they are LAC in µm⁻¹ already (their range, 0.2 … 0.2, is LAC's), --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]
     """
-    from .errors import GIVE_CALIBRATION, GIVE_VOXEL_SIZE
+    from .errors import GIVE_VOXEL_SIZE
 
     lines = []
     if image.attrs.get("voxel_size_um") is None:
