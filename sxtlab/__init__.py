@@ -20,7 +20,8 @@ _LAZY_SUBMODULES = {"cascade", "catalog", "data", "measure", "metrics", "phantom
                     "clean", "threads"}
 _LAZY_NAMES = {"Catalog": "catalog", "Task": "task", "CascadeModel": "cascade", "SliceViewer": "viewer",
                "show_slices": "viewer", "load_model": "models", "train_cascade": "train",
-               "clean_labels": "clean", "use_free_cores": "threads"}
+               "clean_labels": "clean", "use_free_cores": "threads", "calibrate_from_medium": "cells",
+               "read_table": "measure", "read_tables": "measure", "write_table": "measure"}
 
 
 def __getattr__(name: str):

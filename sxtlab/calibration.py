@@ -99,13 +99,16 @@ def estimate_calibration(
     reference=None,
     reference_lac: float | None = None,
     scale: float | None = None,
+    offset: float | None = None,
 ) -> Calibration:
     """Estimate a gray → LAC calibration from reference regions of known LAC.
 
     With two regions (the medium and a reference material) both ``scale`` and
-    ``offset`` are solved from their median gray values. With the medium alone, the
-    ``scale`` must be given (e.g. from the reconstruction's known pixel size and
-    normalisation) and only the offset is estimated.
+    ``offset`` are solved from their median gray values. With the medium alone, one
+    of the two must be known: given the ``scale`` (e.g. from the reconstruction's
+    known pixel size and normalisation) the offset is estimated; given the
+    ``offset`` (``0`` for a reconstruction of ``-ln(I/I0)`` whose values are
+    proportional to LAC, e.g. LAC per voxel or in other length units) the scale is.
 
     Parameters
     ----------
@@ -118,7 +121,10 @@ def estimate_calibration(
     reference, reference_lac : array_like of bool and float, optional
         A second region and its LAC (µm⁻¹).
     scale : float, optional
-        µm⁻¹ per gray unit, required when no reference region is given.
+        µm⁻¹ per gray unit; the medium then fixes the offset.
+    offset : float, optional
+        µm⁻¹; the medium then fixes the scale. Without a reference region, give
+        ``scale`` or ``offset`` (not both).
 
     Returns
     -------
@@ -130,7 +136,8 @@ def estimate_calibration(
     ------
     CalibrationError
         If the regions are empty or of the wrong shape, if both regions have the
-        same gray value, or if neither a reference nor a scale is given.
+        same gray value, if neither a reference nor a scale or offset is given, or
+        if an offset is given and the medium's median gray value is 0.
 
     Examples
     --------
@@ -167,14 +174,27 @@ def estimate_calibration(
             reference_lac_per_um=float(reference_lac),
             reference_voxels=int(g_ref.size),
         )
+    elif scale is not None and offset is not None:
+        raise CalibrationError("with the medium alone give scale or offset, not both (both known: "
+                               "sxtlab.Calibration(scale, offset) needs no estimate)")
     elif scale is not None:
         fitted_scale = float(scale)
         fit.update(method="medium and given scale")
+    elif offset is not None:
+        if med == 0:
+            raise CalibrationError(
+                f"the medium's median gray value is 0, so no scale maps it to {medium_lac:g} µm⁻¹ with "
+                f"offset {offset:g}; give the scale instead (the offset is then estimated)")
+        fitted_scale = (medium_lac - float(offset)) / med
+        fit.update(method="medium and given offset")
     else:
         raise CalibrationError(
-            "give either a reference region with its reference_lac, or the scale (µm⁻¹ per gray unit)"
+            "give either a reference region with its reference_lac, or the scale (µm⁻¹ per gray unit) "
+            "or the offset (µm⁻¹) of the calibration"
         )
-    offset = medium_lac - fitted_scale * med
-    cal = Calibration(float(fitted_scale), float(offset), fit)
+    # A given offset stays exactly as given (not recomputed with rounding error).
+    fitted_offset = float(offset) if offset is not None and scale is None and reference is None \
+        else medium_lac - fitted_scale * med
+    cal = Calibration(float(fitted_scale), float(fitted_offset), fit)
     fit["medium_lac_residual_per_um"] = float(np.mean(cal.apply(g_med)) - medium_lac)
     return cal

@@ -701,7 +701,7 @@ class CascadeModel:
                 overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
                 skip_background: float | None = SKIP_BACKGROUND,
                 trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1, block_size: int = 128,
-                progress: bool = True, clean: bool = True) -> xr.Dataset:
+                progress: bool = True, clean: bool = True, ngff_version: str | None = None) -> xr.Dataset:
         """Segment a volume.
 
         Parameters
@@ -740,6 +740,9 @@ class CascadeModel:
             vacuoles filled, touching lipid bodies and vacuoles split); needs a known
             voxel size (the volume's or the model's). Only in memory: with ``out``
             or a dask-backed volume the labels are the arg-max, block by block.
+        ngff_version : {"0.5", "0.4"}, optional
+            OME-NGFF version of ``out`` (default :data:`sxtlab.io._omezarr.NGFF_VERSION`,
+            0.5; "0.4" for readers without Zarr v3).
 
         Returns
         -------
@@ -788,7 +791,8 @@ class CascadeModel:
             # One block at a time: torch already uses the cores, and a threaded
             # scheduler would keep several blocks (and their inputs) in memory.
             with dask.config.set(scheduler="synchronous"):
-                write_volume(ds, out, overwrite=overwrite)
+                write_volume(ds, out, overwrite=overwrite,
+                             **({"ngff_version": ngff_version} if ngff_version is not None else {}))
             return read_segmentation(out)
         data = np.asarray(volume.values, np.float32)
         norm = self.normalisation.apply(data)

@@ -1132,7 +1132,7 @@ def _fingerprint(paths: Iterable[Path]) -> str:
 
 def import_projects(catalog: Catalog, folder: str | os.PathLike, *, pattern: str = "*.hx",
                     class_map: Mapping[str, str] | None = None, voxel_size: Any = None,
-                    progress: bool = True, **metadata: Any) -> pd.DataFrame:
+                    calibration: Any = None, progress: bool = True, **metadata: Any) -> pd.DataFrame:
     """Add every segmented Amira project under a folder that the catalog lacks.
 
     Each project (``.hx``, searched recursively) is read with
@@ -1158,6 +1158,11 @@ def import_projects(catalog: Catalog, folder: str | os.PathLike, *, pattern: str
     voxel_size : float or (dz, dy, dx), optional
         Voxel size in µm for projects whose files record none (Amira's
         ``BoundingBox`` in voxel units); without it their voxel size stays unknown.
+    calibration : sxtlab.Calibration or callable, optional
+        Gray → LAC calibration recorded on every project's image, or a function
+        ``f(image, project_path) -> Calibration`` called per project (e.g. with
+        :func:`sxtlab.calibrate_from_medium`); a project it fails on is reported
+        ``"failed"`` with the reason.
     progress : bool
         Show a progress bar.
     **metadata
@@ -1199,6 +1204,10 @@ def import_projects(catalog: Catalog, folder: str | os.PathLike, *, pattern: str
             if "labels" not in ds:
                 row["status"] = "no labels"
                 continue
+            if calibration is not None:
+                cal = calibration(ds["lac"], str(hx)) if callable(calibration) else calibration
+                if cal is not None:
+                    ds["lac"] = ds["lac"].sxt.with_calibration(cal)
             files = [Path(ds.attrs["image_file"]), Path(ds.attrs["labels_file"])]
             sha = _fingerprint(files)
             entry_id = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', hx.stem)}-{sha[:12]}"

@@ -20,6 +20,10 @@ without training:
    (:func:`skimage.segmentation.watershed`); instances smaller than
    ``min_voxels`` (fragments at the volume's edge, specks) are dropped.
 
+:func:`medium_region` and :func:`calibrate_from_medium` use the same threshold the
+other way round: the medium is what lies a few voxels away from every bright voxel
+and near the cells, which gives a gray → LAC calibration from the medium's known LAC.
+
 :func:`find_cells` runs both and returns a segmentation Dataset whose
 ``instances`` variable :func:`sxtlab.measure.instances` uses to give each cell its
 own row. Cells that touch over a wide face with no neck between them can still be
@@ -29,6 +33,8 @@ viewer and adjust ``min_distance_voxels``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
 from scipy import ndimage
@@ -37,9 +43,12 @@ from skimage.filters import threshold_otsu
 from skimage.morphology import ball, opening
 from skimage.segmentation import relabel_sequential, watershed
 
+from .calibration import LAC_WATER_PER_UM, Calibration, CalibrationError, estimate_calibration
+from .errors import GIVE_CALIBRATION, GIVE_CALIBRATION_SCALE
 from .volume import DIMS, label_volume, segmentation
 
-__all__ = ["cell_material", "split_cells", "find_cells"]
+__all__ = ["cell_material", "split_cells", "find_cells", "medium_region", "calibrate_from_medium",
+           "describe_fit"]
 
 #: Share of the bright voxels that must be thin for them to be taken as a wall.
 THIN_FRACTION = 0.8
@@ -192,3 +201,184 @@ def find_cells(image: xr.DataArray, *, threshold: float | None = None, remove_th
                        threshold=material.attrs["threshold"], wall_voxels=material.attrs["wall_voxels"])
     seg["instances"] = ids.assign_coords({d: image[d] for d in DIMS})
     return seg
+
+
+#: Least number of medium voxels a calibration is estimated from.
+MIN_MEDIUM_VOXELS = 200
+#: Median LAC of cell material that a calibration from the medium may give: above
+#: the medium's (times this factor), below 1.0 µm⁻¹, the top of the densest organelles' range
+#: (lipid bodies, DESIGN notes): a median of cell material lies far below it.
+CELL_LAC_PLAUSIBLE = (1.05, 1.0)
+#: Larger images are calibrated on a block-mean downsampled copy (256³ voxels).
+MAX_CALIBRATION_VOXELS = 256**3
+
+
+def medium_region(image: xr.DataArray, *, margin_voxels: int = 2, width_voxels: int = 8,
+                  threshold: float | None = None) -> xr.DataArray:
+    """Voxels of the medium around the cells: near cell material, away from anything bright.
+
+    Medium voxels lie at least ``margin_voxels`` from every voxel above the
+    threshold (cell material, a capillary's wall: their partial-volume blur stays
+    out) and at most ``margin_voxels + width_voxels`` from the cell material of
+    :func:`cell_material` (so that air outside a capillary, or the far side of an
+    ice layer, stays out too).
+
+    Parameters
+    ----------
+    image : xarray.DataArray, dims (z, y, x)
+        LAC or gray values (more absorbing is brighter).
+    margin_voxels, width_voxels : int
+        The shell around the cells, in voxels.
+    threshold : float, optional
+        As for :func:`cell_material` (default: Otsu's).
+
+    Returns
+    -------
+    xarray.DataArray of bool, dims (z, y, x)
+        attrs ``threshold``, ``margin_voxels``, ``width_voxels``, ``cell_voxels``.
+
+    Raises
+    ------
+    ValueError
+        If ``image`` is not a (z, y, x) DataArray or is constant, or the shell is
+        not ``margin_voxels >= 0``, ``width_voxels >= 1``.
+
+    Examples
+    --------
+    >>> import numpy as np, sxtlab
+    >>> g = np.full((24, 24, 24), 100.0); g[8:16, 8:16, 8:16] = 250.0
+    >>> m = medium_region(sxtlab.volume(g, 0.05))
+    >>> bool(m.values[8:16, 8:16, 8:16].any()), float(np.median(g[m.values]))
+    (False, 100.0)
+    """
+    _check(image, "image")
+    if margin_voxels < 0 or width_voxels < 1:
+        raise ValueError(f"margin_voxels must be >= 0 and width_voxels >= 1, got {margin_voxels}, {width_voxels}")
+    material = cell_material(image, threshold=threshold)
+    t = float(material.attrs["threshold"])
+    values = np.asarray(image.values, np.float64)
+    cells = np.asarray(material.values, bool)
+    away = ndimage.distance_transform_edt(values <= t) > margin_voxels if margin_voxels else values <= t
+    near = ndimage.distance_transform_edt(~cells) <= margin_voxels + width_voxels if cells.any() else np.ones_like(cells)
+    return xr.DataArray(away & near & ~cells, dims=DIMS, coords={d: image[d] for d in DIMS}, name="medium",
+                        attrs={"threshold": t, "margin_voxels": int(margin_voxels),
+                               "width_voxels": int(width_voxels), "cell_voxels": int(cells.sum()),
+                               "voxel_size_um": image.attrs.get("voxel_size_um")})
+
+
+def calibrate_from_medium(image: xr.DataArray, medium_lac: float = LAC_WATER_PER_UM, *,
+                          scale: float | None = None, offset: float | None = None,
+                          medium: xr.DataArray | None = None, **region: int) -> Calibration:
+    """A gray → LAC calibration from the medium around the cells, whose LAC is known.
+
+    One region fixes one of the two numbers of ``LAC = scale · gray + offset``:
+    by default the offset is 0 and the scale is fitted, which is right for a
+    reconstruction of ``-ln(I/I0)`` whose values are LAC in other units (per voxel,
+    per nm) or LAC already; with ``scale`` given, the offset is fitted instead (a
+    gray image rescaled from LAC with a known factor). With two regions of known LAC,
+    use :func:`sxtlab.estimate_calibration`.
+
+    Parameters
+    ----------
+    image : xarray.DataArray, dims (z, y, x)
+        Gray values, as read (``units`` ``"gray"``).
+    medium_lac : float
+        LAC of the medium, µm⁻¹: water at 517 eV, 0.111, by default; vitreous ice
+        is 0.105 (:data:`sxtlab.calibration.LAC_ICE_PER_UM`).
+    scale, offset : float, optional
+        The known one of the two (default ``offset=0``); not both.
+    medium : xarray.DataArray of bool, optional
+        The medium's voxels; default :func:`medium_region` of the image (of a
+        block-mean downsampled copy where it has more than
+        :data:`MAX_CALIBRATION_VOXELS`).
+    **region
+        ``margin_voxels``, ``width_voxels``, ``threshold`` of :func:`medium_region`.
+
+    Returns
+    -------
+    Calibration
+        ``fit`` holds the method, the medium's voxel count, median gray and MAD,
+        the shell used, and ``cell_lac_median_per_um``: the median LAC the
+        calibration gives the cell material, a check on the result (cytoplasm is
+        about 0.2–0.3 µm⁻¹).
+
+    Raises
+    ------
+    CalibrationError
+        If fewer than :data:`MIN_MEDIUM_VOXELS` medium voxels are found (no medium
+        around the cells in the volume), if the medium's median gray value is 0 with
+        ``offset`` known, or if with ``offset`` known the cell material's median
+        LAC comes out implausible (:data:`CELL_LAC_PLAUSIBLE`): the gray values are
+        then not proportional to LAC, and the scale must be given.
+
+    Examples
+    --------
+    >>> import numpy as np, sxtlab
+    >>> g = np.full((24, 24, 24), 50.0); g[8:16, 8:16, 8:16] = 125.0  # LAC × 450
+    >>> cal = calibrate_from_medium(sxtlab.volume(g, 0.05), 0.111)
+    >>> round(cal.scale * 450, 3), round(cal.fit["cell_lac_median_per_um"], 4)
+    (0.999, 0.2775)
+    """
+    _check(image, "image")
+    if scale is not None and offset is not None:
+        raise CalibrationError("calibrate_from_medium: give scale or offset, not both (both known: "
+                               "sxtlab.Calibration(scale, offset) needs no estimate)")
+    if scale is None and offset is None:
+        offset = 0.0
+    if medium is None and image.size > MAX_CALIBRATION_VOXELS:
+        # Medians of large regions barely change with a block mean, while the distance
+        # transforms of medium_region on a whole 1000³ volume would need gigabytes.
+        factor = math.ceil((image.size / MAX_CALIBRATION_VOXELS) ** (1 / 3))
+        image = image.sxt.downsample(factor).load()
+    else:
+        factor = 1
+    mask = medium_region(image, **region) if medium is None else medium
+    found = int(np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask, bool).sum())
+    src = image.attrs.get("source") or image.name or "the image"
+    if found < MIN_MEDIUM_VOXELS:
+        raise CalibrationError(
+            f"{src}: found {found} voxels of medium around the cells, fewer than {MIN_MEDIUM_VOXELS}; "
+            f"the volume shows too little medium to calibrate on: give the calibration ({GIVE_CALIBRATION[0]})",
+            remedies=[GIVE_CALIBRATION])
+    values = np.asarray(image.values, np.float64)
+    cal = estimate_calibration(values, np.asarray(mask.values if isinstance(mask, xr.DataArray) else mask, bool),
+                               medium_lac, scale=scale, offset=offset)
+    fit = dict(cal.fit, downsampled_by=factor)
+    if isinstance(mask, xr.DataArray):
+        fit.update({k: mask.attrs[k] for k in ("threshold", "margin_voxels", "width_voxels") if k in mask.attrs})
+    cells = values > fit.get("threshold", np.inf)
+    if cells.any():
+        cell_lac = float(cal.apply(np.median(values[cells])))
+        fit["cell_lac_median_per_um"] = cell_lac
+        lo, hi = CELL_LAC_PLAUSIBLE
+        if offset is not None and not lo * medium_lac < cell_lac < hi:
+            # One region cannot tell a wrong offset from a wrong scale; the cells can.
+            raise CalibrationError(
+                f"{src}: with offset {offset:g} the medium (median gray {fit['medium_gray_median']:.4g}) "
+                f"set to {medium_lac:g} µm⁻¹ makes the cell material's median {cell_lac:.4g} µm⁻¹, outside "
+                f"{lo:g}× the medium … {hi:g} µm⁻¹ that cells have: the gray values are not proportional "
+                f"to LAC (the medium shifted, e.g. to 0); give the scale, {GIVE_CALIBRATION_SCALE[0]}, so "
+                "that the medium fixes the offset", remedies=[GIVE_CALIBRATION_SCALE])
+    return Calibration(cal.scale, cal.offset, fit)
+
+
+def describe_fit(cal: Calibration) -> str:
+    """One line on how a calibration was fitted (for logs and the command line).
+
+    Examples
+    --------
+    >>> print(describe_fit(Calibration(0.002, 0.0, {"method": "medium and given offset",
+    ...     "medium_voxels": 900, "medium_gray_median": 55.5, "medium_gray_mad": 1.5,
+    ...     "medium_lac_per_um": 0.111, "cell_lac_median_per_um": 0.25})))
+    LAC = 0.002·gray + 0 µm⁻¹ (medium and given offset: 900 medium voxels, median gray 55.5 ± 1.5 (MAD) set to 0.111 µm⁻¹; cell material's median then 0.25 µm⁻¹)
+    """
+    f = cal.fit
+    text = f"LAC = {cal.scale:.6g}·gray + {cal.offset:.6g} µm⁻¹"
+    if "medium_voxels" in f:
+        text += (f" ({f.get('method', 'fit')}: {f['medium_voxels']} medium voxels, median gray "
+                 f"{f['medium_gray_median']:.6g} ± {f['medium_gray_mad']:.3g} (MAD) set to "
+                 f"{f['medium_lac_per_um']:.4g} µm⁻¹")
+        if "cell_lac_median_per_um" in f:
+            text += f"; cell material's median then {f['cell_lac_median_per_um']:.3g} µm⁻¹"
+        text += ")"
+    return text

@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from .calibration import LAC_ICE_PER_UM, LAC_WATER_PER_UM
 from .errors import OutputExistsError, SxtlabError
 from .threads import use_free_cores
 
-__all__ = ["main", "describe"]
+__all__ = ["main", "describe", "add_image_options", "read_image", "calibrate", "build_parser"]
 
 log = logging.getLogger("sxtlab")
 
@@ -50,6 +51,10 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     lo, hi, mean = (float(v) for v in (image.min(), image.max(), image.mean()))
     unit_text = "µm⁻¹ (LAC)" if units == "1/um" else units
     lines.append(f"  values {lo:.4g} … {hi:.4g}, mean {mean:.4g} {unit_text}")
+    cal = image.sxt.calibration
+    if units == "gray" and cal is not None:
+        lines.append(f"  calibration: LAC = {cal.scale:.6g}·gray + {cal.offset:.6g} µm⁻¹, so LAC "
+                     f"{cal.apply(lo):.4g} … {cal.apply(hi):.4g}, mean {cal.apply(mean):.4g} µm⁻¹")
     if image.attrs.get("source"):
         lines.append(f"  source: {image.attrs['source']}")
     if isinstance(obj, xr.Dataset) and "labels" in obj:
@@ -64,18 +69,111 @@ def describe(obj: xr.DataArray | xr.Dataset) -> str:
     return "\n".join(lines)
 
 
-def _read_input(path: str, voxel_size, calibration=None) -> xr.Dataset:
-    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``;
-    ``calibration`` (a :class:`sxtlab.Calibration`) is recorded on a gray image."""
+def _read_input(path: str, voxel_size) -> xr.Dataset:
+    """An input file as a Dataset: ``lac`` and, where the file has them, ``labels``
+    (units as read; :func:`read_image` completes them from the options)."""
     from .io import detect_format, read_segmentation, read_volume
 
     p = Path(path)
     if p.suffix.lower() == ".hx" or (detect_format(p) == "omezarr" and (p / "labels").is_dir()):
-        ds = read_segmentation(p, voxel_size=voxel_size)
-        if calibration is not None:
-            ds["lac"] = ds["lac"].sxt.with_calibration(calibration)
-        return ds
-    return read_volume(p, voxel_size=voxel_size, calibration=calibration).to_dataset(name="lac")
+        return read_segmentation(p, voxel_size=voxel_size)
+    return read_volume(p, voxel_size=voxel_size).to_dataset(name="lac")
+
+
+# -- the options of every command that reads an image ------------------------------------
+
+def add_image_options(parser: argparse.ArgumentParser, *, calibration: bool = True) -> None:
+    """Add the options that complete what an image file lacks: voxel size and units.
+
+    ``--voxel-size`` and, with ``calibration``, ``--lac``, ``--calibration
+    SCALE[,OFFSET]`` and ``--calibrate-from-medium [LAC]``, in one group. Every
+    command that reads an image uses this, and :func:`read_image` reads with them,
+    so the options mean the same everywhere (a new command adds both).
+    """
+    group = parser.add_argument_group(
+        "image units", "complete what the file does not record (MRC, TIFF and Amira files record no LAC units)")
+    group.add_argument("--voxel-size", type=_voxel_size, default=None,
+                       help="voxel size in µm ('D' or 'DZ,DY,DX') where the file records none, or to replace it")
+    if not calibration:
+        return
+    group.add_argument("--lac", action="store_true",
+                       help="the file's values are LAC in µm⁻¹ already (as most SXT reconstructions are)")
+    group.add_argument("--calibration", type=_calibration, default=None, metavar="SCALE[,OFFSET]",
+                       help="gray → LAC of an image in gray values: LAC = SCALE·gray + OFFSET (µm⁻¹); with "
+                            "--calibrate-from-medium, SCALE alone and the medium fixes OFFSET")
+    group.add_argument("--calibrate-from-medium", type=_positive_lac, nargs="?", const=LAC_WATER_PER_UM,
+                       default=None, metavar="LAC",
+                       help="estimate the calibration from the medium around the cells, whose LAC (µm⁻¹) is "
+                            f"LAC (default {LAC_WATER_PER_UM}, water at 517 eV; vitreous ice {LAC_ICE_PER_UM}): "
+                            "LAC = SCALE·gray with the scale fitted, or the offset fitted with --calibration "
+                            "SCALE; the fit is reported")
+
+
+def _positive_lac(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10:
+        raise argparse.ArgumentTypeError(f"expected the medium's LAC in µm⁻¹ (e.g. {LAC_WATER_PER_UM}), got {text!r}")
+    return value
+
+
+def _calibration_options(args: argparse.Namespace) -> tuple[bool, Any, float | None]:
+    """(--lac, --calibration, --calibrate-from-medium) of a command, checked together."""
+    lac = getattr(args, "lac", False)
+    given = getattr(args, "calibration", None)
+    medium = getattr(args, "calibrate_from_medium", None)
+    if lac and (given is not None or medium is not None):
+        raise SxtlabError("--lac says the values are LAC already; it takes no --calibration or "
+                          "--calibrate-from-medium")
+    if given is not None and medium is not None and given.offset != 0.0:
+        raise SxtlabError(f"--calibrate-from-medium fits the offset when --calibration gives the scale alone; "
+                          f"got --calibration {given.scale:g},{given.offset:g}")
+    return lac, given, medium
+
+
+def has_calibration_options(args: argparse.Namespace) -> bool:
+    """Whether any of --lac, --calibration, --calibrate-from-medium was given."""
+    lac, given, medium = _calibration_options(args)
+    return bool(lac or given is not None or medium is not None)
+
+
+def calibrate(image: xr.DataArray, args: argparse.Namespace, where: str) -> xr.DataArray:
+    """``image`` with the calibration the image options give (unchanged without one).
+
+    The fit of ``--calibrate-from-medium`` is printed, for the user to judge.
+    """
+    from .calibration import Calibration
+
+    lac, given, medium = _calibration_options(args)
+    if not (lac or given is not None or medium is not None):
+        return image
+    units = image.attrs.get("units")
+    if units == "1/um":
+        if lac:
+            return image  # says what the file says already
+        raise SxtlabError(f"{where}: holds LAC in µm⁻¹ already (units '1/um'); it takes no --calibration or "
+                          "--calibrate-from-medium")
+    if lac:
+        cal = Calibration(1.0, 0.0, {"method": "values are LAC in µm⁻¹ (--lac)"})
+    elif medium is not None:
+        from .cells import calibrate_from_medium, describe_fit
+
+        # Not loaded: a large (lazy) image is calibrated on a block-mean copy.
+        cal = calibrate_from_medium(image, medium, scale=None if given is None else given.scale)
+        print(f"{where}: calibrated from the medium: {describe_fit(cal)}")
+    else:
+        cal = given
+    return image.sxt.with_calibration(cal)
+
+
+def read_image(path: str, args: argparse.Namespace) -> xr.Dataset:
+    """An input file as a Dataset (``lac`` and, where the file has them, ``labels``),
+    completed by the image options of :func:`add_image_options`."""
+    ds = _read_input(path, getattr(args, "voxel_size", None))
+    ds["lac"] = calibrate(ds["lac"], args, path)
+    return ds
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -84,13 +182,14 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
 
 
-def _write_csv(table, path: Path, overwrite: bool) -> Path:
-    from .io import atomic_output
+def _write_table(table, path: Path, overwrite: bool) -> Path:
+    from .measure import write_table
 
-    return atomic_output(path, lambda tmp: table.to_csv(tmp, index=False), overwrite=overwrite)
+    return write_table(table, path, overwrite=overwrite)
 
 
-def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, **predict: Any) -> xr.Dataset:
+def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, ngff_version: str | None = None,
+             **predict: Any) -> xr.Dataset:
     """Predict (``predict``: options of ``CascadeModel.predict``), writing to ``out``
     block by block where no resampling is needed."""
     from .io import write_volume
@@ -98,11 +197,16 @@ def _segment(image: xr.DataArray, model, out: Path | None, overwrite: bool, **pr
     same_grid = (model.voxel_size is None or not image.sxt.has_voxel_size
                  or np.allclose(image.sxt.voxel_size, model.voxel_size, rtol=0.02))
     if out is not None and same_grid:
-        return model.predict(image, out=out, overwrite=overwrite, **predict)
+        return model.predict(image, out=out, overwrite=overwrite, ngff_version=ngff_version, **predict)
     seg = model.predict(image.load(), **predict)
     if out is not None:
-        write_volume(seg, out, overwrite=overwrite)
+        write_volume(seg, out, overwrite=overwrite, **_ngff(ngff_version))
     return seg
+
+
+def _ngff(version: str | None) -> dict[str, str]:
+    """``write_volume`` keywords of an OME-Zarr version (none: the writer's default)."""
+    return {} if version is None else {"ngff_version": version}
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
@@ -110,7 +214,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
-    ds = _read_input(args.input, args.voxel_size, args.calibration)
+    ds = read_image(args.input, args)
     model = load_model(args.model)
     log.info("model %s: classes %s", args.model, ", ".join(model.classes))
     if "sparse" in model.info and "labels" in ds and not args.ignore_annotation:
@@ -120,12 +224,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         from .sparse import segment_sparse
 
         seg = segment_sparse(ds, model, beta=args.beta, progress=True)
-        write_volume(seg, out, overwrite=args.overwrite)
+        write_volume(seg, out, overwrite=args.overwrite, **_ngff(args.ngff_version))
         print(f"used the annotation of {args.input}: probabilities of the model and of the annotation's "
               "interpolation averaged, only the instances the annotation marks kept")
     else:
         gates = {k: getattr(args, k) for k in ("skip_background", "trust_background") if hasattr(args, k)}
-        seg = _segment(ds["lac"], model, out, args.overwrite, tta=args.tta, **gates)
+        seg = _segment(ds["lac"], model, out, args.overwrite, args.ngff_version, tta=args.tta, **gates)
     print(describe(seg))
     print(f"wrote {out}")
     return 0
@@ -138,6 +242,7 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _refuse_existing(out, args.overwrite)
     seg = read_segmentation(args.segmentation, voxel_size=args.voxel_size)
+    seg["lac"] = calibrate(seg["lac"], args, args.segmentation)
     kwargs = {"allow_voxel_units": args.allow_voxel_units}
     if args.table == "distances":
         pairs = [tuple(p.split(":")) for p in args.pairs.split(",")] if args.pairs else None
@@ -146,7 +251,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         table = measure.distances(seg, pairs, **kwargs)
     else:
         table = getattr(measure, args.table)(seg, **kwargs)
-    _write_csv(table, out, args.overwrite)
+    table.attrs["source"] = str(args.segmentation)
+    _write_table(table, out, args.overwrite)
     print(f"{len(table)} rows ({args.table}) -> {out}")
     return 0
 
@@ -167,7 +273,7 @@ def _cmd_catalog(args: argparse.Namespace) -> int:
                                "source") if c in frame]
         print(frame[columns].to_string() if len(frame) else f"{args.catalog}: empty catalog")
         return 0
-    ds = _read_input(args.image, args.voxel_size)
+    ds = read_image(args.image, args)
     if args.labels:
         labels = _read_input(args.labels, args.voxel_size)["lac"]
         if not labels.sxt.is_labels:
@@ -189,7 +295,7 @@ def _import(cat, args: argparse.Namespace) -> int:
     class_map = dict(_key_value(kv, "--class-map") for kv in args.class_map)
     metadata = dict(_key_value(kv) for kv in args.meta)
     report = import_projects(cat, args.folder, pattern=args.pattern, class_map=class_map,
-                             voxel_size=args.voxel_size, **metadata)
+                             voxel_size=args.voxel_size, calibration=_per_project(args), **metadata)
     for row in report.itertuples():
         detail = f" {row.entry} ({', '.join(row.classes)})" if row.status in ("added", "present") else ""
         print(f"{row.status:>9}  {row.project}{detail}")
@@ -199,6 +305,13 @@ def _import(cat, args: argparse.Namespace) -> int:
     print(f"{len(report)} projects: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {len(cat)} entries")
     # Projects left out are a reason to look, and scripts should see it.
     return 2 if counts.get("unmapped", 0) or counts.get("failed", 0) else 0
+
+
+def _per_project(args: argparse.Namespace):
+    """The calibration of each imported project, from the image options (None: as read)."""
+    if not has_calibration_options(args):
+        return None
+    return lambda image, where: calibrate(image, args, where).sxt.calibration
 
 
 def _key_value(text: str, option: str = "--meta") -> tuple[str, str]:
@@ -237,11 +350,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.catalog:
         from .catalog import Catalog
 
+        if has_calibration_options(args) or args.voxel_size is not None:
+            raise SxtlabError("--voxel-size, --lac, --calibration and --calibrate-from-medium apply to input "
+                              "files; catalog entries carry their own")
         model, history = task.train(Catalog.open(args.catalog), _cascade_config(args))
     elif args.inputs:
         cells = []
         for path in args.inputs:
-            ds = _read_input(path, args.voxel_size)
+            ds = read_image(path, args)
             if "labels" not in ds:
                 raise SxtlabError(f"{path}: has no label field; training needs labels "
                                   "(`sxtlab segment` works without them)")
@@ -269,6 +385,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    from .export import describe_model, export_bioimageio
+    from .models import load_model
+
+    model = load_model(args.model)
+    if args.model_command == "info":
+        print(describe_model(model, args.model))
+        return 0
+    out = Path(args.output)
+    _refuse_existing(out, args.overwrite)
+    export_bioimageio(model, out, overwrite=args.overwrite)
+    print(f"BioImage.IO packages of {args.model}: {out / 'stage1'} and {out / 'stage2'} (how they chain: "
+          f"{out / 'README.md'})")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -280,8 +412,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    print(describe(_read_input(args.path, args.voxel_size)))
+    ds = read_image(args.path, args)
+    print(describe(ds))
+    for line in missing(ds["lac"]):
+        print(line)
     return 0
+
+
+def missing(image: xr.DataArray) -> list[str]:
+    """What an image lacks for sxtlab's physical results, each with the option that completes it.
+
+    Examples
+    --------
+    >>> import numpy as np, sxtlab
+    >>> print("\\n".join(missing(sxtlab.volume(np.full((2, 2, 2), 0.2, np.float32), None, units="gray"))))
+    ... # doctest: +NORMALIZE_WHITESPACE
+    voxel size: unknown (the file records none); give it with --voxel-size DZ,DY,DX (or one value) in µm
+    units: gray values without a calibration; give --lac if they are LAC in µm⁻¹ already (their range, 0.2 … 0.2, is LAC's), --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]
+    """
+    from .errors import GIVE_VOXEL_SIZE
+
+    lines = []
+    if image.attrs.get("voxel_size_um") is None:
+        lines.append(f"voxel size: unknown (the file records none); give it with {GIVE_VOXEL_SIZE[1]}")
+    if image.attrs.get("units") != "1/um" and image.sxt.calibration is None and not image.sxt.is_labels:
+        lo, hi = float(image.min()), float(image.max())
+        # Only a hint: cells absorb more than water (0.111 µm⁻¹), lipid at most about
+        # 1 µm⁻¹ (DESIGN notes); noise reaches a little below 0.
+        looks = f" (their range, {lo:.3g} … {hi:.3g}, is LAC's)" if -0.2 <= lo and 0.1 <= hi <= 2.0 else ""
+        lines.append(f"units: gray values without a calibration; give --lac if they are LAC in µm⁻¹ "
+                     f"already{looks}, --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]")
+    if not lines:
+        lines.append("complete: voxel size and LAC units known")
+    return lines
 
 
 def _beta(text: str) -> float | str:
@@ -361,8 +524,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done, step by step")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    vs_help = "voxel size in µm ('D' or 'DZ,DY,DX') where the file records none"
-
     demo = sub.add_parser("demo", help="segment and measure a sample cell; write OME-Zarr, CSV and PNG",
                           description="Segment a sample cell with the shipped model, measure its organelles "
                                       "and write the segmentation (OME-Zarr), the table (CSV) and a figure "
@@ -386,10 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("input", help="volume file")
     seg.add_argument("-o", "--output", required=True, help="output OME-Zarr folder (e.g. seg.zarr)")
     seg.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
-    seg.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
-    seg.add_argument("--calibration", type=_calibration, default=None, metavar="SCALE[,OFFSET]",
-                     help="gray → LAC of an image in gray values: LAC = SCALE·gray + OFFSET (µm⁻¹); "
-                          "'1' where the file's values are LAC in µm⁻¹ already")
+    add_image_options(seg)
+    seg.add_argument("--ngff-version", choices=("0.5", "0.4"), default=None,
+                     help="OME-Zarr version written: 0.5 (Zarr v3, the default) or 0.4 (Zarr v2) for viewers "
+                          "that read no Zarr v3")
     seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
     # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
     # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.
@@ -408,15 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="replace an existing output")
     seg.set_defaults(func=_cmd_segment)
 
-    meas = sub.add_parser("measure", help="measure a segmentation into a CSV table",
-                          description="Measure organelles of a segmentation (OME-Zarr or .hx) into a CSV "
-                                      "table with units in the column names.")
+    meas = sub.add_parser("measure", help="measure a segmentation into a CSV or Parquet table",
+                          description="Measure organelles of a segmentation (OME-Zarr or .hx) into a table "
+                                      "with units in the column names: CSV, or Parquet (.parquet) with the "
+                                      "units and voxel size in its metadata too.")
     meas.add_argument("segmentation", help="OME-Zarr segmentation or Amira project")
-    meas.add_argument("-o", "--output", required=True, help="output CSV file")
+    meas.add_argument("-o", "--output", required=True,
+                      help="output table: .csv, or .parquet (needs pyarrow: pip install \"sxtlab[parquet]\")")
     meas.add_argument("--table", choices=("instances", "classes", "distances"), default="instances",
                       help="one row per organelle, per class, or per distance (default: %(default)s)")
     meas.add_argument("--pairs", help="class pairs for --table distances, e.g. mitochondria:nucleus,lipid_body:cell")
-    meas.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(meas)
     meas.add_argument("--allow-voxel-units", action="store_true",
                       help="measure in voxels when the voxel size is unknown")
     meas.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -435,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--classes", help="the classes annotated, comma-separated (default: those the labels name)")
     add.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                      help="metadata, e.g. --meta species=yeast --meta condition=control")
-    add.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(add)
     imp = cat_sub.add_parser(
         "import", help="add every segmented Amira project (.hx) under a folder that is not in yet",
         description="Walk FOLDER for Amira projects, map their materials onto sxtlab's classes and add each "
@@ -448,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="map a material name onto a class (or 'ignore'), e.g. --class-map Inside=cell")
     imp.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
                      help="metadata for every imported cell, e.g. --meta species=yeast")
-    imp.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(imp)
     cat.set_defaults(func=_cmd_catalog)
 
     train = sub.add_parser("train", help="train a model for a task",
@@ -461,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", required=True, help="classes, comma-separated, e.g. nucleus,lipid_body")
     train.add_argument("--catalog", help="train from every entry of this catalog that fits the task")
     train.add_argument("-o", "--output", required=True, help="output model folder")
-    train.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(train)
     train.add_argument("--task-voxel-size", type=_voxel_size, default=None,
                        help="resolution (µm) the model works at; catalog entries are resampled to it")
     train.add_argument("--fast", action="store_true", help="a short training run, for trying things out")
@@ -471,9 +634,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="replace an existing output")
     train.set_defaults(func=_cmd_train)
 
+    mod = sub.add_parser("model", help="what a model holds; export it for BioImage.IO")
+    mod_sub = mod.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    minfo = mod_sub.add_parser("info", help="classes, voxel size, training data, validation Dice, checksum")
+    minfo.add_argument("model", help="'default' or a model folder")
+    export = mod_sub.add_parser(
+        "export", help="write the model as BioImage.IO 0.5 packages (one per stage, TorchScript)",
+        description="Write each stage of the cascade as a BioImage.IO 0.5 model package (TorchScript weights, "
+                    "preprocessing, test tensors of sxtlab's own prediction) and a README on how they chain.")
+    export.add_argument("model", help="'default' or a model folder")
+    export.add_argument("-o", "--output", required=True, help="output folder")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    mod.set_defaults(func=_cmd_model)
+
     info = sub.add_parser("info", help="summarise a volume file (MRC, AmiraMesh, TIFF, OME-Zarr, .hx)")
     info.add_argument("path")
-    info.add_argument("--voxel-size", type=_voxel_size, default=None, help=vs_help)
+    add_image_options(info)
     info.set_defaults(func=_cmd_info)
     return parser
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 __all__ = ["SxtlabError", "FormatError", "VoxelSizeUnknownError", "OutputExistsError", "SxtlabWarning",
-           "GIVE_VOXEL_SIZE", "ALLOW_VOXEL_UNITS", "GIVE_CALIBRATION"]
+           "GIVE_VOXEL_SIZE", "ALLOW_VOXEL_UNITS", "GIVE_CALIBRATION", "GIVE_CALIBRATION_SCALE"]
 
 #: A remedy as a Python user and as a command-line user gives it: (keyword, option).
 Remedy = tuple[str, str]
 GIVE_VOXEL_SIZE: Remedy = ("voxel_size=(dz, dy, dx) in µm", "--voxel-size DZ,DY,DX (or one value) in µm")
 ALLOW_VOXEL_UNITS: Remedy = ("allow_voxel_units=True", "--allow-voxel-units")
-GIVE_CALIBRATION: Remedy = ("sxtlab.Calibration or sxtlab.estimate_calibration",
-                            "--calibration SCALE,OFFSET, or --calibration 1 where the values are LAC in µm⁻¹")
+GIVE_CALIBRATION: Remedy = (
+    "calibration=sxtlab.Calibration(1.0) where the values are LAC in µm⁻¹, calibration=sxtlab.Calibration("
+    "scale, offset), or one estimated by sxtlab.calibrate_from_medium(image)",
+    "--lac where the values are LAC in µm⁻¹, --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC]")
+GIVE_CALIBRATION_SCALE: Remedy = ("scale= (µm⁻¹ per gray unit)", "--calibration SCALE beside --calibrate-from-medium")
 
 
 class SxtlabError(Exception):

@@ -59,3 +59,50 @@ def test_estimate_errors():
     with pytest.raises(CalibrationError, match="same median gray value"):
         estimate_calibration(np.ones((4, 4, 4)), medium[:4, :4, :4], reference=ref[:4, :4, :4] | True,
                              reference_lac=0.7)
+
+
+# --- from the medium around the cells (sxtlab.calibrate_from_medium) ------------------
+@pytest.fixture(scope="module")
+def phantom_cell():
+    from sxtlab import phantom
+
+    return phantom.cell(seed=1, shape=(64, 64, 64), voxel_size=0.05, class_lac={"background": 0.105})
+
+
+def test_medium_fit_recovers_scale_of_proportional_gray(phantom_cell):
+    import sxtlab
+
+    gray = sxtlab.volume(phantom_cell["lac"].values * 400.0, 0.05, units="gray")
+    cal = sxtlab.calibrate_from_medium(gray, 0.105)
+    assert cal.scale == pytest.approx(1 / 400, rel=1e-3) and cal.offset == 0.0
+    assert cal.fit["method"] == "medium and given offset" and cal.fit["medium_voxels"] > 1000
+    # the medium found is medium: no voxel of the cell (truth label > 0) in it
+    from sxtlab.cells import medium_region
+
+    assert not (medium_region(gray).values & (phantom_cell["labels"].values > 0)).any()
+    # with the scale known, the offset of a shifted gray image is fitted instead
+    shifted = sxtlab.volume(phantom_cell["lac"].values * 400.0 - 40.0, 0.05, units="gray")
+    cal = sxtlab.calibrate_from_medium(shifted, 0.105, scale=1 / 400)
+    assert cal.offset == pytest.approx(0.1, abs=1e-4)
+
+
+def test_medium_fit_of_a_large_lazy_image_uses_a_block_mean(phantom_cell, monkeypatch):
+    import dask.array as da
+
+    import sxtlab
+    import sxtlab.cells
+
+    monkeypatch.setattr(sxtlab.cells, "MAX_CALIBRATION_VOXELS", 40**3)
+    gray = sxtlab.volume(da.from_array(phantom_cell["lac"].values * 400.0, chunks=32), 0.05, units="gray")
+    cal = sxtlab.calibrate_from_medium(gray, 0.105)
+    assert cal.fit["downsampled_by"] == 2 and cal.scale == pytest.approx(1 / 400, rel=1e-3)
+
+
+def test_medium_fit_refuses_too_little_medium():
+    import sxtlab
+
+    g = np.full((20, 20, 20), 250.0)
+    g[:2] = 50.0  # cell fills the volume but for two planes of medium, all within the blur margin
+    with pytest.raises(CalibrationError, match="voxels of medium around the cells, fewer than 200") as info:
+        sxtlab.calibrate_from_medium(sxtlab.volume(g, 0.05, units="gray"), 0.105)
+    assert "--lac where the values are LAC" in info.value.for_command_line()

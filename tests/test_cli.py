@@ -259,8 +259,12 @@ def test_gray_input_names_the_calibration_option(mrc_without_voxel_size, tmp_pat
     out = tmp_path / "seg.zarr"
     assert main(["segment", str(mrc_without_voxel_size), "--voxel-size", "0.05", "-o", str(out)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"sxtlab: {mrc_without_voxel_size} holds gray values and has no calibration; give one (--calibration "
-        "SCALE,OFFSET, or --calibration 1 where the values are LAC in µm⁻¹)")
+        f"sxtlab: {mrc_without_voxel_size} holds gray values and has no calibration; give one (--lac where the "
+        "values are LAC in µm⁻¹, --calibration SCALE[,OFFSET], or --calibrate-from-medium [LAC])")
+    # A Python user is told the keyword and the function instead.
+    with pytest.raises(sxtlab.CalibrationError, match=r"give one \(calibration=sxtlab\.Calibration\(1\.0\) where "
+                       r"the values are LAC in µm⁻¹, .*sxtlab\.calibrate_from_medium\(image\)\)"):
+        sxtlab.read_volume(mrc_without_voxel_size, voxel_size=0.05).sxt.to_lac()
     with pytest.raises(SystemExit):
         main(["segment", str(mrc_without_voxel_size), "--calibration", "0", "-o", str(out)])
     assert "SCALE finite and not 0), got '0'" in capsys.readouterr().err

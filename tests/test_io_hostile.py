@@ -234,7 +234,8 @@ def test_tiff_broken_ome_xml(tmp_path) -> None:
 # ---------------------------------------------------------------------------- OME-Zarr
 def test_zarr_damaged_chunk_raises_when_computed(tmp_path) -> None:
     path = write_volume(small(), tmp_path / "a.ome.zarr")
-    chunk = next(p for p in (path / "0").rglob("*") if p.is_file() and not p.name.startswith("."))
+    chunk = next(p for p in (path / "0").rglob("*")
+                 if p.is_file() and not p.name.startswith(".") and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[:20])
     vol = read_volume(path)
     with pytest.raises(FormatError, match=r"a\.ome\.zarr: not a readable OME-Zarr image: cannot read its chunk "
@@ -242,19 +243,22 @@ def test_zarr_damaged_chunk_raises_when_computed(tmp_path) -> None:
         vol.values
 
 
-def test_zarr_claimed_shape_is_bounded(tmp_path) -> None:
-    path = write_volume(small(), tmp_path / "a.ome.zarr")
-    meta = json.loads((path / "0" / ".zarray").read_text())
+@pytest.mark.parametrize("version, meta_file", [("0.4", ".zarray"), ("0.5", "zarr.json")])
+def test_zarr_claimed_shape_is_bounded(tmp_path, version, meta_file) -> None:
+    path = write_volume(small(), tmp_path / "a.ome.zarr", ngff_version=version)
+    meta = json.loads((path / "0" / meta_file).read_text())
     meta["shape"] = [4, 5, 2**40]
-    (path / "0" / ".zarray").write_text(json.dumps(meta))
-    with Bounded(), pytest.raises(FormatError, match=r"array '0' \(\.zarray 'shape'\) is \(4, 5, 1099511627776\): "
+    (path / "0" / meta_file).write_text(json.dumps(meta))
+    with Bounded(), pytest.raises(FormatError, match=r"array '0' \('shape' in \.zarray or zarr\.json\) is "
+                                                     r"\(4, 5, 1099511627776\): "
                                                      r"expected at most 1,048,576 voxels along each axis"):
         read_volume(path)
 
 
-def test_zarr_metadata_not_json(tmp_path) -> None:
-    path = write_volume(small(), tmp_path / "a.ome.zarr")
-    (path / ".zattrs").write_bytes(b"{\xff")
+@pytest.mark.parametrize("version, meta_file", [("0.4", ".zattrs"), ("0.5", "zarr.json")])
+def test_zarr_metadata_not_json(tmp_path, version, meta_file) -> None:
+    path = write_volume(small(), tmp_path / "a.ome.zarr", ngff_version=version)
+    (path / meta_file).write_bytes(b"{\xff")
     with pytest.raises(FormatError, match=r"a\.ome\.zarr: not a readable OME-Zarr image: cannot read its group "
                                           r"metadata") as info:
         read_segmentation(path)

@@ -1,4 +1,5 @@
-"""OME-Zarr (OME-NGFF 0.4 written, 0.4/0.5 read): round trips, pyramid, conformance, units, errors."""
+"""OME-Zarr (OME-NGFF 0.5 written by default, 0.4 by option; 0.4/0.5/0.6 read): round trips, pyramid,
+conformance, units, errors."""
 
 from __future__ import annotations
 
@@ -39,7 +40,12 @@ def seg(image: xr.DataArray) -> xr.Dataset:
 
 
 def _attrs(path: Path, group: str = "") -> dict:
-    return json.loads((path / group / ".zattrs").read_text())
+    """A group's attributes, NGFF keys and sxtlab's side by side (0.5: ``ome`` unwrapped)."""
+    if (path / group / ".zattrs").exists():
+        return json.loads((path / group / ".zattrs").read_text())
+    attrs = json.loads((path / group / "zarr.json").read_text())["attributes"]
+    return {**{k: v for k, v in attrs["ome"].items() if k != "version"},
+            **{k: v for k, v in attrs.items() if k != "ome"}}
 
 
 def _write_ngff(path: Path, data: np.ndarray, axes: list, transforms: list[dict], **attrs) -> Path:
@@ -62,7 +68,7 @@ def test_image_round_trip_is_exact_and_lazy(image, tmp_path):
     assert isinstance(back.data, da.Array)
     xr.testing.assert_identical(back.compute(), image)
     ms = _attrs(out)["multiscales"][0]
-    assert ms["version"] == "0.4"
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["ome"]["version"] == "0.5"
     assert [a["unit"] for a in ms["axes"]] == ["micrometer"] * 3
     first = ms["datasets"][0]["coordinateTransformations"]
     assert first == [{"type": "scale", "scale": [0.05, 0.03, 0.03]},
@@ -116,6 +122,7 @@ def test_segmentation_round_trip(seg, tmp_path):
 
     label = _attrs(out, "labels/labels")["image-label"]
     assert _attrs(out, "labels") == {"labels": ["labels"]}
+    assert json.loads((out / "labels" / "zarr.json").read_text())["attributes"]["ome"]["version"] == "0.5"
     assert label["source"] == {"image": "../../"}
     assert {"label-value": 2, "name": "lipid_body"} in label["properties"]
     assert {"label-value": 255, "name": "unannotated"} in label["properties"]
@@ -186,7 +193,11 @@ def test_levels_and_chunks_options(image, tmp_path):
     out = write_volume(image, tmp_path / "one.ome.zarr", levels=1, chunks=(4, 32, 32))
     assert len(_attrs(out)["multiscales"][0]["datasets"]) == 1
     assert zarr.open_group(out, mode="r")["0"].chunks == (4, 32, 32)
-    assert zarr.open_group(out, mode="r")["0"].metadata.dimension_separator == "/"  # NGFF 0.4 requires "/"
+    assert zarr.open_group(out, mode="r")["0"].metadata.dimension_names == ("z", "y", "x")  # NGFF 0.5
+    old = write_volume(image, tmp_path / "old.ome.zarr", levels=1, chunks=(4, 32, 32), ngff_version="0.4")
+    assert zarr.open_group(old, mode="r")["0"].metadata.dimension_separator == "/"  # NGFF 0.4 requires "/"
+    with pytest.raises(ValueError, match=r"ngff_version must be one of \['0.4', '0.5'\], got '0.3'"):
+        write_volume(image, tmp_path / "v03.ome.zarr", ngff_version="0.3")
     with pytest.raises(ValueError, match="levels=20"):
         write_volume(image, tmp_path / "many.ome.zarr", levels=20)
     with pytest.raises(ValueError, match="levels must be a positive integer"):
@@ -195,12 +206,16 @@ def test_levels_and_chunks_options(image, tmp_path):
 
 
 # --- conformance -----------------------------------------------------------------------
-def test_ome_zarr_reader_and_models_accept_our_output(seg, tmp_path):
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_ome_zarr_reader_and_models_accept_our_output(seg, tmp_path, version):
+    import importlib
+
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Multiscales, Reader
-    from ome_zarr_models.v04 import Image, ImageLabel
 
-    out = write_volume(seg, tmp_path / "seg.ome.zarr")
+    models = importlib.import_module(f"ome_zarr_models.v0{version[-1]}")
+    out = write_volume(seg, tmp_path / "seg.ome.zarr", ngff_version=version)
+    assert (out / ("zarr.json" if version == "0.5" else ".zattrs")).exists()
     nodes = list(Reader(parse_url(str(out)))())
     image_node = next(n for n in nodes if any(isinstance(s, Multiscales) for s in n.specs)
                       and not any(isinstance(s, Label) for s in n.specs))
@@ -209,6 +224,7 @@ def test_ome_zarr_reader_and_models_accept_our_output(seg, tmp_path):
         ct = node.metadata["coordinateTransformations"][0]
         assert ct[0] == {"type": "scale", "scale": [0.05, 0.03, 0.03]}
         assert ct[1] == {"type": "translation", "translation": [1.0, -2.0, 3.5]}
+        assert [a["unit"] for a in node.metadata["axes"]] == ["micrometer"] * 3
         assert len(node.data) == 3
     assert label_node.metadata["properties"][1] == {"name": "nucleus"}
     assert label_node.metadata["properties"][2] == {"name": "lipid_body"}
@@ -216,21 +232,103 @@ def test_ome_zarr_reader_and_models_accept_our_output(seg, tmp_path):
         [round(c * 255) / 255 for c in sxtlab.classes.colour("nucleus")] + [1.0])
     np.testing.assert_array_equal(np.asarray(label_node.data[0]), seg["labels"].values)
 
-    # The schema models of OME-NGFF 0.4 validate every group we write.
-    Image.from_zarr(zarr.open_group(out, mode="r"))
-    ImageLabel.from_zarr(zarr.open_group(out / "labels" / "labels", mode="r"))
-    Image.from_zarr(zarr.open_group(out / "probabilities", mode="r"))
+    # The schema models of the OME-NGFF version validate every group we write.
+    models.Image.from_zarr(zarr.open_group(out, mode="r"))
+    models.ImageLabel.from_zarr(zarr.open_group(out / "labels" / "labels", mode="r"))
+    models.Image.from_zarr(zarr.open_group(out / "probabilities", mode="r"))
+    # and sxtlab reads both back exactly
+    xr.testing.assert_identical(read_segmentation(out).compute(), seg)
+
+
+def test_ngff_zarr_reads_our_05_with_scale_in_micrometres(seg, tmp_path):
+    ngff_zarr = pytest.importorskip("ngff_zarr", reason="ngff-zarr is an optional conformance check")
+    out = write_volume(seg, tmp_path / "seg.ome.zarr")
+    ms = ngff_zarr.from_ngff_zarr(str(out))
+    assert ms.metadata.axes[0].unit == "micrometer"
+    assert ms.images[0].scale == pytest.approx({"z": 0.05, "y": 0.03, "x": 0.03})
+    assert ms.images[0].translation == pytest.approx({"z": 1.0, "y": -2.0, "x": 3.5})
+    np.testing.assert_array_equal(np.asarray(ms.images[0].data), seg["lac"].values)
+    labels = ngff_zarr.from_ngff_zarr(str(out / "labels" / "labels"))
+    np.testing.assert_array_equal(np.asarray(labels.images[0].data), seg["labels"].values)
+
+
+def test_large_levels_are_sharded_for_fewer_files_and_read_by_ome_zarr(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    from ome_zarr_models.v05 import Image
+
+    rng = np.random.default_rng(4)
+    v = sxtlab.volume(rng.random((70, 80, 90), dtype=np.float32), 0.05)
+    out = write_volume(v, tmp_path / "big.ome.zarr", chunks=32)
+    group = zarr.open_group(out, mode="r")
+    assert group["0"].chunks == (32, 32, 32) and group["0"].shards == (64, 64, 64)  # 2³ chunks per file
+    assert group["2"].shards is None  # (70, 20, 22): too small to gain from shards
+    Image.from_zarr(group)
+    np.testing.assert_array_equal(np.asarray(list(Reader(parse_url(str(out)))())[0].data[0]), v.values)
+    xr.testing.assert_identical(read_volume(out).compute(), v)
+    files = sum(1 for p in (out / "0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert files == 2 * 2 * 2  # not the 3 × 3 × 3 chunks
+
+
+def test_04_written_by_earlier_sxtlab_still_reads(seg, tmp_path):
+    """A 0.4 file as sxtlab wrote before 0.5 (Zarr v2, versions in each multiscale)."""
+    out = write_volume(seg, tmp_path / "old.ome.zarr", ngff_version="0.4")
+    assert _attrs(out)["multiscales"][0]["version"] == "0.4"
+    assert _attrs(out, "labels/labels")["image-label"]["version"] == "0.4"
+    assert not (out / "zarr.json").exists()
+    xr.testing.assert_identical(read_segmentation(out).compute(), seg)
+
+
+def _write_ngff_06(path: Path, data: np.ndarray, *, sequence: bool) -> Path:
+    """An NGFF 0.6 image with coordinate systems: voxels → intrinsic (voxel units),
+    intrinsic → physical (nanometres), as RFC-5 writes them."""
+    g = zarr.open_group(path, mode="w", zarr_format=3)
+    g.create_array("0", data=data, chunks=data.shape, dimension_names=("z", "y", "x"))
+    axes = lambda unit: [{"name": n, "type": "space", **({"unit": unit} if unit else {})} for n in "zyx"]
+    to_physical = {"type": "scale", "scale": [50.0, 30.0, 30.0]}
+    if sequence:
+        to_physical = {"type": "sequence", "transformations": [
+            to_physical, {"type": "translation", "translation": [1000.0, -2000.0, 3500.0]}]}
+    g.attrs["ome"] = {"version": "0.6", "multiscales": [{
+        "name": "cell",
+        "coordinateSystems": [{"name": "physical", "axes": axes("nanometer")}, {"name": "intrinsic", "axes": axes(None)}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0, 1.0], "input": "0", "output": "intrinsic"}]}],
+        "coordinateTransformations": [{**to_physical, "input": "intrinsic", "output": "physical"}],
+    }]}
+    return path
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_reads_ngff_06_coordinate_systems(tmp_path, sequence):
+    data = np.random.default_rng(5).random((4, 6, 8)).astype(np.float32)
+    v = read_volume(_write_ngff_06(tmp_path / "c.ome.zarr", data, sequence=sequence))
+    assert v.sxt.voxel_size == pytest.approx((0.05, 0.03, 0.03))
+    assert v.sxt.origin_um == pytest.approx((1.0, -2.0, 3.5) if sequence else (0.0, 0.0, 0.0))
+    np.testing.assert_array_equal(v.values, data)
+
+
+def test_ngff_06_naming_an_unlisted_system_is_refused(tmp_path):
+    path = _write_ngff_06(tmp_path / "c.ome.zarr", np.zeros((2, 2, 2), np.float32), sequence=False)
+    g = zarr.open_group(path, mode="r+")
+    ome = dict(g.attrs["ome"])
+    ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["output"] = "stage"
+    ome["multiscales"][0]["coordinateTransformations"] = []
+    g.attrs["ome"] = ome
+    with pytest.raises(FormatError, match=r"datasets\[0\] maps to coordinate system 'stage', which "
+                                          r"multiscales\[0\].coordinateSystems does not list"):
+        read_volume(path)
 
 
 def test_instances_are_a_second_label_image_and_round_trip(seg, tmp_path):
-    from ome_zarr_models.v04 import ImageLabel
+    from ome_zarr_models.v05 import ImageLabel
 
     ids = np.zeros(seg["labels"].shape, np.uint16)
     ids[seg["labels"].values > 0] = 1
     ids[:, :, ids.shape[2] // 2:] *= 2  # one cell cut in two, as a watershed of touching cells does
     with_ids = seg.assign(instances=seg["labels"].copy(data=ids).assign_attrs(min_voxels=10))
     out = write_volume(with_ids, tmp_path / "cells.ome.zarr")
-    assert zarr.open_group(out / "labels", mode="r").attrs["labels"] == ["labels", "instances"]
+    assert _attrs(out, "labels")["labels"] == ["labels", "instances"]
     ImageLabel.from_zarr(zarr.open_group(out / "labels" / "instances", mode="r"))
     back = read_segmentation(out)
     np.testing.assert_array_equal(back["instances"].values, ids)
@@ -439,9 +537,9 @@ def test_inconsistent_labels_and_missing_labels(seg, image, tmp_path):
 def test_unknown_class_name_in_properties(seg, tmp_path):
     out = write_volume(seg, tmp_path / "s.ome.zarr")
     g = zarr.open_group(out / "labels" / "labels", mode="r+")
-    il = g.attrs["image-label"]
-    il["properties"][0]["name"] = "golgi"
-    g.attrs["image-label"] = il
+    ome = g.attrs["ome"]
+    ome["image-label"]["properties"][0]["name"] = "golgi"
+    g.attrs["ome"] = ome
     with pytest.raises(UnknownClassError, match=r"labels/labels: image-label\.properties.*'golgi'"):
         read_segmentation(out)
 
@@ -480,4 +578,4 @@ def test_jsonable_attrs(image, tmp_path):
     v.attrs["bad"] = object()
     with pytest.raises(FormatError, match=r"bad\.ome\.zarr: lac attrs\['bad'\]: object values"):
         write_volume(v, tmp_path / "bad.ome.zarr")
-    assert _omezarr.NGFF_VERSION == "0.4"
+    assert _omezarr.NGFF_VERSION == "0.5"

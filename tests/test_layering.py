@@ -23,7 +23,7 @@ RANKS = {
     "train": 5,
     "catalog": 6, "task": 6.5,
     "sparse": 7, "cells": 7, "measure": 7, "stats": 7, "plot": 7, "viewer": 7,
-    "study": 8, "cli": 8, "demo": 8, "napari": 8,
+    "study": 8, "cli": 8, "demo": 8, "napari": 8, "_napari": 8, "export": 8,
 }
 
 

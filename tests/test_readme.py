@@ -93,7 +93,7 @@ def workspace(tmp_path, monkeypatch):
 
 def test_the_readme_has_the_examples_this_test_runs():
     commands = _commands()
-    assert len(_blocks("python")) == 1 and len(commands) == 10
+    assert len(_blocks("python")) == 1 and len(commands) == 14
     assert all(any(c.startswith(s) for c in commands) for s in SKIPPED)
     assert all(old in README for old, _, _ in REPLACED)
 
@@ -109,7 +109,9 @@ def test_shell_examples_run(workspace, capsys):
         code = main(argv[1:])
         assert code == 0, f"{line!r} exited {code}: {capsys.readouterr().err.strip().splitlines()[-1:]}"
         ran.append(argv[1])
-    assert ran == ["segment", "measure", "catalog", "catalog", "catalog", "train", "train", "segment"]
+    assert ran == ["info", "segment", "segment", "measure", "catalog", "catalog", "catalog", "train", "train",
+                   "segment", "model", "model"]
+    assert (workspace / "task-model-bioimageio" / "stage2" / "rdf.yaml").is_file()
     assert len(Catalog.open("refs.catalog")) == 2  # cell.hx and the archive's project
     assert sxtlab.read_segmentation("sample_12-seg.zarr")["labels"].attrs["classes"] == {"1": "cell"}
 

@@ -213,6 +213,10 @@ def write_volume(obj: xr.DataArray | xr.Dataset, path: str | os.PathLike, *, ove
         Output; its extension chooses the format.
     overwrite : bool
         Replace an existing output (only once the new one is complete).
+    **kwargs
+        Options of the format's writer; OME-Zarr: ``ngff_version`` (``"0.5"``, the
+        default, Zarr v3; ``"0.4"``, Zarr v2, for readers without Zarr v3),
+        ``levels`` and ``chunks`` (see :func:`sxtlab.io._omezarr.write`).
 
     Returns
     -------

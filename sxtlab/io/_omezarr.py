@@ -1,22 +1,32 @@
 """OME-Zarr (OME-NGFF) reading and writing of volumes and segmentations.
 
-Version written
----------------
-sxtlab writes **OME-NGFF 0.4** (Zarr v2, ``.zattrs``; spec:
-https://ngff.openmicroscopy.org/0.4/). ``ome-zarr``'s ``Reader`` opens 0.5 too, but
-0.4 is what the widest set of tools reads today (napari-ome-zarr releases before
-0.5 support, Fiji's n5-zarr/MoBIE, BigDataViewer, neuroglancer, vizarr), and Zarr v2
-chunks with the ``/`` separator that 0.4 requires are read by every Zarr library.
-Reading accepts 0.4 (Zarr v2) and 0.5 (Zarr v3, metadata under ``attributes.ome``).
+Versions
+--------
+sxtlab writes **OME-NGFF 0.5** by default (Zarr v3: ``zarr.json``, the NGFF metadata
+under ``attributes.ome`` with one ``"version": "0.5"``, every array with
+``dimension_names`` equal to the axes; spec: https://ngff.openmicroscopy.org/0.5/),
+which current writers produce and ome-zarr-py ≥ 0.12, napari-ome-zarr and ngff-zarr
+read. ``ngff_version="0.4"`` (``--ngff-version 0.4`` on the command line) writes
+**0.4** instead (Zarr v2, ``.zattrs``, chunks with the ``/`` separator 0.4
+requires) for readers that know no Zarr v3 (older napari-ome-zarr, Fiji's
+n5-zarr/MoBIE, BigDataViewer). Reading accepts 0.4, 0.5 and the coordinate systems
+of 0.6 (``coordinateSystems`` instead of ``axes``; transforms with ``input`` and
+``output``, ``sequence`` of scale and translation), whichever wrote them.
+
+Chunks are 64³ voxels (1 MiB of float32: a viewer reading one plane reads little at
+every level). In 0.5, arrays of at least 2³ chunks are sharded (Zarr v3
+``sharding_indexed``: :data:`SHARD_CHUNKS`\ ³ chunks per file), which cuts the number
+of files eightfold for large volumes while readers still fetch single chunks.
 
 Layout written
 --------------
 ::
 
     cell.ome.zarr/
-        .zattrs           multiscales (z, y, x; unit micrometer), sxtlab metadata
+        zarr.json         attributes: ome (multiscales: z, y, x; unit micrometer),
+                          sxtlab (own metadata); .zattrs in 0.4
         0/ 1/ ...         the image, float32, largest level first (block mean)
-        labels/.zattrs    {"labels": ["labels"]}
+        labels/zarr.json  attributes.ome.labels = ["labels"]
         labels/labels/    integer multiscale with as many levels as the image
                           (block mode) and "image-label" (colors, properties, source)
         probabilities/    (class, z, y, x) float32 multiscale (axes c, z, y, x;
@@ -79,10 +89,12 @@ from ..volume import DIMS, check_instance_ids, check_voxel_size, int_triple, lab
 from ..volume import segmentation as _segmentation
 from ._common import MAX_EDGE, UM_PER_UNIT, foreign_errors, jsonable, length_unit, merge_voxel_size, to_um, warn
 
-__all__ = ["read", "write", "NGFF_VERSION", "DEFAULT_CHUNK", "METADATA_KEY"]
+__all__ = ["read", "write", "NGFF_VERSION", "ZARR_FORMAT", "DEFAULT_CHUNK", "METADATA_KEY"]
 
-#: OME-NGFF version that :func:`write` produces.
-NGFF_VERSION = "0.4"
+#: OME-NGFF version that :func:`write` produces by default.
+NGFF_VERSION = "0.5"
+#: Versions :func:`write` can produce, and the Zarr format of each.
+ZARR_FORMAT = {"0.4": 2, "0.5": 3}
 #: Default chunk edge (voxels) of every level: 64³ float32 is 1 MiB per chunk.
 DEFAULT_CHUNK = 64
 #: Key of sxtlab's own metadata in each group's attributes.
@@ -199,11 +211,12 @@ def _axes(known: bool, channel: bool = False) -> list[dict[str, str]]:
     return ([{"name": "c", "type": "channel"}] if channel else []) + space
 
 
-def _multiscales(name: str, levels: list[_Level], known: bool, method: str, *,
+def _multiscales(name: str, levels: list[_Level], known: bool, method: str, version: str, *,
                  channel: bool = False) -> list[dict[str, Any]]:
     lead_s, lead_t = ([1.0], [0.0]) if channel else ([], [])
+    # 0.4 puts the version into each multiscale; 0.5 once, beside the "ome" keys.
     return [{
-        "version": NGFF_VERSION,
+        **({"version": version} if version == "0.4" else {}),
         "name": name,
         "axes": _axes(known, channel),
         "datasets": [
@@ -254,6 +267,29 @@ def _as_dask(data: Any, dtype: np.dtype, chunks: tuple[int, ...]) -> da.Array:
     return arr.astype(dtype).rechunk(chunks)
 
 
+#: Chunks per shard along each spatial axis (Zarr v3 only): 2³ chunks of 64³ make one
+#: file of 128³ voxels, the block ``CascadeModel.predict(out=...)`` computes at a
+#: time, so sharding cuts the file count eightfold without holding more in memory.
+SHARD_CHUNKS = 2
+
+
+def _shards(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Shard shape of an array, or None where a shard would hold fewer than 2³ chunks
+    (small arrays: one file per chunk is no burden, and a reader fetches less)."""
+    lead = len(shape) - 3
+    spatial = [min(c * SHARD_CHUNKS, -(-n // c) * c) for n, c in zip(shape[lead:], chunks[lead:])]
+    if any(s < c * SHARD_CHUNKS for s, c in zip(spatial, chunks[lead:])):
+        return None
+    return tuple(chunks[:lead]) + tuple(spatial)
+
+
+def _write_block(arr: zarr.Array) -> tuple[int, ...]:
+    """The unit a writer may fill without a lock: the shard where there are shards
+    (two threads writing chunks of one shard would overwrite each other), else the chunk."""
+    shards = getattr(arr, "shards", None)
+    return tuple(shards) if shards else tuple(arr.chunks)
+
+
 class _Pyramid:
     """Zarr arrays of one multiscale group and how to fill them level by level."""
 
@@ -262,16 +298,27 @@ class _Pyramid:
         self.labels = labels
         self.lead = () if lead is None else (lead,)
         self.arrays = []
+        v3 = group.metadata.zarr_format == 3
         for i, lv in enumerate(levels):
             shape = self.lead + lv.shape
             ch = tuple(min(c, max(n, 1)) for c, n in zip((1,) * len(self.lead) + chunks, shape))
-            self.arrays.append(group.create_array(
-                str(i), shape=shape, dtype=dtype, chunks=ch, fill_value=0,
-                # NGFF 0.4 requires "/" between chunk indices; Blosc-zstd as ome-zarr writes.
-                chunk_key_encoding={"name": "v2", "separator": "/"},
-                compressors=numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE),
-            ))
-        self.source0 = _as_dask(data, np.dtype(dtype), self.arrays[0].chunks)
+            if v3:
+                # NGFF 0.5: dimension_names equal to the axes; Zarr v3's default chunk
+                # keys ("c/0/0/0"); Blosc-zstd as ome-zarr writes.
+                layout: dict[str, Any] = {
+                    "dimension_names": ("c",) * len(self.lead) + DIMS,
+                    "compressors": zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle"),
+                }
+                shards = _shards(shape, ch)
+                if shards is not None:
+                    layout["shards"] = shards
+            else:
+                # NGFF 0.4 requires "/" between chunk indices.
+                layout = {"chunk_key_encoding": {"name": "v2", "separator": "/"},
+                          "compressors": numcodecs.Blosc(cname="zstd", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)}
+            self.arrays.append(group.create_array(str(i), shape=shape, dtype=dtype, chunks=ch, fill_value=0,
+                                                  **layout))
+        self.source0 = _as_dask(data, np.dtype(dtype), _write_block(self.arrays[0]))
         self.factors = [(1,) * len(self.lead) + lv.factor for lv in levels]
 
     def source(self, level: int) -> da.Array:
@@ -279,7 +326,7 @@ class _Pyramid:
             return self.source0
         # Read the stored level before: each chunk of the input is computed only once.
         prev = da.from_zarr(self.arrays[level - 1])
-        return _reduce(prev, self.factors[level], self.labels).rechunk(self.arrays[level].chunks)
+        return _reduce(prev, self.factors[level], self.labels).rechunk(_write_block(self.arrays[level]))
 
 
 #: Display colour of voxels nobody annotated: transparent, so that sparse annotations
@@ -299,7 +346,7 @@ def _default_colors(classes: Mapping[int, str], unannotated: int | None) -> list
     return out
 
 
-def _label_metadata(labels: xr.DataArray, where: str) -> dict[str, Any]:
+def _label_metadata(labels: xr.DataArray, where: str, version: str) -> dict[str, Any]:
     """NGFF ``image-label`` of a label volume: colours, class names, source image."""
     classes = class_map(labels.attrs["classes"])
     unannotated = int(labels.attrs.get("unannotated_value", UNANNOTATED))
@@ -313,7 +360,7 @@ def _label_metadata(labels: xr.DataArray, where: str) -> dict[str, Any]:
     if unannotated not in classes:
         # Name the ignore value so that other tools show it as such.
         properties.append({"label-value": unannotated, "name": "unannotated"})
-    return {"version": NGFF_VERSION, "colors": colors, "properties": properties,
+    return {**({"version": version} if version == "0.4" else {}), "colors": colors, "properties": properties,
             "source": {"image": "../../"}}
 
 
@@ -361,8 +408,8 @@ def _display(path: Path) -> Path:
 
 
 def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = None,
-          chunks: int | Sequence[int] = DEFAULT_CHUNK) -> None:
-    """Write a volume or a segmentation Dataset as OME-Zarr (OME-NGFF 0.4, Zarr v2).
+          chunks: int | Sequence[int] = DEFAULT_CHUNK, ngff_version: str = NGFF_VERSION) -> None:
+    """Write a volume or a segmentation Dataset as OME-Zarr (OME-NGFF 0.5 on Zarr v3, or 0.4).
 
     Called by :func:`sxtlab.io.write_volume`, which writes to a temporary name and
     renames it into place; ``path`` must not exist.
@@ -382,7 +429,11 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
         levels are added until one fits a single chunk in y and x (at most 6).
     chunks : int or (cz, cy, cx)
         Zarr chunk shape in voxels of every level (clipped to the level's shape);
-        probabilities get ``(1, cz, cy, cx)``.
+        probabilities get ``(1, cz, cy, cx)``. The default 64³ (1 MiB of float32)
+        keeps a viewer's read of one plane small at every level.
+    ngff_version : {"0.5", "0.4"}
+        ``"0.5"``: Zarr v3, metadata under ``attributes.ome``; ``"0.4"``: Zarr v2,
+        ``.zattrs``, for readers without Zarr v3.
 
     Raises
     ------
@@ -391,19 +442,22 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
         that are not evenly spaced, labels without ``classes`` or not integer,
         probabilities with other dims, or attrs that JSON cannot hold.
     ValueError
-        If ``levels`` or ``chunks`` are invalid, or ``levels`` asks for more levels
-        than the shape allows.
+        If ``levels`` or ``chunks`` are invalid, ``levels`` asks for more levels
+        than the shape allows, or ``ngff_version`` is not "0.4" or "0.5".
     FileExistsError
         If ``path`` exists.
 
     Notes
     -----
-    Follows OME-NGFF 0.4 (https://ngff.openmicroscopy.org/0.4/): ``multiscales``
-    with one ``scale`` and one ``translation`` per level, the ``labels`` group with
-    ``image-label`` ``colors``/``properties``/``source``.
+    Follows OME-NGFF 0.5 (https://ngff.openmicroscopy.org/0.5/) or 0.4:
+    ``multiscales`` with one ``scale`` and one ``translation`` per level, the
+    ``labels`` group with ``image-label`` ``colors``/``properties``/``source``.
     """
     path = Path(path)
     where = str(_display(path))
+    version = str(ngff_version)
+    if version not in ZARR_FORMAT:
+        raise ValueError(f"{where}: ngff_version must be one of {sorted(ZARR_FORMAT)}, got {ngff_version!r}")
     image, labels, probs, instances, ds_attrs = _split(obj, where)
     if image.dims != DIMS:
         raise FormatError(f"{where}: the image must have dims {DIMS}, got {image.dims}")
@@ -424,35 +478,36 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
     kind = "labels" if is_label_volume else ("segmentation" if ds_attrs is not None else "image")
     root_attrs: dict[str, Any] = {
         "multiscales": _multiscales(str(image.name or "image"), plan, known,
-                                    "mode" if is_label_volume else "mean"),
+                                    "mode" if is_label_volume else "mean", version),
     }
     if is_label_volume:
         # A label volume alone is an integer image that names its values, without a parent.
-        root_attrs["image-label"] = {k: v for k, v in _label_metadata(image, where).items() if k != "source"}
+        root_attrs["image-label"] = {k: v for k, v in _label_metadata(image, where, version).items()
+                                     if k != "source"}
     extra = {"dataset_attrs": ds_attrs} if ds_attrs is not None else {}
     root_attrs[METADATA_KEY] = _own_metadata(image, kind, where, **extra)
     groups: dict[str, dict[str, Any]] = {}
     if labels is not None:
         groups[f"{_LABELS_GROUP}/{_LABEL_NAME}"] = {
-            "multiscales": _multiscales(_LABEL_NAME, plan, known, "mode"),
-            "image-label": _label_metadata(labels, f"{where}/{_LABELS_GROUP}/{_LABEL_NAME}"),
+            "multiscales": _multiscales(_LABEL_NAME, plan, known, "mode", version),
+            "image-label": _label_metadata(labels, f"{where}/{_LABELS_GROUP}/{_LABEL_NAME}", version),
             METADATA_KEY: _own_metadata(labels, "labels", where),
         }
     if instances is not None:
         # Ids name no class: NGFF image-label without properties (napari colours each id).
         groups[f"{_LABELS_GROUP}/{_INSTANCES_NAME}"] = {
-            "multiscales": _multiscales(_INSTANCES_NAME, plan, known, "mode"),
-            "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+            "multiscales": _multiscales(_INSTANCES_NAME, plan, known, "mode", version),
+            "image-label": {**({"version": version} if version == "0.4" else {}), "source": {"image": "../../"}},
             METADATA_KEY: _own_metadata(instances, "instances", where),
         }
     if probs is not None:
         cls = probs.coords["class"].values if "class" in probs.coords else None
         groups[_PROBABILITIES_GROUP] = {
-            "multiscales": _multiscales(_PROBABILITIES_GROUP, plan, known, "mean", channel=True),
+            "multiscales": _multiscales(_PROBABILITIES_GROUP, plan, known, "mean", version, channel=True),
             METADATA_KEY: _own_metadata(probs, "probabilities", where, class_coord=cls),
         }
 
-    root = zarr.open_group(path, mode="w-", zarr_format=2)
+    root = zarr.open_group(path, mode="w-", zarr_format=ZARR_FORMAT[version])
     pyramids = [_Pyramid(root, image.data, image.dtype if is_label_volume else np.float32, plan, chunk3,
                          labels=is_label_volume)]
     label_names = [n for n, v in ((_LABEL_NAME, labels), (_INSTANCES_NAME, instances)) if v is not None]
@@ -473,10 +528,20 @@ def write(obj: xr.DataArray | xr.Dataset, path: Path, *, levels: int | None = No
 
     # Metadata last: an interrupted write never looks like a complete image.
     if label_names:
-        root[_LABELS_GROUP].attrs.update({"labels": label_names})
+        root[_LABELS_GROUP].attrs.update(_versioned({"labels": label_names}, version))
     for name, attrs in groups.items():
-        root[name].attrs.update(attrs)
-    root.attrs.update(root_attrs)
+        root[name].attrs.update(_versioned(attrs, version))
+    root.attrs.update(_versioned(root_attrs, version))
+
+
+def _versioned(attrs: dict[str, Any], version: str) -> dict[str, Any]:
+    """A group's attributes as ``version`` lays them out: 0.4 flat; 0.5 the NGFF keys
+    under ``ome`` with the version, sxtlab's own beside it."""
+    if version == "0.4":
+        return attrs
+    ngff = {k: v for k, v in attrs.items() if k != METADATA_KEY}
+    own = {k: v for k, v in attrs.items() if k == METADATA_KEY}
+    return {"ome": {"version": version, **ngff}, **own}
 
 
 # ---------------------------------------------------------------------------------
@@ -534,6 +599,7 @@ class _Multiscale:
     keep: list[int]  # indices of the z, y, x axes (singleton t/c are dropped)
     datasets: list[dict[str, Any]]
     outer: list[dict[str, Any]]  # multiscale-level transforms, applied after the dataset's
+    axes_field: str = ""  # where the axes are (0.6: inside a coordinate system)
 
     def array(self, level: int, chunks: Any) -> da.Array:
         if not 0 <= level < len(self.datasets):
@@ -554,7 +620,7 @@ class _Multiscale:
             )
         if any(n > MAX_EDGE for n in arr.shape):
             # the coords are allocated from the shape (a sparse Zarr array may claim any size)
-            raise FormatError(f"{self.where}: array {rel!r} (.zarray 'shape') is {arr.shape}: expected at most "
+            raise FormatError(f"{self.where}: array {rel!r} ('shape' in .zarray or zarr.json) is {arr.shape}: expected at most "
                               f"{MAX_EDGE:,} voxels along each axis")
         dropped = [i for i in range(arr.ndim) if i not in self.keep]
         for i in dropped:
@@ -577,11 +643,11 @@ class _Multiscale:
         n = len(self.axes)
         ds_field = f"{self.field}.datasets[{level}].coordinateTransformations"
         ds_transforms = self.datasets[level].get("coordinateTransformations") or []
-        if not any(isinstance(t, Mapping) and t.get("type") == "scale" for t in ds_transforms):
+        if not any(isinstance(t, Mapping) and t.get("type") == "scale" for t in _flat(ds_transforms)):
             raise FormatError(f"{self.where}: {ds_field} has no 'scale' transform (NGFF 0.4 requires one)")
         scale, trans = [1.0] * n, [0.0] * n
-        for field, transforms in ((ds_field, ds_transforms),
-                                  (f"{self.field}.coordinateTransformations", self.outer)):
+        for field, transforms in ((ds_field, _flat(ds_transforms)),
+                                  (f"{self.field}.coordinateTransformations", _flat(self.outer))):
             for t in transforms:
                 kind = t.get("type") if isinstance(t, Mapping) else None
                 if kind == "identity":
@@ -612,6 +678,17 @@ class _Multiscale:
         return found
 
 
+def _flat(transforms: Any) -> list[Any]:
+    """Transforms in the order they apply, NGFF 0.6 ``sequence`` entries expanded."""
+    out = []
+    for t in transforms if isinstance(transforms, list) else []:
+        if isinstance(t, Mapping) and t.get("type") == "sequence" and isinstance(t.get("transformations"), list):
+            out.extend(_flat(t["transformations"]))
+        else:
+            out.append(t)
+    return out
+
+
 def _parse_multiscale(group: zarr.Group, attrs: dict[str, Any], where: str) -> _Multiscale:
     ms_list = attrs.get("multiscales")
     if not isinstance(ms_list, list) or not ms_list or not isinstance(ms_list[0], Mapping):
@@ -630,6 +707,10 @@ def _parse_multiscale(group: zarr.Group, attrs: dict[str, Any], where: str) -> _
     if not isinstance(datasets, list) or not datasets:
         raise FormatError(f"{where}: {field}.datasets is missing or empty")
     raw_axes = ms.get("axes")
+    outer = ms.get("coordinateTransformations") or []
+    axes_field = f"{field}.axes"
+    if raw_axes is None and isinstance(ms.get("coordinateSystems"), list):
+        raw_axes, outer, axes_field = _coordinate_system(ms, datasets, where, field)
     if not isinstance(raw_axes, list):
         raise FormatError(
             f"{where}: {field}.axes is missing (NGFF < 0.3); sxtlab needs axes named z, y, x")
@@ -640,11 +721,39 @@ def _parse_multiscale(group: zarr.Group, attrs: dict[str, Any], where: str) -> _
     others = [n for n in names if n not in DIMS]
     if [names[i] for i in keep] != list(DIMS) or any(n not in ("t", "c") for n in others):
         raise FormatError(
-            f"{where}: {field}.axes are {[a.get('name') for a in axes]}; sxtlab reads 3-D "
+            f"{where}: {axes_field} are {[a.get('name') for a in axes]}; sxtlab reads 3-D "
             "volumes with axes z, y, x (in that order; singleton t or c axes are dropped)"
         )
-    outer = ms.get("coordinateTransformations") or []
-    return _Multiscale(group, where, field, axes, keep, datasets, outer)
+    return _Multiscale(group, where, field, axes, keep, datasets, outer, axes_field)
+
+
+def _coordinate_system(ms: Mapping[str, Any], datasets: list, where: str, field: str
+                       ) -> tuple[list, list, str]:
+    """Axes, the transforms after the datasets' and the axes' field of an NGFF 0.6 multiscale.
+
+    0.6 names coordinate systems (``coordinateSystems``: name and axes) and gives
+    each transform an ``input`` and ``output``. The datasets' transforms map onto one
+    system (the "intrinsic" one); a multiscale-level transform whose input is that
+    system maps on to another (e.g. "physical"), whose axes, and units, are then the
+    ones that hold: the coordinates a viewer shows.
+    """
+    systems = {str(cs.get("name")): (i, cs.get("axes")) for i, cs in enumerate(ms["coordinateSystems"])
+               if isinstance(cs, Mapping)}
+    if not systems:
+        raise FormatError(f"{where}: {field}.coordinateSystems lists no coordinate system with a name and axes")
+    first = datasets[0].get("coordinateTransformations") if isinstance(datasets[0], Mapping) else None
+    outputs = [t.get("output") for t in first or [] if isinstance(t, Mapping) and t.get("output")]
+    target = str(outputs[-1]) if outputs else list(systems)[-1]
+    after: list = []
+    for t in ms.get("coordinateTransformations") or []:
+        if isinstance(t, Mapping) and str(t.get("input")) == target and str(t.get("output")) in systems:
+            after, target = [t], str(t["output"])
+            break
+    if target not in systems:
+        raise FormatError(f"{where}: {field}.datasets[0] maps to coordinate system {target!r}, which "
+                          f"{field}.coordinateSystems does not list ({sorted(systems)})")
+    index, axes = systems[target]
+    return axes, after, f"{field}.coordinateSystems[{index}].axes"
 
 
 def _grouped(found: dict[str, list[int]]) -> list[str]:
@@ -664,9 +773,10 @@ def _axis_units(ms: _Multiscale) -> tuple[list[str] | None, list[str], list[str]
         unit = ax.get("unit")
         if unit is None and ax.get("units") is not None:
             key_name, unit = "units", ax["units"]
-            notes.setdefault(f"{ms.field}.axes[{{axes}}].units = {unit!r}: NGFF names this field 'unit'; "
+            notes.setdefault(f"{ms.axes_field or ms.field + '.axes'}[{{axes}}].units = {unit!r}: NGFF names "
+                             "this field 'unit'; "
                              "read as the unit", []).append(i)
-        field = f"{ms.field}.axes[{{axes}}].{key_name}"
+        field = f"{ms.axes_field or ms.field + '.axes'}[{{axes}}].{key_name}"
         if unit is None:
             problems.setdefault(f"{field} is missing", []).append(i)
             continue
