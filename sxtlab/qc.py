@@ -60,7 +60,7 @@ from .errors import FormatError
 from .measure import _prepare
 
 __all__ = ["LOW", "HIGH", "UNCERTAIN_FLAG", "CELL_UNCERTAIN_FLAG", "instance_uncertainty", "class_confidence",
-           "review"]
+           "review", "coverage"]
 
 #: Probability thresholds of the volume interval: the plausible extent (p ≥ LOW) and
 #: the confident core (p ≥ HIGH).
@@ -245,7 +245,8 @@ def review(cells: pd.DataFrame, objects: pd.DataFrame | None = None) -> pd.DataF
     pandas.DataFrame
         Columns ``review_score``, ``flagged`` (``review_score >= 1``), ``level``
         (``"cell"`` or ``"object"``), ``cell_id``, ``class``, ``instance`` (objects),
-        ``reason``, sorted by ``review_score`` (descending). A cell's score is the
+        ``reason``: flagged cells first, then flagged objects, then the rest, each
+        by ``review_score`` (descending). A cell's score is the
         larger of ``ood_score / OOD_FLAG`` and ``uncertain_voxel_fraction /
         CELL_UNCERTAIN_FLAG``; an object's ``uncertain_fraction / UNCERTAIN_FLAG``;
         so 1 is the flag threshold of each.
@@ -275,5 +276,58 @@ def review(cells: pd.DataFrame, objects: pd.DataFrame | None = None) -> pd.DataF
                                     "instance": objects["instance"].to_numpy(), "reason": reason}))
     out = pd.concat(frames, ignore_index=True)
     out.insert(1, "flagged", out["review_score"] >= 1)
-    # a stable sort: ties keep cells before their objects
-    return out.sort_values("review_score", ascending=False, kind="stable").reset_index(drop=True)
+    # Flagged cells first: a cell unlike the training data or uncertain throughout makes
+    # every object in it suspect; then flagged objects; then the rest, each by score.
+    rank = np.where(out["flagged"], np.where(out["level"] == "cell", 0, 1), 2)
+    out = out.assign(_rank=rank).sort_values(["_rank", "review_score"], ascending=[True, False], kind="stable")
+    return out.drop(columns="_rank").reset_index(drop=True)
+
+
+def coverage(uncertainty: pd.DataFrame, seg: xr.Dataset, truth: xr.DataArray, *,
+             connectivity: int = 1) -> pd.DataFrame:
+    """Whether each instance's volume interval holds the volume of the true object it found.
+
+    Each predicted instance is matched to the true instance of its class that it
+    overlaps most (none: a false object, true volume 0); the interval
+    ``[volume_low_um3, volume_high_um3]`` covers the truth when it holds that
+    object's true volume.
+
+    Parameters
+    ----------
+    uncertainty : pandas.DataFrame
+        :func:`instance_uncertainty` of ``seg``.
+    seg : xarray.Dataset
+        The segmentation it was computed from.
+    truth : xarray.DataArray
+        True labels on the same grid, class names in ``attrs["classes"]`` (a
+        phantom's ``labels``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``uncertainty`` with ``true_volume_um3`` and ``covered`` added; the share of
+        ``covered`` is the interval's measured coverage.
+    """
+    from .volume import segmentation
+
+    pred = _prepare(seg, intensity=None, connectivity=connectivity)
+    true = _prepare(segmentation(seg["lac"], truth), intensity=None, connectivity=connectivity)
+    vv = pred.voxel_volume
+    volumes = []
+    for row in uncertainty.itertuples(index=False):
+        p, t = pred.instances(row[1]), true.instances(row[1])
+        if p.n == 0 or t.n == 0:
+            volumes.append(0.0)
+            continue
+        ids = np.zeros(pred.labels.shape, np.int32)
+        ids[t.window] = t.labels
+        mine = np.zeros(pred.labels.shape, bool)
+        mine[p.window] = p.labels == row[2]
+        overlap = np.bincount(ids[mine], minlength=t.n + 1)
+        overlap[0] = 0
+        k = int(overlap.argmax())
+        volumes.append(float((t.labels == k).sum() * vv) if overlap[k] else 0.0)
+    out = uncertainty.copy()
+    out["true_volume_um3"] = volumes
+    out["covered"] = (out["true_volume_um3"] >= out["volume_low_um3"]) & (out["true_volume_um3"] <= out["volume_high_um3"])
+    return out

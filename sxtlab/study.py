@@ -323,6 +323,19 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
                                 else tuple(job["settings"]["voxel_size"]),
                                 "calibration": None if job["settings"]["calibration"] is None
                                 else tuple(job["settings"]["calibration"])})
+    import dask
+
+    # Dask work inside the task (lazy reads, resampling, Zarr writes) stays in it: on a
+    # distributed worker dask would otherwise send it back to the cluster as a graph
+    # holding the volume, and a worker of one thread waiting on it could wait forever.
+    with dask.config.set(scheduler="synchronous"):
+        return _process_cell(job, t0, cid, path, settings)
+
+
+def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, settings: StudySettings) -> dict[str, Any]:
+    from .domain import input_statistics, ood_scores
+    from .io import atomic_output
+
     try:
         threads = _torch_threads(job.get("threads"))
         model = _model(job["model"], job["model_sha256"])
