@@ -13,10 +13,12 @@ On one machine, in one run:
    resident memory of each worker process, sampled every 0.5 s);
 3. the same cells by a shell loop of ``sxtlab segment`` + ``sxtlab measure`` per file
    (cells per hour);
-4. ``sxtlab compare`` by ``condition`` (the planted difference: p-value and effect
+4. the volume intervals' coverage: the share of organelles (matched to the truth)
+   whose true volume lies in the interval;
+5. ``sxtlab compare`` by ``condition`` (the planted difference: p-value and effect
    size of the lipid volume) and by ``batch`` (nothing planted: how many of the
    adjusted p-values fall below 0.05);
-5. ``sxtlab study`` with 2 workers killed by SIGKILL (the whole process group) once
+6. ``sxtlab study`` with 2 workers killed by SIGKILL (the whole process group) once
    half the cells are done, then the same command again: which cells the second
    run did, whether any was done twice, and whether the tables equal the
    uninterrupted 2-worker run's.
@@ -54,12 +56,14 @@ def make_inputs(folder: Path, n: int, size: int, seed: int) -> Path:
     if (folder / "cells.csv").exists():
         return recs
     recs.mkdir(parents=True, exist_ok=True)
+    (folder / "truth").mkdir(exist_ok=True)
     conditions = {"control": {"lipid_fraction": 0.02}, "high_lipid": {"lipid_fraction": 0.08}}
     rows = []
     for i, ds in enumerate(phantom.population(n // 2, conditions=conditions, seed=seed, shape=(size,) * 3,
                                               voxel_size=0.05, acquisition=True)):
         name = f"cell{i:03d}.mrc"
         sxtlab.write_volume(ds["lac"], recs / name)
+        sxtlab.write_volume(ds["labels"], folder / "truth" / f"cell{i:03d}.ome.zarr")
         rows.append({"file": name, "condition": ds.attrs["condition"], "batch": "AB"[i % 2]})
     pd.DataFrame(rows).to_csv(folder / "cells.csv", index=False)
     return recs
@@ -154,6 +158,22 @@ def kill_and_resume(recs: Path, meta: Path, out: Path, reference: Path, n: int, 
             "cells_done": study.manifest["run"]["done"]}
 
 
+def interval_coverage(study: Path, truth: Path) -> dict:
+    """Share of matched organelles whose true volume lies in the study's volume interval, per class."""
+    from sxtlab import qc
+
+    parts = []
+    for cell in sorted((study / "cells").iterdir()):
+        seg = sxtlab.read_segmentation(cell / "segmentation.ome.zarr").load()
+        labels = sxtlab.read_volume(truth / f"{cell.name}.ome.zarr")
+        parts.append(qc.coverage(qc.instance_uncertainty(seg), seg, labels))
+    table = pd.concat(parts)
+    matched = table[table["true_volume_um3"] > 0]
+    return {"thresholds": [qc.LOW, qc.HIGH], "objects_made_up": int((table["true_volume_um3"] == 0).sum()),
+            **{c: {"coverage": round(float(g["covered"].mean()), 3), "objects": len(g)}
+               for c, g in matched.groupby("class")}}
+
+
 def lipid_row(result: pd.DataFrame) -> dict:
     row = result[(result["measurement"] == "volume_um3") & (result["class"] == "lipid_body")].iloc[0]
     return {"p_value": float(row["p_value"]), "p_adjusted": float(row["p_adjusted"]),
@@ -186,6 +206,7 @@ def main() -> None:
     planted = lipid_row(compare_study(args.work / "study-w2", "condition", overwrite=True))
     null = compare_study(args.work / "study-w2", "batch", overwrite=True)
     tests = null.drop_duplicates(["measurement", "class", "target_class"])
+    coverage = interval_coverage(args.work / "study-w2", args.work / "truth")
     kill = kill_and_resume(recs, meta, args.work / "study-kill", args.work / "study-w2", n, env)
     load_after = os.getloadavg()
     result = {"cells": n, "size": args.size, "studies": runs,
@@ -195,6 +216,7 @@ def main() -> None:
               "no_difference_by_batch": {"tests": len(tests),
                                          "p_adjusted_below_0.05": int((tests["p_adjusted"] < 0.05).sum()),
                                          "smallest_p_adjusted": float(tests["p_adjusted"].min())},
+              "volume_interval_coverage": coverage,
               "kill_and_resume": kill,
               "load_average_before": [round(v, 2) for v in load_before],
               "load_average_after": [round(v, 2) for v in load_after],

@@ -154,6 +154,8 @@ def find_inputs(inputs: Iterable[str | os.PathLike]) -> list[Path]:
             if any(parent in projects for parent in q.parents) or any(
                     _volume_suffix(parent) in (".zarr", ".ome.zarr") for parent in q.parents if parent != p):
                 continue
+            if any(part.startswith(".") for part in q.relative_to(p).parts):
+                continue  # hidden: e.g. what a killed write left
             suffix = _volume_suffix(q)
             if suffix is None or (suffix not in (".zarr", ".ome.zarr") and not q.is_file()):
                 continue
@@ -213,8 +215,8 @@ class StudySettings:
     calibration: tuple[float, float] | None = None
     pairs: tuple[tuple[str, str], ...] | None = None
     tta: bool = False
-    low: float = 0.25
-    high: float = 0.75
+    low: float = 0.05
+    high: float = 0.95
     block_voxels: int = DEFAULT_BLOCK_VOXELS
 
     def to_json(self) -> dict[str, Any]:
@@ -362,7 +364,7 @@ def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, setti
             tables["instances"] = tables["instances"].merge(
                 uncertainty.drop(columns=["voxel_count", "volume_um3"]), on=["cell_id", "class", "instance"],
                 how="left")
-            confidence = qc.class_confidence(seg, high=settings.high, cell_id=cid)
+            confidence = qc.class_confidence(seg, cell_id=cid)
             for name, table in {**tables, "confidence": confidence}.items():
                 table.to_csv(tmp / f"{name}.csv", index=False)
             whole = confidence[confidence["class"] == "all"].iloc[0]
@@ -384,7 +386,7 @@ def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, setti
         atomic_output(Path(job["folder"]) / "cells" / cid, write, overwrite=bool(job.get("redo")))
     except SxtlabError as err:
         return {"cell_id": cid, "input": str(path), "status": "failed", "error": err.for_command_line()}
-    except (OSError, ValueError, KeyError, RuntimeError, MemoryError) as err:
+    except Exception as err:  # noqa: BLE001 - the task's boundary
         # A file no reader turned into sxtlab's error, or a bug: reported with its type
         # (and logged with its traceback on the worker), never the end of the study.
         LOG.warning("cell %s (%s) failed:\n%s", cid, path, traceback.format_exc())
@@ -737,7 +739,13 @@ def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, c
         results = []
         with tqdm(total=len(futures), desc="cells", unit="cell", disable=not progress) as bar:
             for future in as_completed(futures):
-                r = future.result()
+                try:
+                    r = future.result()
+                except Exception as err:  # noqa: BLE001 - a worker died (memory, a kill): that cell fails
+                    cid = future.key.removeprefix("sxtlab-cell-").rsplit("-", 1)[0]
+                    source = next((j["input"] for j in jobs if j["cell_id"] == cid), "?")
+                    r = {"cell_id": cid, "input": source, "status": "failed",
+                         "error": f"the worker running it was lost: {type(err).__name__}: {err}"}
                 results.append(r)
                 if r["status"] == "done":
                     bar.set_postfix_str(f"{r['cell_id']} {r.get('seconds', 0):.0f} s")

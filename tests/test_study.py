@@ -145,18 +145,37 @@ def test_a_separately_started_scheduler_gives_the_same_tables(study, inputs, tmp
         pd.testing.assert_frame_equal(other.table(name), mine, obj=name)
 
 
-def test_volume_intervals_cover_the_truth_of_most_lipid_bodies(study, cells):
+def _soft_sphere(radius: float, true_radius: float):
+    """A 'segmentation' of a sphere whose probability falls off over 1.5 voxels at
+    ``radius``, and the truth: a sphere of ``true_radius`` (voxels of 0.1 µm)."""
+    import xarray as xr
+
+    z, y, x = np.mgrid[:32, :32, :32] - 15.5
+    r = np.sqrt(z ** 2 + y ** 2 + x ** 2)
+    p = 1 / (1 + np.exp((r - radius) / 1.5))
+    img = sxtlab.volume(np.zeros(r.shape, np.float32), 0.1)
+    probs = xr.DataArray(np.stack([1 - p, p]).astype(np.float32), dims=("class", "z", "y", "x"),
+                         coords={"class": ["background", "lipid_body"], **{d: img[d] for d in "zyx"}})
+    seg = sxtlab.segmentation(img, sxtlab.label_volume((p >= 0.5).astype(np.uint8), img, {1: "lipid_body"}), probs)
+    truth = sxtlab.label_volume((r <= true_radius).astype(np.uint8), img, {1: "lipid_body"})
+    return seg, truth
+
+
+def test_volume_interval_spans_the_two_thresholds_and_coverage_counts_the_truth_inside():
     from sxtlab import qc
 
-    parts = []
-    for i, ds in enumerate(cells):
-        seg = sxtlab.read_segmentation(study.folder / "cells" / f"cell{i}" / "segmentation.ome.zarr").load()
-        parts.append(qc.coverage(qc.instance_uncertainty(seg), seg, ds["labels"]))
-    result = pd.concat(parts)
-    lipid = result[result["class"] == "lipid_body"]
-    assert len(lipid) >= 10
-    # measured share of lipid bodies whose true volume lies in [p >= 0.75, p >= 0.25]
-    assert lipid["covered"].mean() >= 0.6, lipid[["true_volume_um3", "volume_low_um3", "volume_high_um3"]]
+    seg, truth = _soft_sphere(8.0, 9.0)
+    (row,) = qc.instance_uncertainty(seg, low=0.25, high=0.75, margin=4).to_dict("records")
+    # p >= 0.75 inside r = 8 - 1.5 ln 3, p >= 0.25 inside r = 8 + 1.5 ln 3 (voxels of 0.001 µm³)
+    r = np.sqrt(((np.mgrid[:32, :32, :32] - 15.5) ** 2).sum(0))
+    assert row["volume_low_um3"] == pytest.approx((r < 8 - 1.5 * np.log(3)).sum() * 1e-3)
+    assert row["volume_high_um3"] == pytest.approx((r <= 8 + 1.5 * np.log(3)).sum() * 1e-3)
+    assert row["volume_low_um3"] < row["volume_expected_um3"] < row["volume_high_um3"]
+    assert 0 < row["uncertain_fraction"] < 1 and 0 < row["entropy_mean"] < 1
+    inside = qc.coverage(qc.instance_uncertainty(seg, low=0.25, high=0.75, margin=4), seg, truth)
+    assert inside["true_volume_um3"].iloc[0] == pytest.approx((r <= 9.0).sum() * 1e-3) and inside["covered"].all()
+    seg, truth = _soft_sphere(8.0, 11.0)  # the truth reaches beyond the plausible extent
+    assert not qc.coverage(qc.instance_uncertainty(seg, low=0.25, high=0.75, margin=4), seg, truth)["covered"].any()
 
 
 def test_compare_writes_tests_figures_and_counts_the_flagged_cells_left_out(study):
