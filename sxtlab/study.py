@@ -334,10 +334,18 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
         return _process_cell(job, t0, cid, path, settings)
 
 
-def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, settings: StudySettings) -> dict[str, Any]:
+def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path,
+                  settings: StudySettings) -> dict[str, Any]:
+    import warnings
+
     from .domain import input_statistics, ood_scores
     from .io import atomic_output
 
+    # Warnings (a voxel size resampled, one unknown) go into the cell's record, not onto a
+    # worker's console that nobody reads.
+    caught = warnings.catch_warnings(record=True)
+    log = caught.__enter__()
+    warnings.simplefilter("always")
     try:
         threads = _torch_threads(job.get("threads"))
         model = _model(job["model"], job["model_sha256"])
@@ -369,6 +377,7 @@ def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, setti
                 table.to_csv(tmp / f"{name}.csv", index=False)
             whole = confidence[confidence["class"] == "all"].iloc[0]
             record.update({
+                "warnings": list(dict.fromkeys(str(w.message) for w in log)),
                 "shape": [int(n) for n in lac.shape],
                 "voxel_size_um": None if not lac.sxt.has_voxel_size else list(lac.sxt.voxel_size),
                 "labels_cleaned": cleaned,
@@ -391,6 +400,8 @@ def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, setti
         # (and logged with its traceback on the worker), never the end of the study.
         LOG.warning("cell %s (%s) failed:\n%s", cid, path, traceback.format_exc())
         return {"cell_id": cid, "input": str(path), "status": "failed", "error": f"{type(err).__name__}: {err}"}
+    finally:
+        caught.__exit__(None, None, None)
     return {**record, "status": "done", "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid()}
 
 
@@ -691,7 +702,7 @@ def _summary(done: list[str], by_id: dict, classes: pd.DataFrame, confidence: pd
         r = by_id[c]
         row = {"cell_id": c, "shape": "x".join(map(str, r.get("shape", []))),
                "voxel_size_um": ",".join(f"{v:.5g}" for v in r["voxel_size_um"]) if r.get("voxel_size_um") else "",
-               "labels_cleaned": r.get("labels_cleaned")}
+               "labels_cleaned": r.get("labels_cleaned"), "warnings": "; ".join(r.get("warnings", []))}
         rows.append(row)
     out = pd.DataFrame(rows)
     if len(classes):
@@ -731,7 +742,7 @@ def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, c
                 # one thread per worker: torch in the task uses `per` threads, so the
                 # workers together use every core once
                 own_cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                           dashboard_address=None,
+                                           dashboard_address=":0",
                                            env={"OMP_NUM_THREADS": str(per), "MKL_NUM_THREADS": str(per)})
                 client = own_client = Client(own_cluster)
         futures = [client.submit(process_cell, job, key=f"sxtlab-cell-{job['cell_id']}-{job['sha256'][:12]}",

@@ -52,7 +52,7 @@ def inputs(tmp_path_factory, cells):
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster) as c:
         yield c
 
 
@@ -135,7 +135,7 @@ def test_a_separately_started_scheduler_gives_the_same_tables(study, inputs, tmp
     for name in ("cell0", "cell3"):
         shutil.copy(folder / f"{name}.mrc", picked)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+                                  dashboard_address=":0") as cluster:
         other = Study.run([picked], tmp_path / "S", metadata=meta, scheduler=cluster.scheduler_address,
                           threads=1, progress=False)
     assert other.manifest["run"]["done"] == 2
