@@ -313,8 +313,9 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
         errors (bugs) are reported the same way, with the exception's type, so
         that one cell does not end the study.
     """
-    from .domain import input_statistics, ood_scores
-    from .io import atomic_output
+    import warnings
+
+    import dask
 
     t0 = time.perf_counter()
     cid, path = job["cell_id"], Path(job["input"])
@@ -325,27 +326,21 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
                                 else tuple(job["settings"]["voxel_size"]),
                                 "calibration": None if job["settings"]["calibration"] is None
                                 else tuple(job["settings"]["calibration"])})
-    import dask
-
     # Dask work inside the task (lazy reads, resampling, Zarr writes) stays in it: on a
     # distributed worker dask would otherwise send it back to the cluster as a graph
     # holding the volume, and a worker of one thread waiting on it could wait forever.
-    with dask.config.set(scheduler="synchronous"):
-        return _process_cell(job, t0, cid, path, settings)
+    # Warnings (a voxel size resampled, one unknown) go into the cell's record, not onto
+    # a worker's console that nobody reads.
+    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        return _process_cell(job, t0, cid, path, settings, log)
 
 
-def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path,
-                  settings: StudySettings) -> dict[str, Any]:
-    import warnings
-
+def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, settings: StudySettings,
+                  log: list) -> dict[str, Any]:
     from .domain import input_statistics, ood_scores
     from .io import atomic_output
 
-    # Warnings (a voxel size resampled, one unknown) go into the cell's record, not onto a
-    # worker's console that nobody reads.
-    caught = warnings.catch_warnings(record=True)
-    log = caught.__enter__()
-    warnings.simplefilter("always")
     try:
         threads = _torch_threads(job.get("threads"))
         model = _model(job["model"], job["model_sha256"])
@@ -400,8 +395,6 @@ def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path,
         # (and logged with its traceback on the worker), never the end of the study.
         LOG.warning("cell %s (%s) failed:\n%s", cid, path, traceback.format_exc())
         return {"cell_id": cid, "input": str(path), "status": "failed", "error": f"{type(err).__name__}: {err}"}
-    finally:
-        caught.__exit__(None, None, None)
     return {**record, "status": "done", "seconds": round(time.perf_counter() - t0, 2), "pid": os.getpid()}
 
 
@@ -605,7 +598,8 @@ class Study:
             record = _done_record(folder / "cells" / cid)
             if record is not None and all(record.get(k) == job[k] for k in
                                           ("sha256", "model_sha256", "sxtlab_version", "settings")):
-                kept[cid] = {**record, "status": "done", "reused": True}
+                # the file may have moved: same bytes, so the cell stands; its current path is shown
+                kept[cid] = {**record, "input": job["input"], "status": "done", "reused": True}
                 continue
             job["redo"] = (folder / "cells" / cid).exists()
             jobs.append(job)
@@ -760,6 +754,9 @@ def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, c
                 results.append(r)
                 if r["status"] == "done":
                     bar.set_postfix_str(f"{r['cell_id']} {r.get('seconds', 0):.0f} s")
+                    if progress:
+                        flag = "  unlike the training data" if r.get("ood_flag") else ""
+                        tqdm.write(f"done {r['cell_id']} in {r.get('seconds', 0):.1f} s{flag}")
                 else:
                     tqdm.write(f"failed {r['cell_id']} ({r['input']}): {r['error']}")
                 bar.update()
