@@ -153,6 +153,7 @@ def kill_and_resume(recs: Path, meta: Path, out: Path, reference: Path, n: int, 
         except AssertionError as err:
             equal[name] = f"differs: {str(err).splitlines()[0]}"
     return {"done_before_kill": len(done_before), "leftovers_after_kill": leftovers,
+            "leftovers_after_rerun": sorted(p.name for p in (out / "cells").glob(".*")),
             "processed_by_rerun": study.manifest["run"]["processed_now"], "rerun_rc": second.returncode,
             "rerun_wall_s": round(wall, 1), "done_twice": redone, "tables_equal_uninterrupted": equal,
             "cells_done": study.manifest["run"]["done"]}

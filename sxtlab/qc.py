@@ -23,8 +23,8 @@ grown by ``margin`` voxels, less other instances of its class.
 
 How well the interval covers the truth is measured, not assumed (:func:`coverage`;
 the thresholds' note, :data:`LOW`, and ``benchmarks/bench_study.py``): on phantom
-cells segmented by the shipped model it held the true volume of 86 % of lipid
-bodies and 89 % of mitochondria.
+cells segmented by the shipped model it held the true volume of 57-86 % of lipid
+bodies and 67-89 % of mitochondria (two samples of cells), every whole cell.
 
 :func:`review` ranks cells and objects by how likely they are wrong, for a person
 to look at first: cells by their out-of-distribution score
@@ -64,18 +64,23 @@ __all__ = ["LOW", "HIGH", "CONFIDENT", "UNCERTAIN_FLAG", "CELL_UNCERTAIN_FLAG", 
            "review", "coverage"]
 
 #: Probability thresholds of the volume interval: the plausible extent (p ≥ LOW) and
-#: the confident core (p ≥ HIGH). Chosen by measured coverage: on 7 phantom cells (48³
-#: and 64³ at 50 nm, simulated acquisition; the shipped default model), the interval
-#: held the true volume of 86 % of 29 lipid bodies, 89 % of 9 mitochondria and all 7
-#: cells (objects the model made up left out); 0.25-0.75 held 52 %, 56 % and all 7,
-#: because the model's probabilities are overconfident (its model card).
+#: the confident core (p ≥ HIGH). Chosen by measured coverage, which the interval does
+#: not promise: on 7 phantom cells (48³ and 64³ at 50 nm, simulated acquisition; the
+#: shipped default model) it held the true volume of 86 % of 29 lipid bodies, 89 % of 9
+#: mitochondria and all 7 cells (objects the model made up left out), where 0.25-0.75
+#: held 52 %, 56 % and all 7; on 4 other 48³ cells (benchmarks/results/study_quick.md)
+#: 57 % of 23 lipid bodies, 2 of 3 mitochondria and all 4 cells. Where the model's
+#: probabilities are overconfident (its model card) the interval is too narrow.
 LOW = 0.05
 HIGH = 0.95
 #: A voxel is uncertain (:func:`class_confidence`) where its largest class probability
 #: is below this.
 CONFIDENT = 0.75
-#: An object whose uncertain fraction reaches this is flagged for review.
-UNCERTAIN_FLAG = 0.5
+#: An object whose uncertain fraction reaches this is flagged for review. Measured on 4
+#: phantom cells (48³, the shipped model; benchmarks/results/study_quick.md): objects
+#: the model made up had a median uncertain fraction of 0.89, real ones 0.44; 0.6
+#: flagged 9 of the 10 made-up objects and 2 of the 30 real ones.
+UNCERTAIN_FLAG = 0.6
 #: A cell whose share of uncertain voxels (largest class probability < CONFIDENT) in its
 #: labelled region reaches this is flagged for review.
 CELL_UNCERTAIN_FLAG = 0.25
