@@ -128,6 +128,25 @@ def test_resume_after_an_interruption_does_no_cell_twice_and_gives_equal_tables(
     assert third.manifest["run"]["processed_now"] == 1
 
 
+def test_a_changed_input_is_redone_and_replaces_its_cell(study, inputs, client, tmp_path):
+    folder, meta = inputs
+    recs = tmp_path / "recs"
+    recs.mkdir()
+    for name in ("cell0", "cell1"):
+        shutil.copy(folder / f"{name}.mrc", recs)
+    out = tmp_path / "S"
+    shutil.copytree(study.folder / "cells" / "cell0", out / "cells" / "cell0")
+    shutil.copytree(study.folder / "cells" / "cell1", out / "cells" / "cell1")
+    lac = sxtlab.read_volume(recs / "cell1.mrc")
+    (recs / "cell1.mrc").unlink()
+    sxtlab.write_volume(lac.copy(data=lac.values * 1.5), recs / "cell1.mrc")  # the same cell, brighter
+    again = Study.run([recs], out, metadata=meta, client=client, threads=1, progress=False)
+    assert again.manifest["run"]["processed_now"] == 1
+    assert again.manifest["cells"]["cell0"].get("reused") and not again.manifest["cells"]["cell1"].get("reused")
+    record = json.loads((out / "cells" / "cell1" / "record.json").read_text())
+    assert record["sha256"] == again.manifest["cells"]["cell1"]["sha256"] != study.manifest["cells"]["cell1"]["sha256"]
+
+
 def test_a_separately_started_scheduler_gives_the_same_tables(study, inputs, tmp_path):
     folder, meta = inputs
     picked = tmp_path / "two"
