@@ -2,7 +2,7 @@
 
     python benchmarks/bench_task.py --complete-every 8 --seeds 0 1 2   # writes benchmarks/results/task.md
 
-A phantom catalog (:func:`sxtlab.catalog.phantom_catalog`) holds cells of four studies:
+A phantom catalog (:func:`sxtlab.task.phantom_catalog`) holds cells of four studies:
 one annotated every class, the others only what their question needed (lipid bodies;
 mitochondria; nuclei and lipid bodies), under their own names. ``--complete-every N``
 makes the complete study one cell in N (the partial studies share the rest in turn),
@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from sxtlab import phantom
-from sxtlab.catalog import PHANTOM_STUDIES, phantom_catalog
+from sxtlab.task import PHANTOM_STUDIES, phantom_catalog
 from sxtlab.metrics import evaluate
 from sxtlab.task import Task
 from sxtlab.train import CascadeConfig, TrainConfig

@@ -69,7 +69,7 @@ def make_cell(seed: int, cache: Path) -> xr.Dataset:
         return segmentation(img, label_volume(f["labels"], img, record["classes"]))
 
 
-def config(iterations: tuple[int, int]) -> CascadeConfig:
+def config(iterations: tuple[int, int], stage2_convs: int = 2) -> CascadeConfig:
     # Stage 1 sees a 6.6 µm field whole at 200 nm voxels (32³): it must find the
     # nucleus, a large object of low contrast, so it gets four levels (a receptive
     # field of the whole patch) and the absolute intensity at its head. Stage 2 refines
@@ -82,7 +82,7 @@ def config(iterations: tuple[int, int]) -> CascadeConfig:
                          val_every=500, val_step=1.0, patience=0)
     return CascadeConfig(factor=4, stage1=stage1, stage2=stage2,
                          stage1_unet=UNetConfig(depth=4, base_width=16, input_to_head=True),
-                         stage2_unet=UNetConfig(depth=4, base_width=16), seed=0)
+                         stage2_unet=UNetConfig(depth=4, base_width=16, convs_per_level=stage2_convs), seed=0)
 
 
 def _cpu_seconds() -> float:
@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(1500, 2000), metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--stage2-convs", type=int, default=2,
+                        help="convolutions per level of stage 2 (1 halves a step's cost: twice the steps per CPU second)")
     parser.add_argument("--init", default=None,
                         help="continue from this model's weights ('default' or a folder), e.g. in a later sitting")
     args = parser.parse_args()
@@ -109,7 +111,7 @@ def main() -> None:
     cache = args.work / "cells"
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
-    cfg = config(tuple(args.iterations))
+    cfg = config(tuple(args.iterations), args.stage2_convs)
     init = load_model(args.init) if args.init else None
     if init is not None and not ledger.exists():  # the first sitting on top of that model counts its CPU
         spent += init.info.get("train_cpu_seconds", 0)

@@ -105,8 +105,6 @@ __all__ = [
     "FORMAT_VERSION",
     "STANDARD_METADATA",
     "import_projects",
-    "PHANTOM_STUDIES",
-    "phantom_catalog",
 ]
 
 #: Version of the on-disk layout this module writes; it reads this one and older.
@@ -1226,72 +1224,3 @@ def import_projects(catalog: Catalog, folder: str | os.PathLike, *, pattern: str
 # ---------------------------------------------------------------------------------
 # A catalog of phantom cells, annotated the way real archives are
 # ---------------------------------------------------------------------------------
-
-#: Studies of :func:`phantom_catalog`: (annotator, the classes it annotated, in its own
-#: words; None = everything, under the vocabulary's names). Real archives look like
-#: this: one study drew every organelle, the others only what their question needed,
-#: and each used its own names.
-PHANTOM_STUDIES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
-    ("complete", None),
-    ("lipid storage", ("cell", "lipid droplets")),
-    ("mitochondria", ("cytoplasm", "mitochondrion")),
-    ("nuclear envelope", ("cell", "nuclei", "LD")),
-)
-
-
-def phantom_catalog(path: str | os.PathLike, n_cells: int = 8, *, shape: Sequence[int] = (64, 64, 64),
-                    voxel_size: float = 0.05, studies: Sequence[tuple[str, Sequence[str] | None]] = PHANTOM_STUDIES,
-                    seed: int = 0, acquisition: bool = True, progress: bool = True) -> Catalog:
-    """A new catalog of phantom cells annotated partially and under different names.
-
-    Cell ``i`` (phantom seed ``seed + i``) goes to study ``i mod len(studies)``; a
-    study that annotated only some classes keeps those (in its own words, e.g.
-    ``"lipid droplets"``, stored as its label names) and leaves the voxels where an
-    unannotated class could hide unannotated (255), as
-    :meth:`sxtlab.task.Task.remap` does. For tests, tutorials and the benchmark of
-    task-based training (``benchmarks/bench_task.py``).
-
-    Parameters
-    ----------
-    path : path-like
-        The catalog to create (must not exist).
-    n_cells : int
-        Number of cells.
-    shape, voxel_size
-        Phantom grid (voxels, µm).
-    studies : sequence of (str, sequence of str or None)
-        Annotator name and the classes it annotated (None: every class).
-    seed : int
-        Seed of the first cell.
-    acquisition : bool
-        Simulate the microscope (:class:`sxtlab.phantom.Acquisition`: noise, blur,
-        missing wedge); otherwise the noise-free LAC.
-    progress : bool
-        Show a progress bar.
-
-    Returns
-    -------
-    Catalog
-        Metadata per entry: ``annotator`` (the study), ``species`` ``"phantom"``,
-        ``phantom_seed``.
-
-    Examples
-    --------
-    >>> cat = phantom_catalog(tmp / "refs", n_cells=4, shape=(32, 32, 32))  # doctest: +SKIP
-    >>> cat.to_frame()[["annotator", "annotated_classes"]]  # doctest: +SKIP
-    """
-    from . import phantom
-    from .task import Task
-
-    cat = Catalog.create(path)
-    for i in tqdm(range(n_cells), desc="phantom catalog", unit="cell", disable=not progress):
-        annotator, annotated = studies[i % len(studies)]
-        acq = phantom.Acquisition(seed=seed + i) if acquisition else None
-        cell = phantom.cell(seed=seed + i, shape=shape, voxel_size=voxel_size, acquisition=acq)
-        labels = cell["labels"]
-        if annotated is not None:
-            labels = Task(list(annotated)).remap(labels)
-            own_words = {canonical_name(n): n for n in annotated}
-            labels.attrs["classes"] = {k: own_words.get(v, v) for k, v in labels.attrs["classes"].items()}
-        cat.add(cell["lac"], labels, annotator=annotator, species="phantom", phantom_seed=seed + i)
-    return cat

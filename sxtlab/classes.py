@@ -18,6 +18,7 @@ and the SXT reviews of Le Gros et al. 2005 and Weiss et al. 2000).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import SxtlabError
@@ -33,6 +34,8 @@ __all__ = [
     "descendants",
     "colour",
     "class_map",
+    "LabelSets",
+    "LABEL_SET_CODES",
 ]
 
 #: Label value of voxels that were not annotated (ignored by losses and metrics).
@@ -240,3 +243,51 @@ def class_map(classes: dict) -> dict[int, str]:
             f"Known classes: {', '.join(VOCABULARY)}"
         )
     return out
+
+
+#: Label values that stand for a set of task classes (see :mod:`sxtlab.task`, rule 2), first to
+#: last; the task's own classes count up from 1 and never reach them.
+LABEL_SET_CODES = range(UNANNOTATED - 1, 127, -1)
+
+
+class LabelSets:
+    """Codes for sets of class values a voxel may have, handed out as sets are met.
+
+    One set of rules serves the task's labels (codes from :data:`LABEL_SET_CODES`)
+    and training (codes after the classes, :func:`sxtlab.train.train_cascade`): a
+    set of one class is that class, a set of every class is
+    :data:`~sxtlab.classes.UNANNOTATED`, and equal sets share one code.
+
+    Parameters
+    ----------
+    n_classes : int
+        Number of class values, background included.
+    codes : iterable of int
+        Values to hand out, in order.
+    """
+
+    def __init__(self, n_classes: int, codes: Iterable[int]) -> None:
+        self.n_classes = n_classes
+        self._free = iter(codes)
+        self.sets: dict[int, frozenset[int]] = {}
+
+    def code(self, members: frozenset[int]) -> int:
+        """The value a voxel known to be one of ``members`` gets.
+
+        Raises
+        ------
+        ValueError
+            If the codes run out.
+        """
+        if len(members) == 1:
+            return next(iter(members))
+        if len(members) == self.n_classes:     # could be anything: unannotated
+            return UNANNOTATED
+        for code, known in self.sets.items():
+            if known == members:
+                return code
+        code = next(self._free, None)
+        if code is None:
+            raise ValueError(f"more than {len(self.sets)} different label sets")
+        self.sets[code] = members
+        return code

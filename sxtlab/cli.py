@@ -20,6 +20,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import OutputExistsError, SxtlabError
+from .threads import use_free_cores
 
 __all__ = ["main", "describe"]
 
@@ -559,38 +560,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _use_free_cores() -> int:
-    """Give torch as many threads as other processes leave cores free; returns that number.
-
-    torch starts one OpenMP thread per core, and at the end of every parallel
-    region the threads wait for each other by spinning. Where another process holds
-    one of the cores, the thread on it runs late and its partner spins meanwhile, so
-    a small network's many short regions cost several times their arithmetic: on 2
-    cores shared with other jobs (load 4–6), 60 + 60 steps of ``fit_sparse`` on
-    sample_12 took 40 s wall and 21 s CPU on one thread, 376 s wall and 145 s CPU
-    on two. "Free" is the CPUs this process may use less the 1-minute load average
-    (this process has been idle until now), at least one; an explicit
-    ``OMP_NUM_THREADS`` is left to decide.
-    """
-    import torch
-
-    if "OMP_NUM_THREADS" in os.environ:
-        return torch.get_num_threads()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = max(1, min(cpus, cpus - round(busy)))
-    torch.set_num_threads(threads)
-    log.info("torch threads: %d (%d CPUs, load %.1f)", threads, cpus, busy)
-    return threads
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     if args.command in ("segment", "train", "demo"):  # a study sets threads per worker
-        _use_free_cores()
+        use_free_cores()
     with warnings.catch_warnings():
         # Warnings (unknown voxel size, resampling) are messages for the user, not tracebacks.
         warnings.showwarning = lambda message, *rest, **kw: print(f"warning: {message}", file=sys.stderr)

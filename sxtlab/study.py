@@ -54,8 +54,9 @@ Workers and threads
 -------------------
 By default a :class:`distributed.LocalCluster` of ``workers`` processes with one
 thread each (default: one worker per two cores, at least one), and torch in each
-worker gets ``cores // workers`` threads, so that the workers together use the
-cores once. With ``scheduler=ADDRESS`` (or ``client=``) the same tasks go to any
+worker gets the free cores (:func:`sxtlab.threads.free_cores`: those the load
+average leaves) divided by the workers, so that the workers together use each
+core once (``OMP_NUM_THREADS`` set: that many per worker). With ``scheduler=ADDRESS`` (or ``client=``) the same tasks go to any
 cluster; torch then gets the worker's CPUs (its affinity) divided by its threads.
 
 On an HPC scheduler, start the cluster with `dask-jobqueue
@@ -728,9 +729,15 @@ def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, c
             if scheduler is not None:
                 client = own_client = Client(scheduler)
             else:
+                from .threads import free_cores
+
                 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
                 n = workers or max(1, cores // 2)
-                per = threads or max(1, cores // n)
+                # the cores other work leaves free, shared out (sxtlab.threads: a torch thread on
+                # a busy core makes its partners spin); OMP_NUM_THREADS, if set, decides
+                free = int(os.environ["OMP_NUM_THREADS"]) * n if os.environ.get("OMP_NUM_THREADS", "").isdigit() \
+                    else free_cores()
+                per = threads or max(1, free // n)
                 for job in jobs:
                     job["threads"] = per
                 # one thread per worker: torch in the task uses `per` threads, so the

@@ -34,6 +34,7 @@ task with output classes ``T`` (each a vocabulary class, or a union given in
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,60 +42,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from tqdm.auto import tqdm
 
-from .classes import BACKGROUND, UNANNOTATED, VOCABULARY, canonical_name
+from . import phantom
+from .catalog import Catalog
+from .classes import BACKGROUND, LABEL_SET_CODES, UNANNOTATED, VOCABULARY, LabelSets, canonical_name
 from .errors import SxtlabError
 from .volume import check_voxel_size, label_volume
 
-__all__ = ["Task", "TaskError", "LabelMapping", "LabelSets", "LABEL_SET_CODES"]
-
-#: Label values that stand for a set of task classes (see rule 2 above), first to
-#: last; the task's own classes count up from 1 and never reach them.
-LABEL_SET_CODES = range(UNANNOTATED - 1, 127, -1)
-
-
-class LabelSets:
-    """Codes for sets of class values a voxel may have, handed out as sets are met.
-
-    One set of rules serves the task's labels (codes from :data:`LABEL_SET_CODES`)
-    and training (codes after the classes, :func:`sxtlab.train.train_cascade`): a
-    set of one class is that class, a set of every class is
-    :data:`~sxtlab.classes.UNANNOTATED`, and equal sets share one code.
-
-    Parameters
-    ----------
-    n_classes : int
-        Number of class values, background included.
-    codes : iterable of int
-        Values to hand out, in order.
-    """
-
-    def __init__(self, n_classes: int, codes: Iterable[int]) -> None:
-        self.n_classes = n_classes
-        self._free = iter(codes)
-        self.sets: dict[int, frozenset[int]] = {}
-
-    def code(self, members: frozenset[int]) -> int:
-        """The value a voxel known to be one of ``members`` gets.
-
-        Raises
-        ------
-        ValueError
-            If the codes run out.
-        """
-        if len(members) == 1:
-            return next(iter(members))
-        if len(members) == self.n_classes:     # could be anything: unannotated
-            return UNANNOTATED
-        for code, known in self.sets.items():
-            if known == members:
-                return code
-        code = next(self._free, None)
-        if code is None:
-            raise ValueError(f"more than {len(self.sets)} different label sets")
-        self.sets[code] = members
-        return code
-
+__all__ = ["Task", "TaskError", "LabelMapping", "PHANTOM_STUDIES", "phantom_catalog"]
 
 class TaskError(SxtlabError, ValueError):
     """A task is ill-defined, or no reference data fits it."""
@@ -379,8 +335,6 @@ class Task:
             partly labelled, and how many voxels each task class, the partly
             labelled ones and the unannotated ones hold.
         """
-        from .catalog import Catalog
-
         if isinstance(source, Catalog):
             frame = self.select(source)
             items = [(entry_id, source.get(entry_id), list(row["annotated_classes"]))
@@ -440,3 +394,70 @@ class Task:
         model.info["task"] = self.to_dict()
         model.info["training_data"] = report.reset_index().to_dict(orient="records")
         return model, history
+
+
+#: Studies of :func:`phantom_catalog`: (annotator, the classes it annotated, in its own
+#: words; None = everything, under the vocabulary's names). Real archives look like
+#: this: one study drew every organelle, the others only what their question needed,
+#: and each used its own names.
+PHANTOM_STUDIES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("complete", None),
+    ("lipid storage", ("cell", "lipid droplets")),
+    ("mitochondria", ("cytoplasm", "mitochondrion")),
+    ("nuclear envelope", ("cell", "nuclei", "LD")),
+)
+
+
+def phantom_catalog(path: str | os.PathLike, n_cells: int = 8, *, shape: Sequence[int] = (64, 64, 64),
+                    voxel_size: float = 0.05, studies: Sequence[tuple[str, Sequence[str] | None]] = PHANTOM_STUDIES,
+                    seed: int = 0, acquisition: bool = True, progress: bool = True) -> Catalog:
+    """A new catalog of phantom cells annotated partially and under different names.
+
+    Cell ``i`` (phantom seed ``seed + i``) goes to study ``i mod len(studies)``; a
+    study that annotated only some classes keeps those (in its own words, e.g.
+    ``"lipid droplets"``, stored as its label names) and leaves the voxels where an
+    unannotated class could hide unannotated (255), as
+    :meth:`Task.remap` does. For tests, tutorials and the benchmark of
+    task-based training (``benchmarks/bench_task.py``).
+
+    Parameters
+    ----------
+    path : path-like
+        The catalog to create (must not exist).
+    n_cells : int
+        Number of cells.
+    shape, voxel_size
+        Phantom grid (voxels, µm).
+    studies : sequence of (str, sequence of str or None)
+        Annotator name and the classes it annotated (None: every class).
+    seed : int
+        Seed of the first cell.
+    acquisition : bool
+        Simulate the microscope (:class:`sxtlab.phantom.Acquisition`: noise, blur,
+        missing wedge); otherwise the noise-free LAC.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    Catalog
+        Metadata per entry: ``annotator`` (the study), ``species`` ``"phantom"``,
+        ``phantom_seed``.
+
+    Examples
+    --------
+    >>> cat = phantom_catalog(tmp / "refs", n_cells=4, shape=(32, 32, 32))  # doctest: +SKIP
+    >>> cat.to_frame()[["annotator", "annotated_classes"]]  # doctest: +SKIP
+    """
+    cat = Catalog.create(path)
+    for i in tqdm(range(n_cells), desc="phantom catalog", unit="cell", disable=not progress):
+        annotator, annotated = studies[i % len(studies)]
+        acq = phantom.Acquisition(seed=seed + i) if acquisition else None
+        cell = phantom.cell(seed=seed + i, shape=shape, voxel_size=voxel_size, acquisition=acq)
+        labels = cell["labels"]
+        if annotated is not None:
+            labels = Task(list(annotated)).remap(labels)
+            own_words = {canonical_name(n): n for n in annotated}
+            labels.attrs["classes"] = {k: own_words.get(v, v) for k, v in labels.attrs["classes"].items()}
+        cat.add(cell["lac"], labels, annotator=annotator, species="phantom", phantom_seed=seed + i)
+    return cat

@@ -46,10 +46,9 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .cascade import CascadeModel, Context, Normalisation, block_labels, block_mean, stage1_window
-from .classes import UNANNOTATED, VOCABULARY, canonical_name, class_map
+from .classes import UNANNOTATED, VOCABULARY, LabelSets, canonical_name, class_map
 from .domain import input_statistics, reference_range
 from .errors import FormatError
-from .task import LabelSets
 from .inference import WindowGrid, blend_block, crop_padded, sliding_window
 from .unet import UNet3D, UNetConfig
 

@@ -459,18 +459,6 @@ class SxtAccessor:
             raise ValueError(f"crop {bounds} selects no voxel (extent: {self.extent_um()})")
         return out
 
-    def show(self, labels: xr.DataArray | None = None, **kwargs: Any):
-        """Orthogonal slices as a static matplotlib Figure; see :func:`sxtlab.viewer.show_slices`."""
-        from .viewer import show_slices
-
-        return show_slices(self._obj, labels, **kwargs)
-
-    def view(self, labels: xr.DataArray | None = None, **kwargs: Any):
-        """Interactive slice viewer for notebooks; see :class:`sxtlab.viewer.SliceViewer`."""
-        from .viewer import SliceViewer
-
-        return SliceViewer(self._obj, labels, **kwargs)
-
     def extent_um(self) -> dict[str, tuple[float, float]]:
         """First and last voxel centre along each axis (µm, or voxels when unknown)."""
         return {d: (float(self._obj[d].values[0]), float(self._obj[d].values[-1])) for d in DIMS}

@@ -563,7 +563,7 @@ def test_import_projects_reports_unmapped_names_and_adds_only_new(shared, tmp_pa
 
 
 def test_phantom_catalog_annotates_like_a_real_archive(tmp_path):
-    from sxtlab.catalog import phantom_catalog
+    from sxtlab.task import phantom_catalog
     from sxtlab.task import Task
 
     cat = phantom_catalog(tmp_path / "refs", n_cells=4, shape=(32, 32, 32), voxel_size=0.1,

@@ -240,17 +240,17 @@ def test_segment_help_shows_the_default_values(capsys):
 def test_torch_gets_the_cores_other_work_leaves_free(monkeypatch, load, threads):
     import torch
 
-    from sxtlab.cli import _use_free_cores
+    from sxtlab import use_free_cores
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     monkeypatch.setattr("os.getloadavg", lambda: (load, 0.0, 0.0))
     before = torch.get_num_threads()
     try:
-        assert _use_free_cores() == threads == torch.get_num_threads()
+        assert use_free_cores() == threads == torch.get_num_threads()
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(2)
-        assert _use_free_cores() == 2  # an explicit setting is the user's
+        assert use_free_cores() == 2  # an explicit setting is the user's
     finally:
         torch.set_num_threads(before)
 

@@ -441,6 +441,8 @@ def test_varied_cells_span_the_literature_ranges():
     contrast = np.array([d["nucleus"] - d["cell"] for d in draws])
     assert (contrast < -0.05).any() and (contrast > 0.05).any()  # darker and brighter nuclei
     assert np.abs(contrast).min() < 0.015 and np.abs(contrast).max() > 0.08
+    # the literature's order: a vacuole is darker than its cell's cytoplasm and nucleus
+    assert all(d["vacuole"] <= min(d["nucleus"], d["cell"]) - 0.02 + 1e-12 for d in draws)
     for name in ["cell", "mitochondria", "lipid_body", "vacuole", "background"]:
         lo, hi = VOCABULARY[name].lac_range_per_um
         values = np.array([d[name] for d in draws])

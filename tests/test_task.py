@@ -147,7 +147,7 @@ def test_train_records_the_task_and_fine_tunes():
 
 
 def test_partly_labelled_cells_train_with_their_label_sets():
-    from sxtlab.task import LabelSets
+    from sxtlab.classes import LabelSets
     from sxtlab.train import _remap, _set_table, fast_config
 
     full, other = _cells()
