@@ -301,7 +301,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     for row in failed.itertuples():
         print(f"  failed {row.cell_id}: {row.error}")
     review = study.review
-    flagged = review[review["flagged"]]
+    flagged = review[review["flagged"].astype(bool)]
     cells_flagged = flagged[flagged["level"] == "cell"]
     first = [r["cell_id"] + (f" {r['class']} {r['instance']}" if r["level"] == "object" else "")
              for r in review.head(3).to_dict("records")]

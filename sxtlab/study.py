@@ -483,9 +483,10 @@ class Study:
         path = self.folder / f"{name}.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such table in the study")
-        if path.stat().st_size == 0:
+        try:
+            return pd.read_csv(path, dtype={"cell_id": str})
+        except pd.errors.EmptyDataError:  # a table of a study whose every file failed
             return pd.DataFrame()
-        return pd.read_csv(path, dtype={"cell_id": str})
 
     @property
     def instances(self) -> pd.DataFrame:
@@ -566,6 +567,13 @@ class Study:
             If an input does not exist.
         sxtlab.SxtlabError
             If no input is found, two give one cell id, or the metadata is bad.
+
+        Notes
+        -----
+        The local cluster's workers are new Python processes, which import the
+        calling script again: in a script, call this under ``if __name__ ==
+        "__main__":`` (as for :mod:`multiprocessing`); notebooks and the ``sxtlab``
+        command need nothing.
         """
         from .domain import model_reference
         from .models import SHIPPED, load_model
@@ -699,7 +707,7 @@ def _summary(done: list[str], by_id: dict, classes: pd.DataFrame, confidence: pd
                "voxel_size_um": ",".join(f"{v:.5g}" for v in r["voxel_size_um"]) if r.get("voxel_size_um") else "",
                "labels_cleaned": r.get("labels_cleaned"), "warnings": "; ".join(r.get("warnings", []))}
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = pd.DataFrame(rows, columns=["cell_id", "shape", "voxel_size_um", "labels_cleaned", "warnings"])
     if len(classes):
         # the cell's first cell instance (a volume may hold several: summed over them)
         per = classes.groupby(["cell_id", "class"], sort=False)[["count", "volume_um3"]].sum()

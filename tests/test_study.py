@@ -219,3 +219,12 @@ def test_find_inputs_refuses_two_files_of_one_cell(tmp_path):
     (tmp_path / "b" / "x.tif").write_bytes(b"")
     with pytest.raises(sxtlab.SxtlabError, match="two inputs give the cell id 'x'"):
         find_inputs([tmp_path])
+
+
+def test_a_study_whose_every_file_fails_still_writes_its_tables(client, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.tif").write_bytes(b"no TIFF")
+    study = Study.run([tmp_path / "in"], tmp_path / "S", client=client, threads=1, progress=False)
+    assert study.manifest["run"]["failed"] == 1 and study.manifest["run"]["done"] == 0
+    assert "x.tif" in study.failed["error"].iloc[0]
+    assert len(study.review) == 0 and len(study.cells) == 0 and len(study.instances) == 0
