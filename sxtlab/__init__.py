@@ -17,11 +17,12 @@ from .volume import label_volume, segmentation, volume
 # first use, so that `import sxtlab` stays fast; `sxtlab.measure` etc. work as usual.
 _LAZY_SUBMODULES = {"cascade", "catalog", "data", "measure", "metrics", "phantom", "plot", "stats", "task",
                     "train", "unet", "viewer", "acquisition", "cli", "demo", "inference", "models", "sparse", "cells",
-                    "clean", "threads"}
+                    "clean", "threads", "domain", "qc", "study"}
 _LAZY_NAMES = {"Catalog": "catalog", "Task": "task", "CascadeModel": "cascade", "SliceViewer": "viewer",
                "show_slices": "viewer", "load_model": "models", "train_cascade": "train",
                "clean_labels": "clean", "use_free_cores": "threads", "calibrate_from_medium": "cells",
-               "read_table": "measure", "read_tables": "measure", "write_table": "measure"}
+               "read_table": "measure", "read_tables": "measure", "write_table": "measure",
+               "Study": "study"}
 
 
 def __getattr__(name: str):

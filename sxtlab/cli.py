@@ -411,6 +411,52 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .study import Study, StudySettings
+
+    if args.workers is not None and args.scheduler is not None:
+        raise SxtlabError("give --workers (a cluster on this machine) or --scheduler ADDRESS, not both")
+    lac, given, medium = _calibration_options(args)
+    settings = StudySettings(voxel_size=args.voxel_size, tta=args.tta, medium_lac=medium)
+    if lac:
+        settings = replace(settings, calibration=(1.0, 0.0))
+    elif given is not None:
+        settings = replace(settings, calibration=(given.scale, given.offset))
+    if args.pairs:
+        settings = replace(settings, pairs=tuple(tuple(p.split(":")) for p in args.pairs.split(",")))
+    study = Study.run(args.inputs, args.output, metadata=args.metadata, model=args.model, settings=settings,
+                      workers=args.workers, scheduler=args.scheduler, threads=args.threads,
+                      progress=not args.quiet)
+    run = study.manifest["run"]
+    reused = run["done"] - (run["processed_now"] - run["failed"])
+    print(f"{run['cells']} cells: {run['done']} done ({reused} from earlier runs), {run['failed']} failed")
+    failed = study.failed
+    for row in failed.itertuples():
+        print(f"  failed {row.cell_id}: {row.error}")
+    review = study.review
+    flagged = review[review["flagged"].astype(bool)]
+    cells_flagged = flagged[flagged["level"] == "cell"]
+    first = [r["cell_id"] + (f" {r['class']} {r['instance']}" if r["level"] == "object" else "")
+             for r in review.head(3).to_dict("records")]
+    print(f"review: {len(cells_flagged)} cells and {len(flagged) - len(cells_flagged)} objects flagged; "
+          f"first to check: {', '.join(first) or 'none'}")
+    print(f"tables, review.csv and manifest.json -> {args.output}")
+    # Files left out are a reason to look, and scripts should see it (as catalog import).
+    return 2 if len(failed) else 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .study import compare_study
+
+    result = compare_study(args.study, args.by, exclude_flagged=args.exclude_flagged, output=args.output,
+                           overwrite=args.overwrite)
+    print(result.attrs["summary"], end="")
+    print(f"-> {result.attrs['output']}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     ds = read_image(args.path, args)
     print(describe(ds))
@@ -647,6 +693,43 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing output")
     mod.set_defaults(func=_cmd_model)
 
+    study = sub.add_parser(
+        "study", help="segment, measure and check many cells on a dask cluster; resumable",
+        description="Segment every volume of INPUTS (files or folders: MRC/.rec, AmiraMesh/.hx, TIFF, OME-Zarr) "
+                    "as a dask.distributed task, measure it and score how likely it is wrong. STUDY holds one "
+                    "OME-Zarr segmentation and tables per cell, the combined tables with the metadata joined, "
+                    "cells.csv, review.csv (what to check first), failed.csv and manifest.json. Running the same "
+                    "command again does only the cells that are missing or changed. Exit code 2 when some "
+                    "inputs failed (they are listed; the others are done).")
+    study.add_argument("inputs", nargs="+", help="volume files or folders")
+    study.add_argument("-o", "--output", required=True, help="study folder (created, or resumed)")
+    study.add_argument("--metadata", help="CSV with a cell_id (file name without extension) or file column, and "
+                                          "any others (condition, strain, date ...)")
+    study.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
+    where = study.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, help="worker processes of a cluster on this machine "
+                                                   "(default: one per two cores)")
+    where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
+    study.add_argument("--threads", type=int, help="torch threads per cell (default: the cores over the workers)")
+    add_image_options(study)
+    study.add_argument("--pairs", help="distances measured, e.g. mitochondria:nucleus,lipid_body:cell "
+                                       "(default: each organelle to the nucleus and to the cell boundary)")
+    study.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
+    study.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    study.set_defaults(func=_cmd_study)
+
+    comp = sub.add_parser("compare", help="compare a study's cells by a metadata column: tests, figures",
+                          description="Per-cell statistics of a study, rank tests with effect sizes and "
+                                      "Benjamini-Hochberg correction between the groups of a metadata column, "
+                                      "and figures (PNG), written to STUDY/compare-BY/.")
+    comp.add_argument("study", help="study folder (sxtlab study)")
+    comp.add_argument("--by", default="condition", help="metadata column of the groups (default: %(default)s)")
+    comp.add_argument("--exclude-flagged", action="store_true",
+                      help="leave out the cells that QC flagged (unlike the training data, or uncertain)")
+    comp.add_argument("-o", "--output", help="output folder (default: STUDY/compare-BY)")
+    comp.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    comp.set_defaults(func=_cmd_compare)
+
     info = sub.add_parser("info", help="summarise a volume file (MRC, AmiraMesh, TIFF, OME-Zarr, .hx)")
     info.add_argument("path")
     add_image_options(info)
@@ -659,7 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
-    if args.command in ("segment", "train", "demo"):
+    if args.command in ("segment", "train", "demo"):  # a study sets threads per worker
         use_free_cores()
     with warnings.catch_warnings():
         # Warnings (unknown voxel size, resampling) are messages for the user, not tracebacks.

@@ -15,9 +15,16 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["use_free_cores"]
+__all__ = ["use_free_cores", "free_cores"]
 
 log = logging.getLogger(__name__)
+
+
+def free_cores() -> int:
+    """The CPUs this process may use (its affinity) less the 1-minute load average, at least one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cpus, cpus - round(busy)))
 
 
 def use_free_cores() -> int:
@@ -42,9 +49,7 @@ def use_free_cores() -> int:
 
     if "OMP_NUM_THREADS" in os.environ:
         return torch.get_num_threads()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    threads = max(1, min(cpus, cpus - round(busy)))
+    threads = free_cores()
     torch.set_num_threads(threads)
-    log.info("torch threads: %d (%d CPUs, load %.1f)", threads, cpus, busy)
+    log.info("torch threads: %d (load %.1f)", threads, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
     return threads

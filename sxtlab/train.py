@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from .cascade import CascadeModel, Context, Normalisation, block_labels, block_mean, stage1_window
 from .classes import UNANNOTATED, VOCABULARY, LabelSets, canonical_name, class_map
+from .domain import input_statistics, reference_range
 from .errors import FormatError
 from .inference import WindowGrid, blend_block, crop_padded, sliding_window
 from .unet import UNet3D, UNetConfig
@@ -940,6 +941,9 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
         "fine_tuned_from": None if init is None else init.weights_sha256,
         "trained_on": [n for n, _, _ in train_data],
         "validated_on": [n for n, _, _ in val_data],
+        # what the training volumes looked like, so that a study can say which of its
+        # volumes lie outside that range (sxtlab.domain.ood_scores)
+        "input_statistics": reference_range(input_statistics(lac, vs) for _, lac, _ in train_data),
         "config": cfg.to_dict() | {"normalisation": asdict(norm)},
         "train_seconds": round(time.perf_counter() - t_start, 1),
         "validation_mean_dice": {str(st): float(h["mean_dice"].max()) for st, h in history.groupby("stage")

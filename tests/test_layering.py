@@ -15,14 +15,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sxtlab"
 #: Rank of each module; a module may import modules of its own rank or lower.
 #: ``task`` ranks above ``catalog``: a task selects catalog entries, a catalog knows no task.
 RANKS = {
-    "errors": 0, "classes": 0, "calibration": 0, "volume": 0, "metrics": 0, "_figure": 0,
+    "errors": 0, "classes": 0, "calibration": 0, "volume": 0, "metrics": 0, "_figure": 0, "domain": 0,
     "io": 1,
     "phantom": 2, "acquisition": 2, "data": 2,
     "unet": 3, "inference": 3, "clean": 3, "threads": 3,
     "cascade": 4, "_modelfile": 4, "models": 4,
     "train": 5,
     "catalog": 6, "task": 6.5,
-    "sparse": 7, "cells": 7, "measure": 7, "stats": 7, "plot": 7, "viewer": 7,
+    "sparse": 7, "cells": 7, "measure": 7, "stats": 7, "plot": 7, "viewer": 7, "qc": 7,
     "study": 8, "cli": 8, "demo": 8, "napari": 8, "_napari": 8, "export": 8,
 }
 

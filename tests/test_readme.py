@@ -85,6 +85,11 @@ def workspace(tmp_path, monkeypatch):
     sample = sxtlab.data.ncxt_sample_12_path()
     shutil.copy(sample, tmp_path / "sample_12.hx")
     shutil.copytree(sample.parent / "sample_12-files", tmp_path / "sample_12-files")
+    (tmp_path / "recs").mkdir()  # two cells of two conditions for `sxtlab study`
+    for seed, condition in ((6, "control"), (8, "treated")):
+        cell = phantom.cell(seed=seed, shape=(48, 48, 48), voxel_size=0.05, acquisition=True)
+        sxtlab.write_volume(cell["lac"], tmp_path / "recs" / f"{condition}.mrc")
+    (tmp_path / "cells.csv").write_text("file,condition\ncontrol.mrc,control\ntreated.mrc,treated\n")
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()  # the CLI chooses torch's threads for its process
     yield tmp_path
@@ -93,7 +98,7 @@ def workspace(tmp_path, monkeypatch):
 
 def test_the_readme_has_the_examples_this_test_runs():
     commands = _commands()
-    assert len(_blocks("python")) == 1 and len(commands) == 14
+    assert len(_blocks("python")) == 1 and len(commands) == 16
     assert all(any(c.startswith(s) for c in commands) for s in SKIPPED)
     assert all(old in README for old, _, _ in REPLACED)
 
@@ -110,8 +115,9 @@ def test_shell_examples_run(workspace, capsys):
         assert code == 0, f"{line!r} exited {code}: {capsys.readouterr().err.strip().splitlines()[-1:]}"
         ran.append(argv[1])
     assert ran == ["info", "segment", "segment", "measure", "catalog", "catalog", "catalog", "train", "train",
-                   "segment", "model", "model"]
+                   "segment", "model", "model", "study", "compare"]
     assert (workspace / "task-model-bioimageio" / "stage2" / "rdf.yaml").is_file()
+    assert (workspace / "STUDY" / "compare-condition-unflagged" / "comparison.csv").is_file()
     assert len(Catalog.open("refs.catalog")) == 2  # cell.hx and the archive's project
     assert sxtlab.read_segmentation("sample_12-seg.zarr")["labels"].attrs["classes"] == {"1": "cell"}
 
