@@ -15,7 +15,7 @@ of 0.6 (``coordinateSystems`` instead of ``axes``; transforms with ``input`` and
 
 Chunks are 64³ voxels (1 MiB of float32: a viewer reading one plane reads little at
 every level). In 0.5, arrays of at least 2³ chunks are sharded (Zarr v3
-``sharding_indexed``: :data:`SHARD_CHUNKS` cubed: chunks per file), which cuts the number
+``sharding_indexed``: :data:`SHARD_CHUNKS` chunks per axis in each file), which cuts the number
 of files eightfold for large volumes while readers still fetch single chunks.
 
 Layout written
