@@ -49,6 +49,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -908,6 +909,8 @@ class Stage2Blocks:
         self._predict = flip_tta(net) if tta else net
         self._batch_size = batch_size
         self.counts = {"windows": 0, "skipped": 0}
+        # dask's threaded scheduler may ask for several blocks at once; the raster is one
+        self._lock = threading.Lock()
         self._start()
 
     def _start(self) -> None:
@@ -927,14 +930,15 @@ class Stage2Blocks:
         computed twice) starts the raster over.
         """
         index = tuple(int(i) for i in index)
-        upcoming = self.blender.next_index
-        if index not in self._ahead and (upcoming is None or np.ravel_multi_index(index, self.plan.counts)
-                                          < np.ravel_multi_index(upcoming, self.plan.counts)):
-            self._start()
-        while index not in self._ahead:
-            done, probs = self._next()
-            self._ahead[done] = probs
-        return self._ahead.pop(index)
+        with self._lock:
+            upcoming = self.blender.next_index
+            if index not in self._ahead and (upcoming is None or np.ravel_multi_index(index, self.plan.counts)
+                                              < np.ravel_multi_index(upcoming, self.plan.counts)):
+                self._start()
+            while index not in self._ahead:
+                done, probs = self._next()
+                self._ahead[done] = probs
+            return self._ahead.pop(index)
 
     def _next(self) -> tuple[tuple[int, int, int], np.ndarray]:
         plan, ctx, patch = self.plan, self.context, self.plan.grid.patch
