@@ -864,20 +864,18 @@ class CascadeModel:
                                     skip_background=skip_background, trust_background=trust_background,
                                     batch_size=batch_size)
         # Explicit task names: letting dask tokenize the method would pickle the context.
+        # Each block's task takes the one before it in raster order as an argument it
+        # ignores: dask then computes them in that order (left free, it starts with the
+        # last block, and every other would wait in memory), and frees each once stored.
         token = f"sxtlab-stage2-{uuid.uuid4().hex}"
         get = dask.delayed(stage2.get, pure=False)
+        tasks, previous = {}, None
+        for index in stage2.plan.indices():
+            previous = tasks[index] = get(index, previous, dask_key_name=f"{token}-{'-'.join(map(str, index))}")
         counts = stage2.plan.counts
-        rows = []
-        for i in range(counts[0]):
-            plane = []
-            for j in range(counts[1]):
-                line = []
-                for m in range(counts[2]):
-                    block = stage2.plan.slices((i, j, m))
-                    task = get((i, j, m), dask_key_name=f"{token}-{i}-{j}-{m}")
-                    line.append(da.from_delayed(task, (k, *(s.stop - s.start for s in block)), np.float32))
-                plane.append(line)
-            rows.append(plane)
+        rows = [[[da.from_delayed(tasks[i, j, m], (k, *(s.stop - s.start for s in stage2.plan.slices((i, j, m)))),
+                                  np.float32)
+                  for m in range(counts[2])] for j in range(counts[1])] for i in range(counts[0])]
         probs = da.block(rows)
         return self._dataset(volume, probs, {"tta": tta, "block_size": list(b)})
 
@@ -922,8 +920,10 @@ class Stage2Blocks:
             index, probs = self._next()
             yield self.plan.slices(index), probs
 
-    def get(self, index: Sequence[int]) -> np.ndarray:
+    def get(self, index: Sequence[int], after: Any = None) -> np.ndarray:
         """Probabilities ``(K, *block)`` of the block at ``index``.
+
+        ``after`` is ignored: a dask dependency on the block before, which orders the tasks.
 
         Blocks before it in raster order are computed first and kept until asked for
         (none are when asked in raster order). A block asked for again (the dask graph
