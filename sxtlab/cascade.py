@@ -49,6 +49,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import uuid
 import warnings
@@ -71,7 +72,7 @@ from .inference import BlockPlan, RasterBlender, WindowGrid, crop_padded, flip_t
 from .unet import UNet3D, UNetConfig
 from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
-__all__ = ["CascadeModel", "Stage2Blocks", "BATCH_SIZE", "Normalisation", "Context", "block_mean", "block_labels",
+__all__ = ["CascadeModel", "Stage2Blocks", "BATCH_SIZE", "PRECISIONS", "Normalisation", "Context", "block_mean", "block_labels",
            "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE"]
 
 LOG = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ TRUST_BACKGROUND = 0.95
 #: convolutions, 5× faster per window than a batch of one on the default model
 #: (``benchmarks/results/inference.md``), and 4 amortises the per-call overhead.
 BATCH_SIZE = 4
+#: Arithmetic of the stage-2 network: float32, or bfloat16 autocast (oneDNN's
+#: bfloat16 convolutions, on CPUs with AVX-512 BF16 or AMX about 1.7× faster here;
+#: labels measured against float32 in ``benchmarks/results/inference.md``).
+PRECISIONS = ("float32", "bfloat16")
 #: What a model's input can be: LAC in µm⁻¹, or uncalibrated gray values.
 INPUT_UNITS = ("1/um", "gray")
 
@@ -352,16 +357,19 @@ def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int
 # ---------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------
-def _softmax_predictor(net: UNet3D) -> Callable[[torch.Tensor], torch.Tensor]:
+def _softmax_predictor(net: UNet3D, precision: str = "float32") -> Callable[[torch.Tensor], torch.Tensor]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bfloat16"):
             if len(x) == 1:
                 # ATen sends a batch of one with few channels to its native slow_conv3d
                 # instead of oneDNN (the size heuristic in ConvParams::use_mkldnn): a 32³
                 # window of the default model takes 5× as long alone as in a pair
                 # (benchmarks/results/inference.md), so a lone window runs twice.
-                return torch.softmax(net(torch.cat([x, x])), dim=1)[:1]
-            return torch.softmax(net(x), dim=1)
+                return torch.softmax(net(torch.cat([x, x]))[:1].float(), dim=1)
+            return torch.softmax(net(x).float(), dim=1)
 
     return predict
 
@@ -614,7 +622,8 @@ class CascadeModel:
 
     def stage2_blocks(self, read: Callable[[tuple[slice, slice, slice]], np.ndarray], shape: Sequence[int],
                       context: Context, *, block_size: int | Sequence[int] = 128, step: float | int = 0.5,
-                      window: int | Sequence[int] | None = None, tta: bool = False, skip_background: float | None = SKIP_BACKGROUND,
+                      window: int | Sequence[int] | None = None, tta: bool = False, precision: str = "float32",
+                      skip_background: float | None = SKIP_BACKGROUND,
                       trust_background: float | None = TRUST_BACKGROUND,
                       batch_size: int = BATCH_SIZE) -> "Stage2Blocks":
         """Stage 2 over a volume, block by block, every window run once (:class:`Stage2Blocks`).
@@ -630,10 +639,11 @@ class CascadeModel:
             Stage-1 output for the whole volume.
         block_size : int or (bz, by, bx)
             Output block edge in voxels.
-        skip_background, trust_background, batch_size, step, window, tta
+        skip_background, trust_background, batch_size, step, window, tta, precision
             As :meth:`predict`.
         """
         return Stage2Blocks(self, read, shape, context, block_size=block_size, step=step, window=window, tta=tta,
+                            precision=precision,
                             skip_background=skip_background, trust_background=trust_background,
                             batch_size=batch_size)
 
@@ -693,9 +703,10 @@ class CascadeModel:
     # -- prediction -----------------------------------------------------------------
     def predict(self, volume: xr.DataArray, *, out: str | os.PathLike | None = None,
                 overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
-                window: int | Sequence[int] | None = None, skip_background: float | None = SKIP_BACKGROUND,
-                trust_background: float | None = TRUST_BACKGROUND, batch_size: int = BATCH_SIZE, block_size: int = 128,
-                progress: bool = True, clean: bool = True) -> xr.Dataset:
+                window: int | Sequence[int] | None = None, precision: str = "float32",
+                skip_background: float | None = SKIP_BACKGROUND, trust_background: float | None = TRUST_BACKGROUND,
+                batch_size: int = BATCH_SIZE, block_size: int = 128, progress: bool = True,
+                clean: bool = True) -> xr.Dataset:
         """Segment a volume.
 
         Parameters
@@ -717,6 +728,9 @@ class CascadeModel:
             (default: the model's training patch, :attr:`stage2_patch`). Larger
             windows give instance norm other statistics than training did; their
             Dice and time are measured in ``benchmarks/results/inference.md``.
+        precision : {"float32", "bfloat16"}
+            Arithmetic of the stage-2 network (:data:`PRECISIONS`); bfloat16 is
+            faster where the CPU has AVX-512 BF16 or AMX and changes a few labels.
         skip_background : float or None
             Stage 2 does not run windows where stage 1 calls every voxel background
             with at least this probability; stage 1's answer fills them (``None``:
@@ -772,31 +786,26 @@ class CascadeModel:
                     f"the volume's voxel size {volume.attrs['voxel_size_um']} µm differs from the "
                     f"model's {list(self.voxel_size)} µm; blockwise prediction does not resample: "
                     f"resample it first with .sxt.resample({list(self.voxel_size)})")
-            seg = self._predict_resampled(volume, tta=tta, step=step, window=window, skip_background=skip_background,
+            seg = self._predict_resampled(volume, tta=tta, step=step, window=window, precision=precision,
+                                          skip_background=skip_background,
                                           trust_background=trust_background, batch_size=batch_size,
                                           progress=progress)
             return self._clean(seg) if clean else seg
+        kw = dict(tta=tta, step=step, window=window, precision=precision, skip_background=skip_background,
+                  trust_background=trust_background, batch_size=batch_size, block_size=block_size)
+        if out is not None:
+            return self._predict_to_zarr(volume, out, overwrite, **kw)
         if lazy:
-            ds = self.predict_lazy(volume, tta=tta, step=step, window=window, skip_background=skip_background,
-                                   trust_background=trust_background, batch_size=batch_size, block_size=block_size)
             import dask
 
-            if out is None:
-                with dask.config.set(scheduler="synchronous"):
-                    return ds.compute()
-            from .io import read_segmentation, write_volume
-
-            # One block at a time: torch already uses the cores, and a threaded
-            # scheduler would keep several blocks (and their inputs) in memory.
             with dask.config.set(scheduler="synchronous"):
-                write_volume(ds, out, overwrite=overwrite)
-            return read_segmentation(out)
+                return self.predict_lazy(volume, **kw).compute()
         data = np.asarray(volume.values, np.float32)
         norm = self.normalisation.apply(data)
         ctx = self.context_for(norm, tta=tta)
         stage2 = self.stage2_blocks(lambda region: norm[region], data.shape, ctx, block_size=block_size, step=step,
-                                    window=window, tta=tta, skip_background=skip_background, trust_background=trust_background,
-                                    batch_size=batch_size)
+                                    window=window, tta=tta, precision=precision, skip_background=skip_background,
+                                    trust_background=trust_background, batch_size=batch_size)
         probs = np.empty((self.n_classes, *data.shape), np.float32)
         for block, p in tqdm(stage2, total=len(stage2.plan.indices()), desc="stage 2 blocks", leave=False,
                              disable=not progress):
@@ -834,7 +843,7 @@ class CascadeModel:
                               "resampled_from_um": list(self.voxel_size)})
 
     def predict_lazy(self, volume: xr.DataArray, *, tta: bool = False, step: float | int = 0.5,
-                     window: int | Sequence[int] | None = None,
+                     window: int | Sequence[int] | None = None, precision: str = "float32",
                      skip_background: float | None = SKIP_BACKGROUND,
                      trust_background: float | None = TRUST_BACKGROUND, batch_size: int = BATCH_SIZE,
                      block_size: int = 128) -> xr.Dataset:
@@ -849,24 +858,15 @@ class CascadeModel:
         import dask
         import dask.array as da
 
-        volume = self._model_values(volume)
-        data = volume.data if not isinstance(volume.data, np.ndarray) else da.from_array(volume.data)
-        norm = self.normalisation.apply(data)
-        ctx = self.context_for(norm, tta=tta)
-        shape = tuple(int(n) for n in volume.shape)
-        b = int_triple(block_size, "block_size")
+        volume, stage2 = self._lazy_stage2(volume, tta=tta, step=step, window=window, precision=precision,
+                                           skip_background=skip_background, trust_background=trust_background,
+                                           batch_size=batch_size, block_size=block_size)
         k = self.n_classes
-
-        def read(region):
-            return np.asarray(norm[region].compute(), np.float32)
-
-        stage2 = self.stage2_blocks(read, shape, ctx, block_size=block_size, step=step, window=window, tta=tta,
-                                    skip_background=skip_background, trust_background=trust_background,
-                                    batch_size=batch_size)
         # Explicit task names: letting dask tokenize the method would pickle the context.
         # Each block's task takes the one before it in raster order as an argument it
-        # ignores: dask then computes them in that order (left free, it starts with the
-        # last block, and every other would wait in memory), and frees each once stored.
+        # ignores, so that dask computes them in that order (left free, it started with
+        # the last block). Dask may still hold computed blocks until it stores them:
+        # predict(out=...) writes them itself, block by block.
         token = f"sxtlab-stage2-{uuid.uuid4().hex}"
         get = dask.delayed(stage2.get, pure=False)
         tasks, previous = {}, None
@@ -877,7 +877,63 @@ class CascadeModel:
                                   np.float32)
                   for m in range(counts[2])] for j in range(counts[1])] for i in range(counts[0])]
         probs = da.block(rows)
-        return self._dataset(volume, probs, {"tta": tta, "block_size": list(b)})
+        return self._dataset(volume, probs, {"tta": tta, "block_size": list(stage2.plan.block)})
+
+    def _lazy_stage2(self, volume: xr.DataArray, *, tta: bool, block_size: int | Sequence[int],
+                     **kwargs: Any) -> tuple[xr.DataArray, "Stage2Blocks"]:
+        """Stage 1 now, and stage 2 of a (dask-backed) volume to be computed block by block."""
+        import dask.array as da
+
+        volume = self._model_values(volume)
+        data = volume.data if not isinstance(volume.data, np.ndarray) else da.from_array(volume.data)
+        norm = self.normalisation.apply(data)
+        ctx = self.context_for(norm, tta=tta)
+
+        def read(region):
+            return np.asarray(norm[region].compute(), np.float32)
+
+        shape = tuple(int(n) for n in volume.shape)
+        return volume, self.stage2_blocks(read, shape, ctx, tta=tta, block_size=block_size, **kwargs)
+
+    def _predict_to_zarr(self, volume: xr.DataArray, out: str | os.PathLike, overwrite: bool,
+                         **kwargs: Any) -> xr.Dataset:
+        """Stage 2 block by block in raster order into a temporary Zarr array, then the OME-Zarr output.
+
+        Why not :meth:`predict_lazy` through dask: the blocks must run in raster order
+        (:class:`Stage2Blocks`) and be freed once written, and dask, given the order as
+        task dependencies, computed every block before storing any (peak memory grew
+        by one block's probabilities per block). The temporary array, beside ``out``,
+        holds the probabilities once on disk; :func:`sxtlab.io.write_volume` then
+        writes the image, labels, probabilities and pyramids from it chunk by chunk.
+        """
+        import dask
+        import dask.array as da
+        import zarr
+
+        from .errors import OutputExistsError
+        from .io import read_segmentation, write_volume
+
+        out = Path(out)
+        if out.exists() and not overwrite:   # before the long part, as write_volume would
+            raise OutputExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+        volume, stage2 = self._lazy_stage2(volume, **kwargs)
+        shape = tuple(int(n) for n in volume.shape)
+        tmp = out.with_name(f".{out.name}.stage2-{uuid.uuid4().hex[:8]}")
+        try:
+            store = zarr.open_array(str(tmp), mode="w", shape=(self.n_classes, *shape),
+                                    chunks=(self.n_classes, *stage2.plan.block), dtype=np.float32)
+            for block, probs in stage2:
+                store[(slice(None), *block)] = probs
+            ds = self._dataset(volume, da.from_zarr(store),
+                               {"tta": kwargs["tta"], "block_size": list(stage2.plan.block),
+                                "windows": stage2.counts["windows"], "windows_skipped": stage2.counts["skipped"]})
+            # One chunk at a time: torch is done, and a threaded scheduler would hold
+            # several chunks (and their inputs) in memory.
+            with dask.config.set(scheduler="synchronous"):
+                write_volume(ds, out, overwrite=overwrite)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return read_segmentation(out)
 
 
 class Stage2Blocks:
@@ -897,13 +953,13 @@ class Stage2Blocks:
 
     def __init__(self, model: CascadeModel, read: Callable[[tuple[slice, slice, slice]], np.ndarray],
                  shape: Sequence[int], context: Context, *, block_size: int | Sequence[int], step: float | int,
-                 window: int | Sequence[int] | None, tta: bool, skip_background: float | None, trust_background: float | None,
-                 batch_size: int) -> None:
+                 window: int | Sequence[int] | None, tta: bool, precision: str, skip_background: float | None,
+                 trust_background: float | None, batch_size: int) -> None:
         self.read, self.context = read, context
         self.skip_background, self.trust_background = skip_background, trust_background
         self.n_classes = model.n_classes
         self.plan = BlockPlan.make(WindowGrid.make(shape, model.stage2_window(window), step), block_size)
-        net = _softmax_predictor(model.stage2)
+        net = _softmax_predictor(model.stage2, precision)
         self._predict = flip_tta(net) if tta else net
         self._batch_size = batch_size
         self.counts = {"windows": 0, "skipped": 0}

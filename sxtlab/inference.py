@@ -282,7 +282,8 @@ def blend_block(grid: WindowGrid, block: Slices, fetch: Fetch, predict: Predict,
     if counts["skipped"]:
         # Σ_skipped w·f = f · (Σ_all w − Σ_run w): the fallback f depends on position only.
         acc += fallback * (wall - wsum)
-    return acc / wall, counts
+    acc /= wall
+    return acc, counts
 
 
 def _check_fallback(skip: Skip | None, fallback: np.ndarray | None, shape: tuple[int, ...]) -> None:
@@ -453,7 +454,8 @@ class RasterBlender:
             self._add(index, starts, out, acc, wsum)
         counts = {"windows": len(own), "skipped": len(own) - len(run)}
         if skip is None:
-            return acc / wsum, counts
+            acc /= wsum
+            return acc, counts
         # Σ_skipped w·f = f · (Σ_all w − Σ_run w): the fallback f depends on position only,
         # and every window's weight over the block is known without running it.
         wall = np.zeros(bshape, np.float32)
@@ -461,7 +463,8 @@ class RasterBlender:
             dst, src = _overlap(starts, grid.patch, block)
             wall[dst] += weights[src]
         acc += fallback * (wall - wsum)
-        return acc / wall, counts
+        acc /= wall
+        return acc, counts
 
     def _add(self, index: tuple[int, ...], starts: tuple[int, int, int], out: np.ndarray,
              acc: np.ndarray, wsum: np.ndarray) -> None:

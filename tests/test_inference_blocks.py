@@ -129,6 +129,18 @@ def test_lazy_blocks_in_any_order_equal_in_memory(model, lac) -> None:
     np.testing.assert_array_equal(again, got[order[0]])
 
 
+def test_zarr_output_runs_every_window_once_and_equals_in_memory(model, lac, tmp_path) -> None:
+    from sxtlab.io import read_volume, write_volume
+
+    memory = model.predict(lac, progress=False, clean=False)
+    lazy_in = read_volume(write_volume(lac, tmp_path / "in.ome.zarr"), chunks=10)
+    out = model.predict(lazy_in, out=tmp_path / "seg.ome.zarr", block_size=10, progress=False)
+    assert out.attrs["windows"] == WindowGrid.make(lac.shape, model.stage2_patch, 0.5).n_windows()
+    np.testing.assert_array_equal(out["labels"].values, memory["labels"].values)
+    np.testing.assert_allclose(out["probabilities"].values, memory["probabilities"].values, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary left
+
+
 def test_defaults_and_window_option(model, lac) -> None:
     params = inspect.signature(CascadeModel.predict).parameters
     assert params["batch_size"].default == BATCH_SIZE == 4
