@@ -333,18 +333,21 @@ def part_window(model, quick: bool) -> list[dict]:
         cells.append(gen(seed=seed, shape=(n,) * 3, voxel_size=VOXEL))
     base = model.stage2_patch[0]
     div = model.stage2.config.divisor
+    settings = [{"window": w, "step": st} for w in sorted({base, base + 2 * div, 2 * base}) for st in (0.5, 0.75)]
+    settings += [{"window": base, "step": 0.5, "skip_sure": t} for t in (0.99, 0.95, 0.9)]
+    settings += [{"window": base, "step": 0.5, "precision": "bfloat16"}]
     rows = []
-    for window in sorted({base, base + 2 * div, 2 * base}):
-        for step in (0.5, 0.75):
-            dice, cpu, run = [], 0.0, 0
-            for ds in cells:
-                with Clock() as c:
-                    seg = model.predict(ds["lac"], window=window, step=step, progress=False)
-                cpu += c.cpu
-                run += seg.attrs["windows"] - seg.attrs["windows_skipped"]
-                dice.append(scores(model, seg["labels"].values, ds["labels"]))
-            mean = {k: round(float(np.mean([d[k] for d in dice])), 4) for k in dice[0]}
-            rows.append({"window": window, "step": step, "cpu_s": round(cpu, 1), "windows_run": run, **mean})
+    for kw in settings:
+        dice, cpu, run = [], 0.0, 0
+        for ds in cells:
+            with Clock() as c:
+                seg = model.predict(ds["lac"], progress=False, **kw)
+            cpu += c.cpu
+            run += seg.attrs["windows"] - seg.attrs["windows_skipped"]
+            dice.append(scores(model, seg["labels"].values, ds["labels"]))
+        mean = {k: round(float(np.mean([d[k] for d in dice])), 4) for k in dice[0]}
+        rows.append({"window": kw["window"], "step": kw["step"], "skip_sure": kw.get("skip_sure", "off"),
+                     "precision": kw.get("precision", "float32"), "cpu_s": round(cpu, 1), "windows_run": run, **mean})
     return rows
 
 

@@ -339,6 +339,20 @@ class Context:
         region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
         return float(self.probabilities[(0, *region)].min())
 
+    def sure_min(self, starts: Sequence[int], size: Sequence[int]) -> float:
+        """Least stage-1 probability of the class it picks over the coarse voxels a box interpolates from.
+
+        0 where it picks more than one class there: a box stage 1 calls all one class
+        (medium, or cytoplasm far from any organelle) with at least this probability.
+        """
+        idx = self._indices(starts, size, 1)
+        region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
+        p = self.probabilities[(slice(None), *region)]
+        top = p.argmax(axis=0)
+        if (top != top.flat[0]).any():
+            return 0.0
+        return float(p[top.flat[0]].min())
+
 
 def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int]) -> tuple[int, int, int]:
     """Stage-1 window for a coarse volume: all of it, up to :data:`STAGE1_MAX_EDGE` per axis.
@@ -623,7 +637,7 @@ class CascadeModel:
     def stage2_blocks(self, read: Callable[[tuple[slice, slice, slice]], np.ndarray], shape: Sequence[int],
                       context: Context, *, block_size: int | Sequence[int] = 128, step: float | int = 0.5,
                       window: int | Sequence[int] | None = None, tta: bool = False, precision: str = "float32",
-                      skip_background: float | None = SKIP_BACKGROUND,
+                      skip_background: float | None = SKIP_BACKGROUND, skip_sure: float | None = None,
                       trust_background: float | None = TRUST_BACKGROUND,
                       batch_size: int = BATCH_SIZE) -> "Stage2Blocks":
         """Stage 2 over a volume, block by block, every window run once (:class:`Stage2Blocks`).
@@ -639,11 +653,11 @@ class CascadeModel:
             Stage-1 output for the whole volume.
         block_size : int or (bz, by, bx)
             Output block edge in voxels.
-        skip_background, trust_background, batch_size, step, window, tta, precision
+        skip_background, skip_sure, trust_background, batch_size, step, window, tta, precision
             As :meth:`predict`.
         """
         return Stage2Blocks(self, read, shape, context, block_size=block_size, step=step, window=window, tta=tta,
-                            precision=precision,
+                            precision=precision, skip_sure=skip_sure,
                             skip_background=skip_background, trust_background=trust_background,
                             batch_size=batch_size)
 
@@ -704,7 +718,8 @@ class CascadeModel:
     def predict(self, volume: xr.DataArray, *, out: str | os.PathLike | None = None,
                 overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
                 window: int | Sequence[int] | None = None, precision: str = "float32",
-                skip_background: float | None = SKIP_BACKGROUND, trust_background: float | None = TRUST_BACKGROUND,
+                skip_background: float | None = SKIP_BACKGROUND, skip_sure: float | None = None,
+                trust_background: float | None = TRUST_BACKGROUND,
                 batch_size: int = BATCH_SIZE, block_size: int = 128, progress: bool = True,
                 clean: bool = True) -> xr.Dataset:
         """Segment a volume.
@@ -735,6 +750,11 @@ class CascadeModel:
             Stage 2 does not run windows where stage 1 calls every voxel background
             with at least this probability; stage 1's answer fills them (``None``:
             every window runs).
+        skip_sure : float or None
+            Stage 2 does not run windows where stage 1 calls every voxel one and the
+            same class (cytoplasm far from any organelle, say) with at least this
+            probability; stage 1's answer fills them. Off by default (``None``); its
+            Dice and time are measured in ``benchmarks/results/inference.md``.
         trust_background : float or None
             Where stage 1 calls a voxel background with at least this probability,
             its answer stands even where stage 2 ran (``None``: stage 2's answer is
@@ -787,12 +807,12 @@ class CascadeModel:
                     f"model's {list(self.voxel_size)} µm; blockwise prediction does not resample: "
                     f"resample it first with .sxt.resample({list(self.voxel_size)})")
             seg = self._predict_resampled(volume, tta=tta, step=step, window=window, precision=precision,
-                                          skip_background=skip_background,
+                                          skip_background=skip_background, skip_sure=skip_sure,
                                           trust_background=trust_background, batch_size=batch_size,
                                           progress=progress)
             return self._clean(seg) if clean else seg
         kw = dict(tta=tta, step=step, window=window, precision=precision, skip_background=skip_background,
-                  trust_background=trust_background, batch_size=batch_size, block_size=block_size)
+                  skip_sure=skip_sure, trust_background=trust_background, batch_size=batch_size, block_size=block_size)
         if out is not None:
             return self._predict_to_zarr(volume, out, overwrite, **kw)
         if lazy:
@@ -805,7 +825,7 @@ class CascadeModel:
         ctx = self.context_for(norm, tta=tta)
         stage2 = self.stage2_blocks(lambda region: norm[region], data.shape, ctx, block_size=block_size, step=step,
                                     window=window, tta=tta, precision=precision, skip_background=skip_background,
-                                    trust_background=trust_background, batch_size=batch_size)
+                                    skip_sure=skip_sure, trust_background=trust_background, batch_size=batch_size)
         probs = np.empty((self.n_classes, *data.shape), np.float32)
         for block, p in tqdm(stage2, total=len(stage2.plan.indices()), desc="stage 2 blocks", leave=False,
                              disable=not progress):
@@ -844,7 +864,7 @@ class CascadeModel:
 
     def predict_lazy(self, volume: xr.DataArray, *, tta: bool = False, step: float | int = 0.5,
                      window: int | Sequence[int] | None = None, precision: str = "float32",
-                     skip_background: float | None = SKIP_BACKGROUND,
+                     skip_background: float | None = SKIP_BACKGROUND, skip_sure: float | None = None,
                      trust_background: float | None = TRUST_BACKGROUND, batch_size: int = BATCH_SIZE,
                      block_size: int = 128) -> xr.Dataset:
         """A dask-backed segmentation Dataset computed block by block when stored.
@@ -859,7 +879,8 @@ class CascadeModel:
         import dask.array as da
 
         volume, stage2 = self._lazy_stage2(volume, tta=tta, step=step, window=window, precision=precision,
-                                           skip_background=skip_background, trust_background=trust_background,
+                                           skip_background=skip_background, skip_sure=skip_sure,
+                                           trust_background=trust_background,
                                            batch_size=batch_size, block_size=block_size)
         k = self.n_classes
         # Explicit task names: letting dask tokenize the method would pickle the context.
@@ -954,8 +975,9 @@ class Stage2Blocks:
     def __init__(self, model: CascadeModel, read: Callable[[tuple[slice, slice, slice]], np.ndarray],
                  shape: Sequence[int], context: Context, *, block_size: int | Sequence[int], step: float | int,
                  window: int | Sequence[int] | None, tta: bool, precision: str, skip_background: float | None,
-                 trust_background: float | None, batch_size: int) -> None:
+                 skip_sure: float | None, trust_background: float | None, batch_size: int) -> None:
         self.read, self.context = read, context
+        self.skip_sure = skip_sure
         self.skip_background, self.trust_background = skip_background, trust_background
         self.n_classes = model.n_classes
         self.plan = BlockPlan.make(WindowGrid.make(shape, model.stage2_window(window), step), block_size)
@@ -1001,16 +1023,23 @@ class Stage2Blocks:
         index = self.blender.next_index
         block = plan.slices(index)
         own = plan.owned(index)
-        skip_at = self.skip_background
-        run = own if skip_at is None else [s for s in own if ctx.background_min(s, patch) < skip_at]
+        skip_at, sure_at = self.skip_background, self.skip_sure
+
+        def needed(s: tuple[int, int, int]) -> bool:
+            if skip_at is not None and ctx.background_min(s, patch) >= skip_at:
+                return False
+            return sure_at is None or ctx.sure_min(s, patch) < sure_at
+
+        gated_windows = skip_at is not None or sure_at is not None
+        run = [s for s in own if needed(s)] if gated_windows else own
         fetch = self._fetcher(run) if run else None
-        gated = skip_at is not None or self.trust_background is not None
+        gated = gated_windows or self.trust_background is not None
         # Stage 1's answer on the block, computed once: the output of skipped windows
         # and, below, of every voxel where stage 1 is sure of background.
         coarse = (ctx.probabilities_at([b.start for b in block], [b.stop - b.start for b in block])
                   if gated else None)
         chosen = set(run)
-        out, counts = self.blender.blend(index, fetch, skip=None if skip_at is None else (lambda s: s not in chosen),
+        out, counts = self.blender.blend(index, fetch, skip=(lambda s: s not in chosen) if gated_windows else None,
                                          fallback=coarse)
         for key in counts:
             self.counts[key] += counts[key]

@@ -152,3 +152,18 @@ def test_defaults_and_window_option(model, lac) -> None:
         model.stage2_window(15)
     seg = model.predict(lac, window=16, progress=False, clean=False)
     assert seg.attrs["windows"] == WindowGrid.make(lac.shape, 16, 0.5).n_windows()
+    assert params["skip_sure"].default is None
+
+
+def test_windows_stage1_is_sure_of_take_its_answer(model, lac) -> None:
+    ctx = model.context_for(model.normalisation.apply(lac.values))
+    stage1 = ctx.probabilities_at((0, 0, 0), lac.shape)
+    # at 0 every window counts as sure: none runs, and stage 1's answer is the result
+    seg = model.predict(lac, skip_sure=0.0, trust_background=None, progress=False, clean=False)
+    assert seg.attrs["windows_skipped"] == seg.attrs["windows"]
+    np.testing.assert_allclose(seg["probabilities"].values, stage1, atol=1e-6)
+    # above 1 none is
+    off = model.predict(lac, skip_sure=None, progress=False, clean=False)
+    above = model.predict(lac, skip_sure=1.01, progress=False, clean=False)
+    assert above.attrs["windows_skipped"] == off.attrs["windows_skipped"]
+    np.testing.assert_array_equal(above["probabilities"].values, off["probabilities"].values)
