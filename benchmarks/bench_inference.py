@@ -301,17 +301,41 @@ def zarr_child(src: str, model_name: str, out: str, threads: int) -> None:
     base = _status_mib("VmRSS")
     with Clock() as c:
         seg = model.predict(vol, out=out, progress=False)
-    print(json.dumps({"wall_s": round(c.wall, 1), "cpu_s": round(c.cpu, 1), "rss_before_mib": base,
+    run = seg.attrs["windows"] - seg.attrs["windows_skipped"]
+    print(json.dumps({"wall_s": round(c.wall, 1), "cpu_s": round(c.cpu, 1), "windows_run": f"{run} / {seg.attrs['windows']}",
+                      "rss_before_mib": base,
                       "peak_rss_mib": _status_mib("VmHWM"),
                       "output_mib": round(seg["probabilities"].size * 4 / 2**20)}))
+
+
+def part_zarr_source(size: int, quick: bool) -> Path:
+    """The OME-Zarr of the ``size``³ field (written from the simulated field once)."""
+    from sxtlab.io import write_volume
+
+    src = WORK / f"field_{size}{'_quick' if quick else ''}.ome.zarr"
+    if not src.exists():
+        write_volume(field(size, quick)["lac"], src)
+    return src
 
 
 def part_zarr(model_name: str, size: int, quick: bool, threads: int) -> dict:
     from sxtlab.io import write_volume
 
     src = WORK / f"field_{size}{'_quick' if quick else ''}.ome.zarr"
-    if not src.exists():
-        write_volume(field(size, quick)["lac"], src)
+    if not src.exists() and size > 512:
+        # Simulating a 1024³ acquisition whole takes too long and too much memory: the
+        # 512³ field is mirrored out to ``size`` (its medium, and mirrored parts of its cell).
+        import dask.array as da
+
+        from sxtlab.io import read_volume
+        from sxtlab.volume import volume
+
+        small = read_volume(part_zarr_source(512, quick))
+        pad = [((size - n) // 2, size - n - (size - n) // 2) for n in small.shape]
+        data = da.pad(small.data, pad, mode="reflect").rechunk(128)
+        write_volume(volume(data, small.attrs["voxel_size_um"]), src)
+    elif not src.exists():
+        part_zarr_source(size, quick)
     out = WORK / f"seg_{size}.ome.zarr"
     shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.run([sys.executable, __file__, "--zarr-child", str(src), model_name, str(out), str(threads)],
@@ -322,7 +346,7 @@ def part_zarr(model_name: str, size: int, quick: bool, threads: int) -> dict:
     return {"size": f"{size}³", **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
-def part_window(model, quick: bool) -> list[dict]:
+def part_window(model, quick: bool, rows_wanted: str = "all") -> list[dict]:
     """Dice and time against the stage-2 window and step on held-out cells."""
     from sxtlab import phantom
 
@@ -334,6 +358,8 @@ def part_window(model, quick: bool) -> list[dict]:
     base = model.stage2_patch[0]
     div = model.stage2.config.divisor
     settings = [{"window": w, "step": st} for w in sorted({base, base + 2 * div, 2 * base}) for st in (0.5, 0.75)]
+    if rows_wanted == "gates":
+        settings = []
     settings += [{"window": base, "step": 0.5, "skip_sure": t} for t in (0.99, 0.95, 0.9)]
     settings += [{"window": base, "step": 0.5, "precision": "bfloat16"}]
     rows = []
@@ -366,6 +392,8 @@ def main() -> None:
     parser.add_argument("--part", action="append", choices=["profile", "speed", "zarr", "window"])
     parser.add_argument("--size", type=int, default=256, help="field edge of the profile and speed parts")
     parser.add_argument("--zarr-sizes", type=int, nargs="*", default=[512])
+    parser.add_argument("--window-rows", choices=["all", "gates"], default="all",
+                        help="window part: every window and step, or only skip_sure and bfloat16")
     parser.add_argument("--quick", action="store_true", help="small fields: check the script")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--zarr-child", nargs=4, help=argparse.SUPPRESS)
@@ -409,7 +437,7 @@ def main() -> None:
                    f"load {load_avg()}):", "", table(rows), ""])
         if "window" in parts:
             flush([f"Stage-2 window and step on held-out cells {[c[:2] for c in WINDOW_CELLS]} "
-                   f"(mean Dice; load {load_avg()}):", "", table(part_window(model, args.quick)), ""])
+                   f"(mean Dice; load {load_avg()}):", "", table(part_window(model, args.quick, args.window_rows)), ""])
     flush([f"Load average at the end {load_avg()}.", ""])
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)

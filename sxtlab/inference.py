@@ -13,9 +13,18 @@ map is floored at a small positive value so that no voxel ends with weight 0
 (0/0 = NaN at patch corners, MONAI #5302).
 
 Because the grid is global, any output *block* can be computed alone from the
-windows that intersect it (:func:`blend_block`) and gives exactly the values the
-whole-volume computation gives there; this is what lets :mod:`sxtlab.cascade`
-write results larger than memory block by block.
+windows that intersect it (:func:`blend_block`) and gives the values the
+whole-volume computation gives there. Blocks computed alone run the windows on
+their edges once per block they touch; :class:`RasterBlender` instead plans the
+windows over the whole volume (:class:`BlockPlan`: each window belongs to the
+block it starts in) and blends the blocks in raster order, each window run once
+and its overhang handed to the blocks after it. This is what lets
+:mod:`sxtlab.cascade` predict, in memory or larger than memory, block by block.
+
+Hand-written rather than MONAI's ``sliding_window_inference``: MONAI blends
+the whole volume in one array (no blocks, so nothing larger than memory), has
+no per-window skipping with a fallback, and at equal batch was no faster here
+(``benchmarks/results/inference.md``).
 """
 
 from __future__ import annotations
