@@ -336,7 +336,7 @@ def part_zarr(model_name: str, size: int, quick: bool, threads: int) -> dict:
         write_volume(volume(data, small.attrs["voxel_size_um"]), src)
     elif not src.exists():
         part_zarr_source(size, quick)
-    out = WORK / f"seg_{size}.ome.zarr"
+    out = WORK / f"seg_{size}_{os.getpid()}.ome.zarr"   # one per run: runs may overlap
     shutil.rmtree(out, ignore_errors=True)
     proc = subprocess.run([sys.executable, __file__, "--zarr-child", str(src), model_name, str(out), str(threads)],
                           capture_output=True, text=True, check=False)
