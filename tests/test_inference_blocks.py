@@ -152,7 +152,7 @@ def test_defaults_and_window_option(model, lac) -> None:
         model.stage2_window(15)
     seg = model.predict(lac, window=16, progress=False, clean=False)
     assert seg.attrs["windows"] == WindowGrid.make(lac.shape, 16, 0.5).n_windows()
-    assert params["skip_sure"].default is None
+    assert params["skip_sure"].default is None and params["precision"].default == "float32"
 
 
 def test_windows_stage1_is_sure_of_take_its_answer(model, lac) -> None:
