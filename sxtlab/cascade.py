@@ -35,10 +35,12 @@ Inference
    window of medium alone normalises, under instance norm, to featureless noise
    that a stage 2 without its input at the head (``UNetConfig.input_to_head``) can
    take for cytoplasm.
-5. Larger than memory: ``predict(volume, out="seg.ome.zarr")`` builds the result
-   lazily per output block (each block from the global window grid, so it equals
-   the in-memory result) and writes it chunk by chunk through
-   :func:`sxtlab.io.write_volume`.
+5. Stage 2 runs block by block in raster order (:class:`Stage2Blocks`): each
+   window of the global grid runs once, with the block it starts in, and hands
+   the overhang of its output to the blocks after it. In memory the blocks fill
+   one array; larger than memory, ``predict(volume, out="seg.ome.zarr")`` builds
+   the same blocks lazily and writes them chunk by chunk through
+   :func:`sxtlab.io.write_volume`, so both give the same values.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -59,15 +63,16 @@ import numpy as np
 import torch
 import xarray as xr
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 from .classes import UNANNOTATED, canonical_name
 from .clean import clean_labels
 from .errors import FormatError
-from .inference import WindowGrid, blend_block, crop_padded, flip_tta, importance_map, sliding_window
+from .inference import BlockPlan, RasterBlender, WindowGrid, crop_padded, flip_tta, sliding_window
 from .unet import UNet3D, UNetConfig
 from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
-__all__ = ["CascadeModel", "Normalisation", "Context", "block_mean", "block_labels",
+__all__ = ["CascadeModel", "Stage2Blocks", "BATCH_SIZE", "PRECISIONS", "Normalisation", "Context", "block_mean", "block_labels",
            "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE"]
 
 LOG = logging.getLogger(__name__)
@@ -95,6 +100,14 @@ SKIP_BACKGROUND = 0.5
 #: stage 1's coarse boundary override stage 2's: on briefly trained task models
 #: 0.5 cost 0.03–0.05 cytoplasm Dice against 0.95 (``benchmarks/results/task.md``).
 TRUST_BACKGROUND = 0.95
+#: Default windows per stage-2 network call: a batch of 2 or more takes oneDNN's
+#: convolutions, 5× faster per window than a batch of one on the default model
+#: (``benchmarks/results/inference.md``), and 4 amortises the per-call overhead.
+BATCH_SIZE = 4
+#: Arithmetic of the stage-2 network: float32, or bfloat16 autocast (oneDNN's
+#: bfloat16 convolutions, on CPUs with AVX-512 BF16 or AMX about 1.7× faster here;
+#: labels measured against float32 in ``benchmarks/results/inference.md``).
+PRECISIONS = ("float32", "bfloat16")
 #: What a model's input can be: LAC in µm⁻¹, or uncalibrated gray values.
 INPUT_UNITS = ("1/um", "gray")
 
@@ -326,6 +339,20 @@ class Context:
         region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
         return float(self.probabilities[(0, *region)].min())
 
+    def sure_min(self, starts: Sequence[int], size: Sequence[int]) -> float:
+        """Least stage-1 probability of the class it picks over the coarse voxels a box interpolates from.
+
+        0 where it picks more than one class there: a box stage 1 calls all one class
+        (medium, or cytoplasm far from any organelle) with at least this probability.
+        """
+        idx = self._indices(starts, size, 1)
+        region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
+        p = self.probabilities[(slice(None), *region)]
+        top = p.argmax(axis=0)
+        if (top != top.flat[0]).any():
+            return 0.0
+        return float(p[top.flat[0]].min())
+
 
 def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int]) -> tuple[int, int, int]:
     """Stage-1 window for a coarse volume: all of it, up to :data:`STAGE1_MAX_EDGE` per axis.
@@ -344,10 +371,19 @@ def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int
 # ---------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------
-def _softmax_predictor(net: UNet3D) -> Callable[[torch.Tensor], torch.Tensor]:
+def _softmax_predictor(net: UNet3D, precision: str = "float32") -> Callable[[torch.Tensor], torch.Tensor]:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+
     def predict(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.softmax(net(x), dim=1)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bfloat16"):
+            if len(x) == 1:
+                # ATen sends a batch of one with few channels to its native slow_conv3d
+                # instead of oneDNN (the size heuristic in ConvParams::use_mkldnn): a 32³
+                # window of the default model takes 5× as long alone as in a pair
+                # (benchmarks/results/inference.md), so a lone window runs twice.
+                return torch.softmax(net(torch.cat([x, x]))[:1].float(), dim=1)
+            return torch.softmax(net(x).float(), dim=1)
 
     return predict
 
@@ -581,67 +617,49 @@ class CascadeModel:
         return Context(self.stage1_probabilities(lac_normalised, **kwargs), self.factor, mode=self.context,
                        smooth_sigma=self.smooth_sigma)
 
-    def stage2_block(self, source, origin: Sequence[int], shape: Sequence[int], context: Context,
-                     block: tuple[slice, slice, slice], *, step: float | int = 0.5, tta: bool = False,
-                     skip_background: float | None = SKIP_BACKGROUND,
-                     trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1,
-                     progress: bool = False) -> tuple[np.ndarray, dict[str, int]]:
-        """Stage-2 probabilities ``(K, *block)`` of one output block.
+    def stage2_window(self, window: int | Sequence[int] | None = None) -> tuple[int, int, int]:
+        """Stage-2 window for prediction: ``window`` checked against the network, or the training patch.
+
+        Raises
+        ------
+        ValueError
+            If an edge is not a positive multiple of the stage-2 network's divisor.
+        """
+        if window is None:
+            return self.stage2_patch
+        w = int_triple(window, "window")
+        div = self.stage2.config.divisor
+        if any(v < 1 or v % div for v in w):
+            raise ValueError(f"stage-2 window {w} must be positive multiples of {div} "
+                             f"(the U-Net's depth is {self.stage2.config.depth})")
+        return w
+
+    def stage2_blocks(self, read: Callable[[tuple[slice, slice, slice]], np.ndarray], shape: Sequence[int],
+                      context: Context, *, block_size: int | Sequence[int] = 128, step: float | int = 0.5,
+                      window: int | Sequence[int] | None = None, tta: bool = False, precision: str = "float32",
+                      skip_background: float | None = SKIP_BACKGROUND, skip_sure: float | None = None,
+                      trust_background: float | None = TRUST_BACKGROUND,
+                      batch_size: int = BATCH_SIZE) -> "Stage2Blocks":
+        """Stage 2 over a volume, block by block, every window run once (:class:`Stage2Blocks`).
 
         Parameters
         ----------
-        source : ndarray (z, y, x)
-            Normalised LAC of a region of the volume that contains every window
-            intersecting ``block`` (clipped to the volume), starting at ``origin``.
+        read : callable
+            ``read(region)`` → normalised LAC (float32 ndarray) of a region (slices
+            within the volume).
         shape : (Z, Y, X)
             Shape of the whole volume (the window grid is global).
         context : Context
             Stage-1 output for the whole volume.
-        block : slices
-            Output region in volume voxels.
-        skip_background : float or None
-            Windows where every voxel's stage-1 background probability is at least
-            this are not run and take the stage-1 probabilities; None runs every
-            window.
-        trust_background : float or None
-            Voxels whose stage-1 background probability is at least this take the
-            stage-1 probabilities wherever stage 2 ran; None keeps stage 2's answer.
+        block_size : int or (bz, by, bx)
+            Output block edge in voxels.
+        skip_background, skip_sure, trust_background, batch_size, step, window, tta, precision
+            As :meth:`predict`.
         """
-        grid = WindowGrid.make(shape, self.stage2_patch, step)
-        patch = grid.patch
-
-        def fetch(starts):
-            lac = crop_padded(source, [s - o for s, o in zip(starts, origin)], patch)
-            return np.concatenate([lac[None], context.channels(starts, patch)])
-
-        def skip(starts) -> bool:
-            return context.background_min(starts, patch) >= skip_background
-
-        gated = skip_background is not None or trust_background is not None
-        # Stage 1's answer on the block, computed once: the output of skipped windows
-        # and, below, of every voxel where stage 1 is sure of background.
-        coarse = (context.probabilities_at([b.start for b in block], [b.stop - b.start for b in block])
-                  if gated else None)
-        net = _softmax_predictor(self.stage2)
-        out, counts = blend_block(grid, block, fetch, flip_tta(net) if tta else net, self.n_classes,
-                                  weights=importance_map(patch), skip=skip if skip_background is not None else None,
-                                  fallback=coarse, batch_size=batch_size, progress=progress)
-        if trust_background is not None:
-            # Where stage 1, which sees the whole cell, is sure of background, its answer
-            # stands: a stage-2 window of medium alone is featureless after instance
-            # norm, and stage 2 then calls noise "cell" far from any cell.
-            sure = coarse[0] >= trust_background
-            out[:, sure] = coarse[:, sure]
-        return out, counts
-
-    def _region(self, shape, block, step) -> tuple[slice, slice, slice]:
-        """Union of the windows that intersect ``block``, clipped to the volume."""
-        grid = WindowGrid.make(shape, self.stage2_patch, step)
-        out = []
-        for a, b in enumerate(block):
-            starts = [s for s in grid.starts(a) if s < b.stop and s + grid.patch[a] > b.start]
-            out.append(slice(starts[0], min(starts[-1] + grid.patch[a], shape[a])))
-        return tuple(out)  # type: ignore[return-value]
+        return Stage2Blocks(self, read, shape, context, block_size=block_size, step=step, window=window, tta=tta,
+                            precision=precision, skip_sure=skip_sure,
+                            skip_background=skip_background, trust_background=trust_background,
+                            batch_size=batch_size)
 
     # -- input checks ---------------------------------------------------------------
     def _model_values(self, volume: xr.DataArray) -> xr.DataArray:
@@ -699,9 +717,11 @@ class CascadeModel:
     # -- prediction -----------------------------------------------------------------
     def predict(self, volume: xr.DataArray, *, out: str | os.PathLike | None = None,
                 overwrite: bool = False, tta: bool = False, step: float | int = 0.5,
-                skip_background: float | None = SKIP_BACKGROUND,
-                trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1, block_size: int = 128,
-                progress: bool = True, clean: bool = True, ngff_version: str | None = None) -> xr.Dataset:
+                window: int | Sequence[int] | None = None, precision: str = "float32",
+                skip_background: float | None = SKIP_BACKGROUND, skip_sure: float | None = None,
+                trust_background: float | None = TRUST_BACKGROUND,
+                batch_size: int = BATCH_SIZE, block_size: int = 128, progress: bool = True,
+                clean: bool = True, ngff_version: str | None = None) -> xr.Dataset:
         """Segment a volume.
 
         Parameters
@@ -718,20 +738,35 @@ class CascadeModel:
             Average over the 8 axis mirrorings (8× slower).
         step : float or int
             Window step, fraction of the patch or voxels (default half a patch).
+        window : int or (pz, py, px), optional
+            Stage-2 window edge in voxels, a multiple of the network's divisor
+            (default: the model's training patch, :attr:`stage2_patch`). Larger
+            windows give instance norm other statistics than training did; their
+            Dice and time are measured in ``benchmarks/results/inference.md``.
+        precision : {"float32", "bfloat16"}
+            Arithmetic of the stage-2 network (:data:`PRECISIONS`); bfloat16 is
+            faster where the CPU has AVX-512 BF16 or AMX and changes a few labels.
         skip_background : float or None
             Stage 2 does not run windows where stage 1 calls every voxel background
             with at least this probability; stage 1's answer fills them (``None``:
             every window runs).
+        skip_sure : float or None
+            Stage 2 does not run windows where stage 1 calls every voxel one and the
+            same class (cytoplasm far from any organelle, say) with at least this
+            probability; stage 1's answer fills them. Off by default (``None``); its
+            Dice and time are measured in ``benchmarks/results/inference.md``.
         trust_background : float or None
             Where stage 1 calls a voxel background with at least this probability,
             its answer stands even where stage 2 ran (``None``: stage 2's answer is
             kept wherever it ran).
         batch_size : int
-            Windows per network call.
+            Windows per stage-2 network call (:data:`BATCH_SIZE`).
         block_size : int
-            Output block edge (voxels) for lazy/Zarr prediction; bigger blocks
-            recompute fewer windows at block borders but need more memory
-            (about ``(K + 2)·block³·4`` bytes).
+            Output block edge (voxels). Stage 2 runs block by block in raster order,
+            each window once whatever the block size; a block holds about
+            ``(K + 2)·block³·4`` bytes, plus the overhang of its windows into the
+            blocks after it (at most ``patch − 1`` voxels deep). With ``out`` it bounds
+            the memory; in memory it bounds the working buffers.
         progress : bool
             Show progress bars.
         clean : bool
@@ -774,33 +809,31 @@ class CascadeModel:
                     f"the volume's voxel size {volume.attrs['voxel_size_um']} µm differs from the "
                     f"model's {list(self.voxel_size)} µm; blockwise prediction does not resample: "
                     f"resample it first with .sxt.resample({list(self.voxel_size)})")
-            seg = self._predict_resampled(volume, tta=tta, step=step, skip_background=skip_background,
+            seg = self._predict_resampled(volume, tta=tta, step=step, window=window, precision=precision,
+                                          skip_background=skip_background, skip_sure=skip_sure,
                                           trust_background=trust_background, batch_size=batch_size,
                                           progress=progress)
             return self._clean(seg) if clean else seg
+        kw = dict(tta=tta, step=step, window=window, precision=precision, skip_background=skip_background,
+                  skip_sure=skip_sure, trust_background=trust_background, batch_size=batch_size, block_size=block_size)
+        if out is not None:
+            return self._predict_to_zarr(volume, out, overwrite, ngff_version, **kw)
         if lazy:
-            ds = self.predict_lazy(volume, tta=tta, step=step, skip_background=skip_background,
-                                   trust_background=trust_background, batch_size=batch_size, block_size=block_size)
             import dask
 
-            if out is None:
-                with dask.config.set(scheduler="synchronous"):
-                    return ds.compute()
-            from .io import read_segmentation, write_volume
-
-            # One block at a time: torch already uses the cores, and a threaded
-            # scheduler would keep several blocks (and their inputs) in memory.
             with dask.config.set(scheduler="synchronous"):
-                write_volume(ds, out, overwrite=overwrite,
-                             **({"ngff_version": ngff_version} if ngff_version is not None else {}))
-            return read_segmentation(out)
+                return self.predict_lazy(volume, **kw).compute()
         data = np.asarray(volume.values, np.float32)
         norm = self.normalisation.apply(data)
         ctx = self.context_for(norm, tta=tta)
-        block = tuple(slice(0, n) for n in data.shape)
-        probs, counts = self.stage2_block(norm, (0, 0, 0), data.shape, ctx, block, step=step, tta=tta,
-                                          skip_background=skip_background, trust_background=trust_background,
-                                          batch_size=batch_size, progress=progress)
+        stage2 = self.stage2_blocks(lambda region: norm[region], data.shape, ctx, block_size=block_size, step=step,
+                                    window=window, tta=tta, precision=precision, skip_background=skip_background,
+                                    skip_sure=skip_sure, trust_background=trust_background, batch_size=batch_size)
+        probs = np.empty((self.n_classes, *data.shape), np.float32)
+        for block, p in tqdm(stage2, total=len(stage2.plan.indices()), desc="stage 2 blocks", leave=False,
+                             disable=not progress):
+            probs[(slice(None), *block)] = p
+        counts = stage2.counts
         LOG.info("stage 2 ran on %d of %d windows", counts["windows"] - counts["skipped"], counts["windows"])
         seg = self._dataset(volume, probs, {"windows": counts["windows"], "windows_skipped": counts["skipped"],
                                             "tta": tta})
@@ -833,49 +866,210 @@ class CascadeModel:
                               "resampled_from_um": list(self.voxel_size)})
 
     def predict_lazy(self, volume: xr.DataArray, *, tta: bool = False, step: float | int = 0.5,
-                     skip_background: float | None = SKIP_BACKGROUND,
-                     trust_background: float | None = TRUST_BACKGROUND, batch_size: int = 1,
+                     window: int | Sequence[int] | None = None, precision: str = "float32",
+                     skip_background: float | None = SKIP_BACKGROUND, skip_sure: float | None = None,
+                     trust_background: float | None = TRUST_BACKGROUND, batch_size: int = BATCH_SIZE,
                      block_size: int = 128) -> xr.Dataset:
         """A dask-backed segmentation Dataset computed block by block when stored.
 
         Stage 1 runs now (on the coarse volume); each ``block_size``³ output block
-        of stage 2 is a dask task that reads only the input region its windows need.
-        Values equal :meth:`predict`'s in memory. Parameters as :meth:`predict`.
+        of stage 2 is a dask task (:meth:`Stage2Blocks.get`) that reads only the
+        input region its windows need, each window running once over all the
+        blocks when they are computed in raster order. Values equal :meth:`predict`'s
+        in memory. Parameters as :meth:`predict`.
         """
         import dask
+        import dask.array as da
+
+        volume, stage2 = self._lazy_stage2(volume, tta=tta, step=step, window=window, precision=precision,
+                                           skip_background=skip_background, skip_sure=skip_sure,
+                                           trust_background=trust_background,
+                                           batch_size=batch_size, block_size=block_size)
+        k = self.n_classes
+        # Explicit task names: letting dask tokenize the method would pickle the context.
+        # Each block's task takes the one before it in raster order as an argument it
+        # ignores, so that dask computes them in that order (left free, it started with
+        # the last block). Dask may still hold computed blocks until it stores them:
+        # predict(out=...) writes them itself, block by block.
+        token = f"sxtlab-stage2-{uuid.uuid4().hex}"
+        get = dask.delayed(stage2.get, pure=False)
+        tasks, previous = {}, None
+        for index in stage2.plan.indices():
+            previous = tasks[index] = get(index, previous, dask_key_name=f"{token}-{'-'.join(map(str, index))}")
+        counts = stage2.plan.counts
+        rows = [[[da.from_delayed(tasks[i, j, m], (k, *(s.stop - s.start for s in stage2.plan.slices((i, j, m)))),
+                                  np.float32)
+                  for m in range(counts[2])] for j in range(counts[1])] for i in range(counts[0])]
+        probs = da.block(rows)
+        return self._dataset(volume, probs, {"tta": tta, "block_size": list(stage2.plan.block)})
+
+    def _lazy_stage2(self, volume: xr.DataArray, *, tta: bool, block_size: int | Sequence[int],
+                     **kwargs: Any) -> tuple[xr.DataArray, "Stage2Blocks"]:
+        """Stage 1 now, and stage 2 of a (dask-backed) volume to be computed block by block."""
         import dask.array as da
 
         volume = self._model_values(volume)
         data = volume.data if not isinstance(volume.data, np.ndarray) else da.from_array(volume.data)
         norm = self.normalisation.apply(data)
         ctx = self.context_for(norm, tta=tta)
+
+        def read(region):
+            return np.asarray(norm[region].compute(), np.float32)
+
         shape = tuple(int(n) for n in volume.shape)
-        b = int_triple(block_size, "block_size")
-        k = self.n_classes
+        return volume, self.stage2_blocks(read, shape, ctx, tta=tta, block_size=block_size, **kwargs)
 
-        def run(region_data: np.ndarray, region, block) -> np.ndarray:
-            origin = [r.start for r in region]
-            probs, _ = self.stage2_block(region_data, origin, shape, ctx, block, step=step, tta=tta,
-                                         skip_background=skip_background, trust_background=trust_background,
-                                         batch_size=batch_size)
-            return probs
+    def _predict_to_zarr(self, volume: xr.DataArray, out: str | os.PathLike, overwrite: bool,
+                         ngff_version: str | None = None, **kwargs: Any) -> xr.Dataset:
+        """Stage 2 block by block in raster order into a temporary Zarr array, then the OME-Zarr output.
 
-        # Explicit task names: letting dask tokenize `run` would pickle the context.
-        token = f"sxtlab-stage2-{uuid.uuid4().hex}"
-        delayed_run = dask.delayed(run, pure=False)
-        rows = []
-        edges = [list(range(0, n, bb)) for n, bb in zip(shape, b)]
-        for z0 in edges[0]:
-            plane = []
-            for y0 in edges[1]:
-                line = []
-                for x0 in edges[2]:
-                    block = tuple(slice(s, min(s + bb, n)) for s, bb, n in zip((z0, y0, x0), b, shape))
-                    region = self._region(shape, block, step)
-                    task = delayed_run(norm[region], region, block,
-                                       dask_key_name=f"{token}-{z0}-{y0}-{x0}")
-                    line.append(da.from_delayed(task, (k, *(s.stop - s.start for s in block)), np.float32))
-                plane.append(line)
-            rows.append(plane)
-        probs = da.block(rows)
-        return self._dataset(volume, probs, {"tta": tta, "block_size": list(b)})
+        Why not :meth:`predict_lazy` through dask: the blocks must run in raster order
+        (:class:`Stage2Blocks`) and be freed once written, and dask, given the order as
+        task dependencies, computed every block before storing any (peak memory grew
+        by one block's probabilities per block). The temporary array, beside ``out``,
+        holds the probabilities once on disk; :func:`sxtlab.io.write_volume` then
+        writes the image, labels, probabilities and pyramids from it chunk by chunk.
+        """
+        import dask
+        import dask.array as da
+        import zarr
+
+        from .errors import OutputExistsError
+        from .io import read_segmentation, write_volume
+
+        out = Path(out)
+        if out.exists() and not overwrite:   # before the long part, as write_volume would
+            raise OutputExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+        volume, stage2 = self._lazy_stage2(volume, **kwargs)
+        shape = tuple(int(n) for n in volume.shape)
+        tmp = out.with_name(f".{out.name}.stage2-{uuid.uuid4().hex[:8]}")
+        try:
+            store = zarr.open_array(str(tmp), mode="w", shape=(self.n_classes, *shape),
+                                    chunks=(self.n_classes, *stage2.plan.block), dtype=np.float32)
+            for block, probs in stage2:
+                store[(slice(None), *block)] = probs
+            ds = self._dataset(volume, da.from_zarr(store),
+                               {"tta": kwargs["tta"], "block_size": list(stage2.plan.block),
+                                "windows": stage2.counts["windows"], "windows_skipped": stage2.counts["skipped"]})
+            # One chunk at a time: torch is done, and a threaded scheduler would hold
+            # several chunks (and their inputs) in memory.
+            with dask.config.set(scheduler="synchronous"):
+                write_volume(ds, out, overwrite=overwrite,
+                             **({"ngff_version": ngff_version} if ngff_version is not None else {}))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return read_segmentation(out)
+
+
+class Stage2Blocks:
+    """Stage-2 probabilities of a volume, block by block in raster order, every window run once.
+
+    Made by :meth:`CascadeModel.stage2_blocks`. The windows of the global grid are
+    planned over the whole volume and each runs with the block it starts in
+    (:class:`sxtlab.inference.RasterBlender`), so none runs twice whatever the block
+    size; the in-memory and the Zarr-backed paths both go through here, and give the
+    same values. Per block, the LAC and the stage-1 context channels are built once,
+    over the union of the windows that run (skipped windows need neither).
+
+    Iterating yields ``(block slices, probabilities (K, *block))`` in raster order;
+    :meth:`get` serves blocks in any order (dask's), computing those before it first
+    and keeping them until asked for.
+    """
+
+    def __init__(self, model: CascadeModel, read: Callable[[tuple[slice, slice, slice]], np.ndarray],
+                 shape: Sequence[int], context: Context, *, block_size: int | Sequence[int], step: float | int,
+                 window: int | Sequence[int] | None, tta: bool, precision: str, skip_background: float | None,
+                 skip_sure: float | None, trust_background: float | None, batch_size: int) -> None:
+        self.read, self.context = read, context
+        self.skip_sure = skip_sure
+        self.skip_background, self.trust_background = skip_background, trust_background
+        self.n_classes = model.n_classes
+        self.plan = BlockPlan.make(WindowGrid.make(shape, model.stage2_window(window), step), block_size)
+        net = _softmax_predictor(model.stage2, precision)
+        self._predict = flip_tta(net) if tta else net
+        self._batch_size = batch_size
+        self.counts = {"windows": 0, "skipped": 0}
+        # dask's threaded scheduler may ask for several blocks at once; the raster is one
+        self._lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self.blender = RasterBlender(self.plan, self._predict, self.n_classes, batch_size=self._batch_size)
+        self._ahead: dict[tuple[int, int, int], np.ndarray] = {}
+
+    def __iter__(self):
+        while self.blender.next_index is not None:
+            index, probs = self._next()
+            yield self.plan.slices(index), probs
+
+    def get(self, index: Sequence[int], after: Any = None) -> np.ndarray:
+        """Probabilities ``(K, *block)`` of the block at ``index``.
+
+        ``after`` is ignored: a dask dependency on the block before, which orders the tasks.
+
+        Blocks before it in raster order are computed first and kept until asked for
+        (none are when asked in raster order). A block asked for again (the dask graph
+        computed twice) starts the raster over.
+        """
+        index = tuple(int(i) for i in index)
+        with self._lock:
+            upcoming = self.blender.next_index
+            if index not in self._ahead and (upcoming is None or np.ravel_multi_index(index, self.plan.counts)
+                                              < np.ravel_multi_index(upcoming, self.plan.counts)):
+                self._start()
+            while index not in self._ahead:
+                done, probs = self._next()
+                self._ahead[done] = probs
+            return self._ahead.pop(index)
+
+    def _next(self) -> tuple[tuple[int, int, int], np.ndarray]:
+        plan, ctx, patch = self.plan, self.context, self.plan.grid.patch
+        index = self.blender.next_index
+        block = plan.slices(index)
+        own = plan.owned(index)
+        skip_at, sure_at = self.skip_background, self.skip_sure
+
+        def needed(s: tuple[int, int, int]) -> bool:
+            if skip_at is not None and ctx.background_min(s, patch) >= skip_at:
+                return False
+            return sure_at is None or ctx.sure_min(s, patch) < sure_at
+
+        gated_windows = skip_at is not None or sure_at is not None
+        run = [s for s in own if needed(s)] if gated_windows else own
+        fetch = self._fetcher(run) if run else None
+        gated = gated_windows or self.trust_background is not None
+        # Stage 1's answer on the block, computed once: the output of skipped windows
+        # and, below, of every voxel where stage 1 is sure of background.
+        coarse = (ctx.probabilities_at([b.start for b in block], [b.stop - b.start for b in block])
+                  if gated else None)
+        chosen = set(run)
+        out, counts = self.blender.blend(index, fetch, skip=(lambda s: s not in chosen) if gated_windows else None,
+                                         fallback=coarse)
+        for key in counts:
+            self.counts[key] += counts[key]
+        if self.trust_background is not None:
+            # Where stage 1, which sees the whole cell, is sure of background, its answer
+            # stands: a stage-2 window of medium alone is featureless after instance
+            # norm, and stage 2 then calls noise "cell" far from any cell.
+            sure = coarse[0] >= self.trust_background
+            out[:, sure] = coarse[:, sure]
+        return index, out
+
+    def _fetcher(self, run: list[tuple[int, int, int]]) -> Callable[[tuple[int, int, int]], np.ndarray]:
+        """Window inputs cut from the LAC and the context of the box the running windows span."""
+        patch, shape = self.plan.grid.patch, self.plan.grid.shape
+        lo = [min(s[a] for s in run) for a in range(3)]
+        hi = [max(s[a] for s in run) + patch[a] for a in range(3)]
+        region = tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, shape))
+        lac = self.read(region)
+        origin = [r.start for r in region]
+        # Interpolation is separable and per voxel, so cropping one upsampled box gives
+        # exactly each window's own upsampling.
+        context = self.context.channels(lo, [b - a for a, b in zip(lo, hi)])
+
+        def fetch(starts: tuple[int, int, int]) -> np.ndarray:
+            box = tuple(slice(s - a, s - a + p) for s, a, p in zip(starts, lo, patch))
+            return np.concatenate([crop_padded(lac, [s - o for s, o in zip(starts, origin)], patch)[None],
+                                   context[(slice(None), *box)]])
+
+        return fetch
