@@ -362,10 +362,13 @@ def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int
     medium far from the cell is still recognised, whereas a tile of medium alone
     would normalise to featureless input. Larger volumes fall back to a sliding
     window of that edge (or the training ``patch`` if larger), so one pass stays
-    bounded in memory. Edges are rounded up to multiples of ``divisor``.
+    bounded in memory. Edges are rounded up to multiples of ``divisor``, and are at
+    least twice it: at the U-Net's deepest level instance norm needs more than one
+    voxel (a small volume is padded up to that window).
     """
     cap = max(STAGE1_MAX_EDGE, *patch)
-    return tuple(min(-(-int(n) // divisor) * divisor, cap - cap % divisor) for n in coarse_shape)  # type: ignore[return-value]
+    return tuple(max(2 * divisor, min(-(-int(n) // divisor) * divisor, cap - cap % divisor))  # type: ignore[return-value]
+                 for n in coarse_shape)
 
 
 # ---------------------------------------------------------------------------------

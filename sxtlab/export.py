@@ -125,7 +125,7 @@ def _test_cell(model: CascadeModel) -> np.ndarray:
 
     vs = model.voxel_size or (0.05, 0.05, 0.05)
     unit = [int(np.lcm(p, f * model.stage1.config.divisor)) for p, f in zip(model.stage2_patch, model.factor)]
-    shape = tuple(max(u, u * int(np.ceil(64 / u))) for u in unit)
+    shape = tuple(_exact_edge(u, v, f) for u, v, f in zip(unit, vs, model.factor))
     cell = phantom.cell(seed=7, shape=shape, voxel_size=vs, acquisition=phantom.Acquisition(seed=7))
     lac = np.asarray(cell["lac"].values, np.float32)
     if model.normalisation.units != "1/um":
@@ -135,12 +135,29 @@ def _test_cell(model: CascadeModel) -> np.ndarray:
     return model.normalisation.apply(lac).astype(np.float32)
 
 
+def _exact_edge(unit: int, voxel: float, factor: int) -> int:
+    """The first multiple of ``unit`` from 64 voxels whose physical size divides back exactly.
+
+    bioimageio.spec checks an output axis that references an input axis as
+    ``size · scale_in / scale_out`` in floating point: with 0.05 µm voxels a 48-voxel
+    edge gives 48.00000000000001 and fails; some sizes give the integer back exactly.
+    """
+    k = max(1, int(np.ceil(64 / unit)))
+    for m in range(k, k + 64):
+        n = unit * m
+        if (voxel * n) / voxel == n and (voxel * factor * (n // factor)) / (voxel * factor) == n // factor:
+            return n
+    return unit * k
+
+
 def _axes(channel_names: list[str], sizes: Any, scale: tuple[float, ...] | None) -> list[dict[str, Any]]:
     axes: list[dict[str, Any]] = [{"type": "batch"}, {"type": "channel", "channel_names": channel_names}]
     for i, d in enumerate("zyx"):
         axis: dict[str, Any] = {"id": d, "type": "space", "size": sizes[i]}
         if scale is not None:
-            axis.update(unit="micrometer", scale=float(scale[i]))
+            # rounded: a voxel size carried through resampling (0.05000000000000001) makes
+            # bioimageio.spec's size check of the outputs against the inputs fail by 1e-14
+            axis.update(unit="micrometer", scale=float(f"{float(scale[i]):.10g}"))
         axes.append(axis)
     return axes
 
@@ -297,7 +314,10 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
     p1 = model.stage1_probabilities(norm).astype(np.float32)
     # Stage 2: the first window, its input as sxtlab builds it, its output sxtlab's network's.
     ctx = Context(p1, model.factor, mode=model.context, smooth_sigma=model.smooth_sigma)
-    patch = model.stage2_patch
+    # the training patch, or the next size the spec's float check accepts (see _exact_edge)
+    div = model.stage2.config.divisor
+    patch = tuple(next(n for n in range(p, p + 64 * div, div) if (v * n) / v == n)
+                  for p, v in zip(model.stage2_patch, model.voxel_size or (1.0, 1.0, 1.0)))
     x2 = np.concatenate([norm[None, :patch[0], :patch[1], :patch[2]], ctx.channels((0, 0, 0), patch)])[None]
     with torch.inference_mode():
         y2 = torch.softmax(model.stage2(torch.from_numpy(np.ascontiguousarray(x2, np.float32))), dim=1).numpy()

@@ -11,6 +11,7 @@ import pytest
 import torch
 import xarray as xr
 
+import sxtlab
 from sxtlab import phantom
 from sxtlab.cascade import (SKIP_BACKGROUND, TRUST_BACKGROUND, CascadeModel, Context, Normalisation, block_labels,
                             block_mean)
@@ -362,3 +363,15 @@ def test_prediction_does_not_import_the_trainer() -> None:
     code = ("import sys, sxtlab.cascade; "
             "assert 'sxtlab.train' not in sys.modules, 'sxtlab.cascade imported sxtlab.train'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_volume_smaller_than_stage_1_s_depth_is_padded_not_refused():
+    from sxtlab.cascade import stage1_window
+
+    # a 24³ field at factor 4 is 6³ coarse voxels: a depth-4 U-Net (divisor 8) needs 16³
+    assert stage1_window((6, 6, 6), 8, (32, 32, 32)) == (16, 16, 16)
+    assert stage1_window((40, 6, 70), 8, (32, 32, 32)) == (40, 16, 72)
+    model = sxtlab.models.load_model("default")
+    lac = sxtlab.volume(np.full((24, 24, 24), 0.25, np.float32), voxel_size=model.voxel_size)
+    seg = model.predict(lac, progress=False)
+    assert seg["labels"].shape == (24, 24, 24)
