@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from timing import Clock  # a sibling module of the benchmarks
 import torch
 
 HERE = Path(__file__).parent
@@ -81,15 +82,6 @@ def load_avg() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-class Clock:
-    """Wall and CPU seconds (this process, all threads) of a block."""
-
-    def __enter__(self) -> "Clock":
-        self.w, self.c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
 def conv_rate(repeats: int = 3) -> dict:

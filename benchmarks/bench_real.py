@@ -53,11 +53,11 @@ import argparse
 import json
 import os
 import platform
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from timing import Clock  # a sibling module of the benchmarks
 
 DEFAULT_PROJECT = Path(__file__).resolve().parents[2] / "shared" / "data" / "ncxt" / "sample_12.hx"
 METHODS = ("otsu", "rf", "rf+select", "interpolation", "cascade", "cascade+select", "cascade+interp+select",
@@ -173,15 +173,6 @@ def score(pred: np.ndarray, truth: np.ndarray, test: np.ndarray) -> dict[str, fl
             "assd": b["assd"], "hd95": b["hd95"]}
 
 
-class Clock:
-    """Wall and CPU seconds of a block (CPU counts every thread of this process)."""
-
-    def __enter__(self) -> "Clock":
-        self.w, self.c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
 # ---------------------------------------------------------------------------------

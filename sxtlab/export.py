@@ -135,17 +135,22 @@ def _test_cell(model: CascadeModel) -> np.ndarray:
     return model.normalisation.apply(lac).astype(np.float32)
 
 
-def _exact_edge(unit: int, voxel: float, factor: int) -> int:
-    """The first multiple of ``unit`` from 64 voxels whose physical size divides back exactly.
+def _divides_back(n: int, scale: float) -> bool:
+    """Whether ``n · scale / scale == n`` in floating point.
 
-    bioimageio.spec checks an output axis that references an input axis as
-    ``size · scale_in / scale_out`` in floating point: with 0.05 µm voxels a 48-voxel
-    edge gives 48.00000000000001 and fails; some sizes give the integer back exactly.
+    bioimageio.spec checks an output axis that references an input axis that way:
+    with 0.05 µm voxels a 48-voxel edge gives 48.00000000000001 and fails, while
+    other sizes give the integer back exactly.
     """
+    return (scale * n) / scale == n
+
+
+def _exact_edge(unit: int, voxel: float, factor: int) -> int:
+    """The first multiple of ``unit`` from 64 voxels that divides back at both stages' scales."""
     k = max(1, int(np.ceil(64 / unit)))
     for m in range(k, k + 64):
         n = unit * m
-        if (voxel * n) / voxel == n and (voxel * factor * (n // factor)) / (voxel * factor) == n // factor:
+        if _divides_back(n, voxel) and _divides_back(n // factor, voxel * factor):
             return n
     return unit * k
 
@@ -314,9 +319,9 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
     p1 = model.stage1_probabilities(norm).astype(np.float32)
     # Stage 2: the first window, its input as sxtlab builds it, its output sxtlab's network's.
     ctx = Context(p1, model.factor, mode=model.context, smooth_sigma=model.smooth_sigma)
-    # the training patch, or the next size the spec's float check accepts (see _exact_edge)
+    # the training patch, or the next size the spec's float check accepts
     div = model.stage2.config.divisor
-    patch = tuple(next(n for n in range(p, p + 64 * div, div) if (v * n) / v == n)
+    patch = tuple(next(n for n in range(p, p + 64 * div, div) if _divides_back(n, v))
                   for p, v in zip(model.stage2_patch, model.voxel_size or (1.0, 1.0, 1.0)))
     x2 = np.concatenate([norm[None, :patch[0], :patch[1], :patch[2]], ctx.channels((0, 0, 0), patch)])[None]
     with torch.inference_mode():

@@ -40,3 +40,18 @@ def no_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         yield
+
+
+@pytest.fixture
+def seg_file(tmp_path):
+    """A small segmentation (cell with a nucleus, anisotropic voxels) written as OME-Zarr."""
+    import numpy as np
+
+    import sxtlab
+
+    image = sxtlab.volume(np.full((16, 20, 24), 0.25, np.float32), voxel_size=(0.05, 0.03, 0.03))
+    lab = np.zeros(image.shape, np.uint8)
+    lab[4:12, 5:15, 6:18] = 1
+    lab[6:10, 8:12, 9:15] = 2
+    seg = sxtlab.segmentation(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "nucleus"}))
+    return sxtlab.write_volume(seg, tmp_path / "seg.ome.zarr")

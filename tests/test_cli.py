@@ -8,15 +8,6 @@ import sxtlab
 from sxtlab.cli import main
 
 
-@pytest.fixture
-def seg_file(tmp_path):
-    image = sxtlab.volume(np.full((16, 20, 24), 0.25, np.float32), voxel_size=(0.05, 0.03, 0.03))
-    lab = np.zeros(image.shape, np.uint8)
-    lab[4:12, 5:15, 6:18] = 1
-    lab[6:10, 8:12, 9:15] = 2
-    seg = sxtlab.segmentation(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "nucleus"}))
-    return sxtlab.write_volume(seg, tmp_path / "seg.ome.zarr")
-
 
 def test_measure_writes_csv_with_units(seg_file, tmp_path, capsys):
     out = tmp_path / "table.csv"

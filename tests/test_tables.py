@@ -13,15 +13,6 @@ from sxtlab.cli import main
 from sxtlab.measure import column_units, read_table, read_tables, write_table
 
 
-@pytest.fixture
-def seg_file(tmp_path):
-    image = sxtlab.volume(np.full((16, 20, 24), 0.25, np.float32), voxel_size=(0.05, 0.03, 0.03))
-    lab = np.zeros(image.shape, np.uint8)
-    lab[4:12, 5:15, 6:18] = 1
-    lab[6:10, 8:12, 9:15] = 2
-    seg = sxtlab.segmentation(image, sxtlab.label_volume(lab, image, {1: "cell", 2: "nucleus"}))
-    return sxtlab.write_volume(seg, tmp_path / "seg.ome.zarr")
-
 
 def test_measure_to_parquet_keeps_units_voxel_size_and_dtypes(seg_file, tmp_path):
     pq = pytest.importorskip("pyarrow.parquet", reason="Parquet tables need pyarrow (sxtlab[parquet])")
