@@ -708,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--model", default="default", help="'default' or a model folder (default: %(default)s)")
     where = study.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, help="worker processes of a cluster on this machine "
-                                                   "(default: one per two cores)")
+                                                   "(default: one per core while memory allows)")
     where.add_argument("--scheduler", help="address of a running dask scheduler, e.g. tcp://host:8786")
     study.add_argument("--threads", type=int, help="torch threads per cell (default: the cores over the workers)")
     add_image_options(study)

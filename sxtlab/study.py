@@ -53,7 +53,7 @@ rebuilt from the cell folders at the end of every run.
 Workers and threads
 -------------------
 By default a :class:`distributed.LocalCluster` of ``workers`` processes with one
-thread each (default: one worker per two cores, at least one), and torch in each
+thread each (default: :func:`default_workers`, one per core while memory allows), and torch in each
 worker gets the free cores (:func:`sxtlab.threads.free_cores`: those the load
 average leaves) divided by the workers, so that the workers together use each
 core once (``OMP_NUM_THREADS`` set: that many per worker). With ``scheduler=ADDRESS`` (or ``client=``) the same tasks go to any
@@ -562,7 +562,7 @@ class Study:
             ``"default"`` or a model folder.
         settings : StudySettings, optional
         workers : int, optional
-            Worker processes of the local cluster (default: cores // 2, at least 1).
+            Worker processes of the local cluster (default: :func:`default_workers`).
         scheduler : str, optional
             Address of a running dask scheduler (``tcp://host:8786``) instead.
         client : distributed.Client, optional
@@ -740,6 +740,36 @@ def _summary(done: list[str], by_id: dict, classes: pd.DataFrame, confidence: pd
     return out
 
 
+#: Resident memory one study worker is given room for (bytes): a 128³ cell peaked at
+#: 0.92 GB (``benchmarks/results/study.md``); larger cells take the block-wise path.
+WORKER_MEMORY = 1.5 * 2**30
+
+
+def default_workers(cores: int | None = None) -> int:
+    """Local workers for a study: one per core, fewer where memory would not hold them.
+
+    One single-threaded worker per core beats one worker per two cores with two torch
+    threads: on 2 cores, 358 against 207 cells per hour (``benchmarks/results/study.md``),
+    as the parts of a cell outside torch (reading, QC, tables, writing) leave a lone
+    worker's second core idle.
+
+    Parameters
+    ----------
+    cores : int, optional
+        Cores to use (default: this process's CPU affinity).
+
+    Returns
+    -------
+    int
+        At least 1; at most ``cores`` and available memory / :data:`WORKER_MEMORY`.
+    """
+    import psutil
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, int(psutil.virtual_memory().available // WORKER_MEMORY)))
+
+
 def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, client: Any,
               threads: int | None, progress: bool) -> list[dict]:
     """Run the cells' tasks on a dask.distributed cluster; results in completion order."""
@@ -755,7 +785,7 @@ def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, c
                 from .threads import free_cores
 
                 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-                n = workers or max(1, cores // 2)
+                n = workers or default_workers(cores)
                 # the cores other work leaves free, shared out (sxtlab.threads: a torch thread on
                 # a busy core makes its partners spin); OMP_NUM_THREADS, if set, decides
                 free = int(os.environ["OMP_NUM_THREADS"]) * n if os.environ.get("OMP_NUM_THREADS", "").isdigit() \

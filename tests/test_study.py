@@ -228,3 +228,18 @@ def test_a_study_whose_every_file_fails_still_writes_its_tables(client, tmp_path
     assert study.manifest["run"]["failed"] == 1 and study.manifest["run"]["done"] == 0
     assert "x.tif" in study.failed["error"].iloc[0]
     assert len(study.review) == 0 and len(study.cells) == 0 and len(study.instances) == 0
+
+
+def test_default_workers_one_per_core_bounded_by_memory(monkeypatch):
+    import psutil
+
+    from sxtlab.study import WORKER_MEMORY, default_workers
+
+    class Memory:
+        available = 10 * WORKER_MEMORY
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory)
+    assert default_workers(2) == 2
+    assert default_workers(16) == 10
+    Memory.available = 0.5 * WORKER_MEMORY
+    assert default_workers(8) == 1
