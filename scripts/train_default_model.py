@@ -11,7 +11,7 @@ whole literature range, the nucleus darker or brighter than the cytoplasm, textu
 round and elongated cells, capillary walls, FBP and SIRT reconstructions, tilt ranges
 ±55° to full rotation, 500-40 000 photons), each simulated at a voxel size drawn in
 25-60 nm and resampled to the model's 50 nm, as inference resamples a user's volume.
-Seeds 1-N train, 101-103 validate; held-out evaluation (other seeds and a second,
+Seeds 1-N train (101-103 skipped), 101-103 validate; held-out evaluation (other seeds and a second,
 independent generator) is ``benchmarks/bench_generalisation.py``.
 
 The cells are cached in ``--work`` (``cells/``), the stages' checkpoints in
@@ -94,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sxtlab/models/default")
     parser.add_argument("--work", type=Path, required=True, help="cache of cells and checkpoints (resumable)")
-    parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N)")
+    parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N, validation seeds skipped)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(1500, 2000), metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stage2-convs", type=int, default=2,
@@ -107,7 +107,8 @@ def main() -> None:
     ledger = args.work / "cpu_seconds.json"
     spent = json.loads(ledger.read_text())["cpu_seconds"] if ledger.exists() else 0.0
     t0 = time.perf_counter()
-    seeds = list(range(1, args.cells + 1))
+    # training seeds 1, 2, ... skip the validation cells' seeds
+    seeds = [s for s in range(1, args.cells + len(VALIDATION_SEEDS) + 1) if s not in VALIDATION_SEEDS][:args.cells]
     cache = args.work / "cells"
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]

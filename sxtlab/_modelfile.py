@@ -35,6 +35,7 @@ import numpy as np
 
 from .classes import UnknownClassError, canonical_name
 from .errors import FormatError
+from .metrics import TEMPERATURE_RANGE
 
 if TYPE_CHECKING:
     from .unet import UNetConfig
@@ -89,6 +90,7 @@ class ModelSpec:
     voxel_size: tuple[float, float, float] | None
     context: str
     smooth_sigma: float
+    temperature: float
     stage1: UNetConfig
     stage2: UNetConfig
     stage1_patch: tuple[int, int, int]
@@ -191,6 +193,9 @@ def validate_meta(meta: Any, meta_path: Path, *, format_name: str, format_versio
             raise FormatError(f"{where}: field '{name}.patch': {list(patch)} must be multiples of "
                               f"{config.divisor} (the U-Net's depth is {config.depth})")
         stages.append((config, patch))
+        if name == "stage2":
+            # absent in files written before temperature scaling: softmax as it is
+            temperature = stage.number("temperature", TEMPERATURE_RANGE) if "temperature" in stage.obj else 1.0
     weights = f.sub("weights")
     file = weights.get("file")
     if not _plain_name(file):
@@ -204,7 +209,7 @@ def validate_meta(meta: Any, meta_path: Path, *, format_name: str, format_versio
     if not isinstance(info, dict):
         raise FormatError(f"{where}: field 'info': expected an object, got {type(info).__name__}")
     return ModelSpec(classes=classes, factor=factor, normalisation=(offset, scale, units),
-                     voxel_size=voxel_size, context=mode, smooth_sigma=sigma,
+                     voxel_size=voxel_size, context=mode, smooth_sigma=sigma, temperature=temperature,
                      stage1=stages[0][0], stage2=stages[1][0], stage1_patch=stages[0][1],
                      stage2_patch=stages[1][1], weights_file=file, sha256=sha, info=info)
 

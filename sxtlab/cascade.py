@@ -69,6 +69,7 @@ from .classes import UNANNOTATED, canonical_name
 from .clean import clean_labels
 from .errors import FormatError
 from .inference import BlockPlan, RasterBlender, WindowGrid, crop_padded, flip_tta, sliding_window
+from .metrics import temper
 from .unet import UNet3D, UNetConfig
 from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
@@ -420,6 +421,10 @@ class CascadeModel:
         How stage-1 output is fed to stage 2 (see :class:`Context`).
     smooth_sigma : float
         Smoothing of the stage-1 probabilities, full-resolution voxels.
+    temperature : float
+        Temperature of the output probabilities (:func:`sxtlab.metrics.temper`),
+        fitted on held-out cells by ``scripts/fit_temperature.py``; 1 leaves stage 2's
+        softmax as it is. Labels do not depend on it.
     info : dict, optional
         Free-form, JSON-serialisable notes (how it was trained).
     """
@@ -428,7 +433,8 @@ class CascadeModel:
                  factor: int | Sequence[int], normalisation: Normalisation,
                  voxel_size: Sequence[float] | None, stage1_patch: int | Sequence[int],
                  stage2_patch: int | Sequence[int], context: str = "probabilities",
-                 smooth_sigma: float = 2.0, info: dict[str, Any] | None = None) -> None:
+                 smooth_sigma: float = 2.0, temperature: float = 1.0,
+                 info: dict[str, Any] | None = None) -> None:
         self.classes = [canonical_name(c) for c in classes]
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct, got {self.classes}")
@@ -455,6 +461,9 @@ class CascadeModel:
             raise ValueError(f"context must be 'probabilities' or 'onehot', got {context!r}")
         self.context = context
         self.smooth_sigma = float(smooth_sigma)
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+        self.temperature = float(temperature)
         self.info = dict(info or {})
         stage1.eval()
         stage2.eval()
@@ -494,7 +503,8 @@ class CascadeModel:
             "voxel_size_um": _json_voxel_size(self.voxel_size),
             "context": {"mode": self.context, "smooth_sigma": self.smooth_sigma},
             "stage1": {"unet": self.stage1.config.to_dict(), "patch": list(self.stage1_patch)},
-            "stage2": {"unet": self.stage2.config.to_dict(), "patch": list(self.stage2_patch)},
+            "stage2": {"unet": self.stage2.config.to_dict(), "patch": list(self.stage2_patch),
+                       "temperature": self.temperature},
             "info": self.info,
         }
 
@@ -592,7 +602,8 @@ class CascadeModel:
             return cls(stages[0], stages[1], spec.classes, factor=spec.factor,
                        normalisation=Normalisation(offset, scale, units), voxel_size=spec.voxel_size,
                        stage1_patch=spec.stage1_patch, stage2_patch=spec.stage2_patch,
-                       context=spec.context, smooth_sigma=spec.smooth_sigma, info=spec.info)
+                       context=spec.context, smooth_sigma=spec.smooth_sigma,
+                       temperature=spec.temperature, info=spec.info)
         except (SafetensorError, RuntimeError, ValueError) as err:
             raise FormatError(f"{weights_file}: cannot build the model it records: {err}") from err
 
@@ -986,7 +997,7 @@ class Stage2Blocks:
         self.read, self.context = read, context
         self.skip_sure = skip_sure
         self.skip_background, self.trust_background = skip_background, trust_background
-        self.n_classes = model.n_classes
+        self.n_classes, self.temperature = model.n_classes, model.temperature
         self.plan = BlockPlan.make(WindowGrid.make(shape, model.stage2_window(window), step), block_size)
         net = _softmax_predictor(model.stage2, precision)
         self._predict = flip_tta(net) if tta else net
@@ -1056,7 +1067,7 @@ class Stage2Blocks:
             # norm, and stage 2 then calls noise "cell" far from any cell.
             sure = coarse[0] >= self.trust_background
             out[:, sure] = coarse[:, sure]
-        return index, out
+        return index, temper(out, self.temperature)
 
     def _fetcher(self, run: list[tuple[int, int, int]]) -> Callable[[tuple[int, int, int]], np.ndarray]:
         """Window inputs cut from the LAC and the context of the box the running windows span."""

@@ -108,14 +108,17 @@ def _sha256(path: Path) -> str:
 
 
 class _Probabilities(torch.nn.Module):
-    """A stage's network with the softmax sxtlab applies (probabilities out)."""
+    """A stage's network with the softmax sxtlab applies (probabilities out), at the
+    model's temperature for stage 2 (:func:`sxtlab.metrics.temper`: the same as
+    dividing the logits)."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
+        return torch.softmax(self.net(x) / self.temperature, dim=1)
 
 
 def _test_cell(model: CascadeModel) -> np.ndarray:
@@ -168,10 +171,10 @@ def _axes(channel_names: list[str], sizes: Any, scale: tuple[float, ...] | None)
 
 
 def _stage_rdf(model: CascadeModel, stage: int, folder: Path, name: str, x: np.ndarray, y: np.ndarray,
-               net: torch.nn.Module, doc: str) -> None:
+               net: torch.nn.Module, doc: str, temperature: float = 1.0) -> None:
     """Write one stage's package into ``folder``: TorchScript, test tensors, docs, rdf.yaml."""
     folder.mkdir(parents=True)
-    wrapped = _Probabilities(net).eval()
+    wrapped = _Probabilities(net, temperature).eval()
     example = torch.from_numpy(x)
     with torch.no_grad(), warnings.catch_warnings():
         # The network's own input checks become constants in the trace; the package
@@ -325,7 +328,8 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
                   for p, v in zip(model.stage2_patch, model.voxel_size or (1.0, 1.0, 1.0)))
     x2 = np.concatenate([norm[None, :patch[0], :patch[1], :patch[2]], ctx.channels((0, 0, 0), patch)])[None]
     with torch.inference_mode():
-        y2 = torch.softmax(model.stage2(torch.from_numpy(np.ascontiguousarray(x2, np.float32))), dim=1).numpy()
+        y2 = torch.softmax(model.stage2(torch.from_numpy(np.ascontiguousarray(x2, np.float32))) / model.temperature,
+                           dim=1).numpy()
     description = (f"Segments {', '.join(model.classes)} in soft X-ray tomograms; trained on "
                    f"{json.dumps(model.info.get('trained_on', 'data recorded in the sxtlab model'))}.")
 
@@ -335,6 +339,6 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
         doc = _readme(model, description)
         _stage_rdf(model, 1, tmp / "stage1", f"{name} stage 1", low[None, None], p1[None], model.stage1, doc)
         _stage_rdf(model, 2, tmp / "stage2", f"{name} stage 2", np.ascontiguousarray(x2, np.float32), y2,
-                   model.stage2, doc)
+                   model.stage2, doc, model.temperature)
 
     return atomic_output(Path(path), write, overwrite=overwrite)

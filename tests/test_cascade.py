@@ -18,7 +18,7 @@ from sxtlab.cascade import (SKIP_BACKGROUND, TRUST_BACKGROUND, CascadeModel, Con
 from sxtlab.classes import UNANNOTATED
 from sxtlab.errors import FormatError
 from sxtlab.inference import WindowGrid, blend_block, importance_map, sliding_window, window_starts
-from sxtlab.metrics import dice
+from sxtlab.metrics import dice, temper
 from sxtlab.train import CascadeConfig, TrainConfig, train_cascade
 from sxtlab.unet import UNet3D, UNetConfig
 from sxtlab.volume import label_volume, segmentation, volume
@@ -222,6 +222,23 @@ def test_save_load_gives_identical_predictions(trained, cells, tmp_path) -> None
     b = loaded.predict(cells[2]["lac"], progress=False)
     np.testing.assert_array_equal(a["probabilities"].values, b["probabilities"].values)
     assert a.attrs["model_weights_sha256"] == b.attrs["model_weights_sha256"] == meta["weights"]["sha256"]
+
+
+def test_a_temperature_softens_the_probabilities_and_keeps_the_labels(trained, cells, tmp_path) -> None:
+    model, _ = trained
+    plain = model.predict(cells[2]["lac"], progress=False)
+    model.temperature = 2.0
+    try:
+        warm = CascadeModel.load(model.save(tmp_path / "warm")).predict(cells[2]["lac"], progress=False)
+    finally:
+        model.temperature = 1.0
+    np.testing.assert_array_equal(warm["labels"].values, plain["labels"].values)
+    np.testing.assert_allclose(warm["probabilities"].values, temper(plain["probabilities"].values, 2.0), atol=1e-5)
+    assert warm["probabilities"].max("class").mean() < plain["probabilities"].max("class").mean()
+    with pytest.raises(ValueError, match="temperature must be a positive finite number, got 0"):
+        CascadeModel(model.stage1, model.stage2, model.classes, factor=model.factor,
+                     normalisation=model.normalisation, voxel_size=model.voxel_size,
+                     stage1_patch=model.stage1_patch, stage2_patch=model.stage2_patch, temperature=0)
 
 
 def test_model_files_from_before_input_to_head_load_and_predict_the_same(cells, tmp_path) -> None:

@@ -101,3 +101,16 @@ def test_a_model_of_gray_values_is_exported_as_such(tmp_path):
     assert "it takes no LAC" in (out / "README.md").read_text()
     x = np.load(out / "stage1" / "test_input.npy")
     assert abs(float(np.median((x - 0.01) / 0.001))) < 3  # normalised, the input is in the network's range
+
+
+def test_the_exported_stage_applies_the_model_s_temperature():
+
+    from sxtlab.export import _Probabilities
+    from sxtlab.metrics import temper
+
+    net = torch.nn.Conv3d(1, 3, 1)
+    x = torch.randn(1, 1, 4, 4, 4)
+    with torch.no_grad():
+        plain = _Probabilities(net)(x)[0].numpy()
+        warm = _Probabilities(net, 1.8)(x)[0].numpy()
+    np.testing.assert_allclose(warm, temper(plain, 1.8), atol=1e-6)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sxtlab.metrics import expected_calibration_error, reliability
+from sxtlab.metrics import expected_calibration_error, fit_temperature, reliability, temper
 
 
 def _two_class(p1: np.ndarray) -> np.ndarray:
@@ -38,3 +38,48 @@ def test_unannotated_voxels_are_left_out_and_bad_shapes_refused():
         reliability(p, truth[:2])
     with pytest.raises(ValueError, match="n_bins"):
         reliability(p, truth, n_bins=0)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(0))
+    return e / e.sum(0)
+
+
+def test_the_fitted_temperature_is_the_one_the_truth_was_drawn_with():
+    # labels drawn from softmax(z / 2): a model reporting softmax(z) is over-confident by T = 2
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 4, (3, 200_000))
+    truth = (rng.random(z.shape[1]) > np.cumsum(_softmax(z / 2), 0)[:, :]).sum(0)
+    p = _softmax(z)[:, :, None, None].astype(np.float32)
+    t = fit_temperature(p, truth[:, None, None])
+    assert t == pytest.approx(2.0, rel=0.03)
+    before = expected_calibration_error(p, truth[:, None, None])
+    after = expected_calibration_error(temper(p, t), truth[:, None, None])
+    assert after < 0.01 < 0.1 < before
+
+
+def test_tempering_keeps_the_order_of_the_classes_and_sums_to_one():
+    rng = np.random.default_rng(2)
+    p = _softmax(rng.normal(0, 3, (5, 4, 6, 7))).astype(np.float32)
+    p[1, 0, 0, 0], p[0, 0, 0, 0] = 0.0, p[0, 0, 0, 0] + p[1, 0, 0, 0]   # a zero stays finite
+    for t in (0.5, 1.5, 8.0):
+        q = temper(p, t)
+        assert np.isfinite(q).all() and q.dtype == np.float32
+        np.testing.assert_allclose(q.sum(0), 1, atol=1e-5)
+        np.testing.assert_array_equal(q.argmax(0), p.argmax(0))
+    assert temper(p, 1.0) is p
+    with pytest.raises(ValueError, match="positive finite"):
+        temper(p, -1.0)
+
+
+def test_unannotated_voxels_do_not_move_the_temperature():
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 3, (2, 50_000))
+    truth = (rng.random(z.shape[1]) < _softmax(z / 1.5)[1]).astype(np.uint8)
+    p = _softmax(z)[:, :, None, None]
+    marked = truth.copy()
+    marked[:25_000] = 255
+    assert fit_temperature(p[:, 25_000:], truth[25_000:, None, None]) == pytest.approx(
+        fit_temperature(p, marked[:, None, None]), rel=1e-6)
+    with pytest.raises(ValueError, match="no annotated voxel"):
+        fit_temperature(p, np.full((50_000, 1, 1), 255, np.uint8))

@@ -68,6 +68,8 @@ def test_a_valid_model_loads(saved) -> None:
     (("weights", "file"), "/etc/passwd", r"field 'weights\.file': '/etc/passwd' must be a plain file name"),
     (("weights", "sha256"), "abc", r"field 'weights\.sha256': expected 64 lower-case hex digits, got 'abc'"),
     (("stage1", "unet", "out_channels"), 4, r"field 'stage1\.unet': maps 1 channels to 4, expected 1 to 3"),
+    (("stage2", "temperature"), 0, r"field 'stage2\.temperature': found 0, expected a finite number in \[0\.25, 10\]"),
+    (("stage2", "temperature"), "2", r"field 'stage2\.temperature': found \"2\""),
 ])
 def test_each_field_is_checked_before_anything_is_built(saved, tmp_path, field, value, message) -> None:
     def edit(meta):
@@ -88,6 +90,14 @@ def test_missing_field_is_named(saved, tmp_path) -> None:
     folder = _edited(saved, tmp_path, lambda meta: meta["context"].pop("mode") and None)
     with pytest.raises(FormatError, match=r"field 'context\.mode': found nothing \(missing\)"):
         CascadeModel.load(folder)
+
+
+def test_files_from_before_temperature_scaling_keep_the_softmax(saved, tmp_path) -> None:
+    folder = _edited(saved, tmp_path, lambda meta: meta["stage2"].pop("temperature") and None)
+    assert CascadeModel.load(folder).temperature == 1.0
+    (tmp_path / "b").mkdir()
+    folder = _edited(saved, tmp_path / "b", lambda meta: meta["stage2"].update(temperature=1.7))
+    assert CascadeModel.load(folder).temperature == 1.7
 
 
 def test_settings_missing_from_old_files_take_unetconfigs_defaults(saved, tmp_path) -> None:
