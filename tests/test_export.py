@@ -104,7 +104,6 @@ def test_a_model_of_gray_values_is_exported_as_such(tmp_path):
 
 
 def test_the_exported_stage_applies_the_model_s_temperature():
-
     from sxtlab.export import _Probabilities
     from sxtlab.metrics import temper
 
