@@ -316,8 +316,8 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
     Parameters
     ----------
     job : mapping
-        ``cell_id``, ``input``, ``sha256``, ``folder`` (the study's), ``model`` and
-        ``model_sha256``, ``settings`` (:meth:`StudySettings.to_json`),
+        ``cell_id``, ``input``, ``sha256``, ``folder`` (the study's), ``model``,
+        ``model_sha256`` and ``model_temperature`` (recorded), ``settings`` (:meth:`StudySettings.to_json`),
         ``reference`` (the model's training range, :func:`sxtlab.domain.model_reference`),
         ``threads`` (torch threads, or None), ``redo`` (replace an outdated folder).
 
@@ -400,7 +400,8 @@ def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, setti
 
         record: dict[str, Any] = {
             "cell_id": cid, "input": str(path), "sha256": job["sha256"], "model": job["model"],
-            "model_sha256": job["model_sha256"], "sxtlab_version": job["sxtlab_version"],
+            "model_sha256": job["model_sha256"], "model_temperature": job.get("model_temperature"),
+            "sxtlab_version": job["sxtlab_version"],
             "settings": job["settings"], "torch_threads": threads,
         }
         atomic_output(Path(job["folder"]) / "cells" / cid, write, overwrite=bool(job.get("redo")))
@@ -617,11 +618,14 @@ class Study:
         for p in paths:
             cid = cell_id_of(p)
             job = {"cell_id": cid, "input": str(p.resolve()), "sha256": hashes[p], "folder": str(folder.resolve()),
-                   "model": model_key, "model_sha256": model_sha, "sxtlab_version": version,
-                   "settings": settings.to_json(), "reference": reference, "threads": threads}
+                   "model": model_key, "model_sha256": model_sha, "model_temperature": loaded.temperature,
+                   "sxtlab_version": version, "settings": settings.to_json(), "reference": reference,
+                   "threads": threads}
             record = _done_record(folder / "cells" / cid)
+            # the temperature changes the probabilities (and so QC) with the weights unchanged
             if record is not None and all(record.get(k) == job[k] for k in
-                                          ("sha256", "model_sha256", "sxtlab_version", "settings")):
+                                          ("sha256", "model_sha256", "model_temperature", "sxtlab_version",
+                                           "settings")):
                 # the file may have moved: same bytes, so the cell stands; its current path is shown
                 kept[cid] = {**record, "input": job["input"], "status": "done", "reused": True}
                 continue
@@ -632,14 +636,14 @@ class Study:
         if jobs:
             results += _run_jobs(jobs, workers=workers, scheduler=scheduler, client=client, threads=threads,
                                  progress=progress)
-        study = cls._finish(folder, paths, results, meta, model_key, model_sha, reference_source, settings,
-                            version, len(jobs))
+        model_id = {"name": model_key, "weights_sha256": model_sha, "temperature": loaded.temperature,
+                    "reference": reference_source}
+        study = cls._finish(folder, paths, results, meta, model_id, settings, version, len(jobs))
         return study
 
     @classmethod
     def _finish(cls, folder: Path, paths: list[Path], results: list[dict], meta: pd.DataFrame | None,
-                model_key: str, model_sha: str, reference_source: str, settings: StudySettings, version: str,
-                n_run: int) -> "Study":
+                model_id: dict[str, Any], settings: StudySettings, version: str, n_run: int) -> "Study":
         from .io import atomic_output
         from .qc import review
 
@@ -677,7 +681,7 @@ class Study:
         manifest = {
             "format": _MANIFEST_FORMAT, "format_version": _MANIFEST_VERSION,
             "sxtlab_version": version,
-            "model": {"name": model_key, "weights_sha256": model_sha, "reference": reference_source},
+            "model": model_id,
             "settings": settings.to_json(),
             "cells": {c: {k: by_id[c].get(k) for k in ("input", "sha256", "status", "seconds", "reused", "error")
                           if by_id[c].get(k) is not None} for c in order if c in by_id},

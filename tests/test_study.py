@@ -80,6 +80,7 @@ def test_every_good_cell_is_done_with_a_manifest_that_identifies_it(study, input
     record = json.loads((study.folder / "cells" / "cell0" / "record.json").read_text())
     assert record["sha256"] == m["cells"]["cell0"]["sha256"] and len(record["sha256"]) == 64
     assert record["sxtlab_version"] == sxtlab.__version__ and record["torch_threads"] == 1
+    assert record["model_temperature"] == m["model"]["temperature"] == sxtlab.load_model().temperature
     seg = sxtlab.read_segmentation(study.folder / "cells" / "cell0" / "segmentation.ome.zarr")
     assert {"labels", "probabilities"} <= set(seg.data_vars)
     inst = study.instances
@@ -145,6 +146,25 @@ def test_a_changed_input_is_redone_and_replaces_its_cell(study, inputs, client, 
     assert again.manifest["cells"]["cell0"].get("reused") and not again.manifest["cells"]["cell1"].get("reused")
     record = json.loads((out / "cells" / "cell1" / "record.json").read_text())
     assert record["sha256"] == again.manifest["cells"]["cell1"]["sha256"] != study.manifest["cells"]["cell1"]["sha256"]
+
+
+def test_a_new_temperature_redoes_the_cells_though_the_weights_are_the_same(study, inputs, client, tmp_path):
+    folder, meta = inputs
+    recs = tmp_path / "recs"
+    recs.mkdir()
+    shutil.copy(folder / "cell0.mrc", recs)
+    model = sxtlab.load_model()
+    model.temperature = 2.0
+    warm = model.save(tmp_path / "warm")
+    out = tmp_path / "S"
+    shutil.copytree(study.folder / "cells" / "cell0", out / "cells" / "cell0")
+    again = Study.run([recs], out, metadata=meta, model=warm, client=client, threads=1, progress=False)
+    assert again.manifest["run"]["processed_now"] == 1 and not again.manifest["cells"]["cell0"].get("reused")
+    assert again.manifest["model"]["weights_sha256"] == study.manifest["model"]["weights_sha256"]
+    # softer probabilities: the whole cell's p >= 0.05 ... p >= 0.95 volume interval widens
+    width = [s.instances.query("cell_id == 'cell0' and `class` == 'cell'").eval("volume_high_um3 - volume_low_um3")
+             .sum() for s in (study, again)]
+    assert width[1] > width[0]
 
 
 def test_a_separately_started_scheduler_gives_the_same_tables(study, inputs, tmp_path):
