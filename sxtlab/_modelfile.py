@@ -63,6 +63,7 @@ UNET_RANGES: dict[str, tuple[float, float]] = {
     "groups": (1, 512),
     "convs_per_level": (1, 8),
     "negative_slope": (0.0, 1.0),
+    "stem_stride": (1, 2),
 }
 #: Most foreground classes (label values 1..254; 255 is the unannotated value).
 MAX_CLASSES = 254

@@ -69,6 +69,13 @@ class UNetConfig:
         before the option existed read back unchanged): the cascade benchmark, which
         turns it on, has not yet measured it alone, and on tiny networks (4 channels)
         it slows the first few dozen steps.
+    stem_stride : {1, 2}
+        2: the first convolution has stride 2, so every level runs at half the
+        input's resolution or less, and a transposed convolution brings the last
+        decoder's features back to full resolution for the head (as MONAI's ``UNet``
+        with ``strides=(2, ...)``). About 4× cheaper per voxel than 1: on the same
+        cells and CPU time such a peer took ~9× the steps of a full-resolution stage 2
+        and found more organelles (``benchmarks/results/generalisation.md``).
     """
 
     in_channels: int = 1
@@ -81,6 +88,7 @@ class UNetConfig:
     convs_per_level: int = 2
     negative_slope: float = 0.01
     input_to_head: bool = False
+    stem_stride: int = 1
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "out_channels", "depth", "base_width", "max_width", "groups",
@@ -91,6 +99,8 @@ class UNetConfig:
         if self.out_channels < 2:
             raise ValueError(f"UNetConfig.out_channels must be ≥ 2 (background + one class), "
                              f"got {self.out_channels}")
+        if self.stem_stride not in (1, 2):
+            raise ValueError(f"UNetConfig.stem_stride must be 1 or 2, got {self.stem_stride!r}")
         if not isinstance(self.input_to_head, bool):
             raise ValueError(f"UNetConfig.input_to_head must be True or False, got {self.input_to_head!r}")
         if self.norm not in ("instance", "group"):
@@ -108,8 +118,8 @@ class UNetConfig:
 
     @property
     def divisor(self) -> int:
-        """Every spatial input size must be a multiple of this (``2 ** (depth − 1)``)."""
-        return 2 ** (self.depth - 1)
+        """Every spatial input size must be a multiple of this (``stem_stride · 2 ** (depth − 1)``)."""
+        return self.stem_stride * 2 ** (self.depth - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON metadata."""
@@ -131,12 +141,13 @@ def _norm(cfg: UNetConfig, channels: int) -> nn.Module:
     return nn.GroupNorm(cfg.groups, channels)
 
 
-def _block(cfg: UNetConfig, c_in: int, c_out: int) -> nn.Sequential:
+def _block(cfg: UNetConfig, c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(cfg.convs_per_level):
         # No bias: the normalisation that follows removes it anyway.
         layers += [
-            nn.Conv3d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1, bias=False),
+            nn.Conv3d(c_in if i == 0 else c_out, c_out, kernel_size=3, padding=1, bias=False,
+                      stride=stride if i == 0 else 1),
             _norm(cfg, c_out),
             nn.LeakyReLU(cfg.negative_slope, inplace=True),
         ]
@@ -163,8 +174,13 @@ class UNet3D(nn.Module):
         self.config = cfg = config or UNetConfig()
         w = cfg.widths
         self.encoders = nn.ModuleList(
-            [_block(cfg, cfg.in_channels if i == 0 else w[i - 1], w[i]) for i in range(cfg.depth)]
+            [_block(cfg, cfg.in_channels if i == 0 else w[i - 1], w[i], cfg.stem_stride if i == 0 else 1)
+             for i in range(cfg.depth)]
         )
+        # back to the input's resolution after a strided stem (the head classifies there)
+        self.stem_up: nn.Module = (nn.Sequential(nn.ConvTranspose3d(w[0], w[0], kernel_size=2, stride=2),
+                                                 nn.LeakyReLU(cfg.negative_slope, inplace=True))
+                                   if cfg.stem_stride == 2 else nn.Identity())
         self.pool = nn.MaxPool3d(2)
         self.ups = nn.ModuleList(
             [nn.ConvTranspose3d(w[i + 1], w[i], kernel_size=2, stride=2) for i in range(cfg.depth - 1)]
@@ -202,6 +218,7 @@ class UNet3D(nn.Module):
                 x = self.pool(x)
         for i in reversed(range(cfg.depth - 1)):
             x = self.decoders[i](torch.cat([skips[i], self.ups[i](x)], dim=1))
+        x = self.stem_up(x)
         if cfg.input_to_head:
             x = torch.cat([x, inputs], dim=1)
         return self.head(x)
@@ -216,6 +233,8 @@ class UNet3D(nn.Module):
             if i < cfg.depth - 1:
                 level += w[i + 1] * w[i]  # transposed conv: one kernel tap per fine voxel
                 level += 27 * (2 * w[i] * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i])
-            total += 2 * level / 8**i
+            total += 2 * level / (8**i * cfg.stem_stride**3)
+        if cfg.stem_stride == 2:
+            total += 2 * w[0] * w[0]  # the transposed convolution back: one tap per voxel
         head = w[0] * (w[0] + cfg.in_channels + cfg.out_channels) if cfg.input_to_head else w[0] * cfg.out_channels
         return int(total + 2 * head)

@@ -86,3 +86,23 @@ def test_gradients_reach_every_parameter() -> None:
     net = UNet3D(UNetConfig(depth=3, base_width=4))
     net(torch.randn(1, 1, 8, 8, 8)).sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+@pytest.mark.parametrize("input_to_head", [False, True])
+def test_a_strided_stem_halves_every_level_and_comes_back_to_full_resolution(input_to_head: bool) -> None:
+    cfg = UNetConfig(in_channels=2, out_channels=3, depth=3, base_width=4, stem_stride=2, input_to_head=input_to_head)
+    net = UNet3D(cfg)
+    assert cfg.divisor == 8
+    seen = []
+    net.encoders[0].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+    out = net(torch.randn(1, 2, 16, 24, 8))
+    assert out.shape == (1, 3, 16, 24, 8) and seen == [(8, 12, 4)]
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.randn(1, 2, 12, 16, 16))
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    # about a stride³ fewer operations per voxel than the same network at full resolution
+    full = UNet3D(UNetConfig(in_channels=2, out_channels=3, depth=3, base_width=4, input_to_head=input_to_head))
+    assert 4 < full.flops_per_voxel() / net.flops_per_voxel() < 8
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        UNetConfig(stem_stride=4)
