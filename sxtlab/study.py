@@ -94,6 +94,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import FormatError, SxtlabError
+from .threads import free_cores, usable_cores
 
 __all__ = ["Study", "StudySettings", "compare_study", "find_inputs", "cell_id_of", "file_sha256", "process_cell",
            "default_pairs", "DEFAULT_BLOCK_VOXELS"]
@@ -263,7 +264,7 @@ def _torch_threads(threads: int | None) -> int:
     import torch
 
     if threads is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cpus = usable_cores()
         try:
             from distributed import get_worker
 
@@ -770,7 +771,7 @@ def default_workers(cores: int | None = None) -> int:
     import psutil
 
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = usable_cores()
     return max(1, min(cores, int(psutil.virtual_memory().available // WORKER_MEMORY)))
 
 
@@ -786,10 +787,7 @@ def _run_jobs(jobs: list[dict], *, workers: int | None, scheduler: str | None, c
             if scheduler is not None:
                 client = own_client = Client(scheduler)
             else:
-                from .threads import free_cores
-
-                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-                n = workers or default_workers(cores)
+                n = workers or default_workers()
                 # the cores other work leaves free, shared out (sxtlab.threads: a torch thread on
                 # a busy core makes its partners spin); OMP_NUM_THREADS, if set, decides
                 free = int(os.environ["OMP_NUM_THREADS"]) * n if os.environ.get("OMP_NUM_THREADS", "").isdigit() \

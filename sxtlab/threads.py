@@ -15,14 +15,19 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["use_free_cores", "free_cores"]
+__all__ = ["use_free_cores", "free_cores", "usable_cores"]
 
 log = logging.getLogger(__name__)
 
 
+def usable_cores() -> int:
+    """The CPUs this process may use: its affinity where the system has one, else all."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def free_cores() -> int:
     """The CPUs this process may use (its affinity) less the 1-minute load average, at least one."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cores()
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cpus, cpus - round(busy)))
 
