@@ -69,7 +69,7 @@ from .classes import UNANNOTATED, canonical_name
 from .clean import clean_labels
 from .errors import FormatError
 from .inference import BlockPlan, RasterBlender, WindowGrid, crop_padded, flip_tta, sliding_window
-from .metrics import temper
+from .metrics import check_temperature, temper
 from .unet import UNet3D, UNetConfig
 from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
@@ -461,9 +461,7 @@ class CascadeModel:
             raise ValueError(f"context must be 'probabilities' or 'onehot', got {context!r}")
         self.context = context
         self.smooth_sigma = float(smooth_sigma)
-        if not (np.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
-        self.temperature = float(temperature)
+        self.temperature = check_temperature(temperature)
         self.info = dict(info or {})
         stage1.eval()
         stage2.eval()

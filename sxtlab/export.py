@@ -326,10 +326,10 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
     div = model.stage2.config.divisor
     patch = tuple(next(n for n in range(p, p + 64 * div, div) if _divides_back(n, v))
                   for p, v in zip(model.stage2_patch, model.voxel_size or (1.0, 1.0, 1.0)))
-    x2 = np.concatenate([norm[None, :patch[0], :patch[1], :patch[2]], ctx.channels((0, 0, 0), patch)])[None]
+    x2 = np.ascontiguousarray(np.concatenate([norm[None, :patch[0], :patch[1], :patch[2]],
+                                             ctx.channels((0, 0, 0), patch)])[None], np.float32)
     with torch.inference_mode():
-        y2 = torch.softmax(model.stage2(torch.from_numpy(np.ascontiguousarray(x2, np.float32))) / model.temperature,
-                           dim=1).numpy()
+        y2 = _Probabilities(model.stage2, model.temperature)(torch.from_numpy(x2)).numpy()
     description = (f"Segments {', '.join(model.classes)} in soft X-ray tomograms; trained on "
                    f"{json.dumps(model.info.get('trained_on', 'data recorded in the sxtlab model'))}.")
 
@@ -338,7 +338,6 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
         (tmp / "README.md").write_text(_readme(model, description), encoding="utf-8")
         doc = _readme(model, description)
         _stage_rdf(model, 1, tmp / "stage1", f"{name} stage 1", low[None, None], p1[None], model.stage1, doc)
-        _stage_rdf(model, 2, tmp / "stage2", f"{name} stage 2", np.ascontiguousarray(x2, np.float32), y2,
-                   model.stage2, doc, model.temperature)
+        _stage_rdf(model, 2, tmp / "stage2", f"{name} stage 2", x2, y2, model.stage2, doc, model.temperature)
 
     return atomic_output(Path(path), write, overwrite=overwrite)

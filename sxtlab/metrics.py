@@ -268,6 +268,14 @@ def expected_calibration_error(probabilities, truth, *, n_bins: int = 15,
 TEMPERATURE_RANGE = (0.25, 10.0)
 
 
+def check_temperature(temperature: float) -> float:
+    """``temperature`` as a float; ``ValueError`` unless it is a positive finite number."""
+    t = float(temperature)
+    if not np.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    return t
+
+
 def temper(probabilities: np.ndarray, temperature: float, *, axis: int = 0) -> np.ndarray:
     """Probabilities of logits divided by ``temperature`` (temperature scaling).
 
@@ -300,9 +308,7 @@ def temper(probabilities: np.ndarray, temperature: float, *, axis: int = 0) -> n
     >>> temper(np.array([0.9, 0.1]), 2.0).round(3)
     array([0.75, 0.25], dtype=float32)
     """
-    t = float(temperature)
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    t = check_temperature(temperature)
     if t == 1.0:
         return probabilities
     # in log space: p ** (1/T) underflows for small p and large 1/T

@@ -73,9 +73,10 @@ class UNetConfig:
         2: the first convolution has stride 2, so every level runs at half the
         input's resolution or less, and a transposed convolution brings the last
         decoder's features back to full resolution for the head (as MONAI's ``UNet``
-        with ``strides=(2, ...)``). About 4× cheaper per voxel than 1: on the same
-        cells and CPU time such a peer took ~9× the steps of a full-resolution stage 2
-        and found more organelles (``benchmarks/results/generalisation.md``).
+        with ``strides=(2, ...)``). A training step costs about a third as much per
+        voxel (depth 4, 16 channels: 0.28 CPU s for two 64³ windows against 0.355 for
+        two 48³ at stride 1). Tried as the default model's stage 2 (candidate 5,
+        ``benchmarks/results/generalisation.md``): it did not generalise better.
     """
 
     in_channels: int = 1
