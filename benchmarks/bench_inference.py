@@ -23,6 +23,9 @@ Parts (``--part``, repeatable; default all but ``window``):
   resident memory (``VmHWM``).
 * ``window`` — Dice on held-out cells (seeds ≥ 5000, never trained on) and time
   against the stage-2 window and step.
+* ``stage1`` — peak resident memory and CPU time of one stage-1 window against its
+  edge (``--stage1-edges``), run alone and as a pair with itself (as every lone
+  window ran before stage 1 stopped pairing them), in a fresh subprocess each.
 
 ``--quick`` runs every part on small fields to check the script.
 """
@@ -300,6 +303,35 @@ def zarr_child(src: str, model_name: str, out: str, threads: int) -> None:
                       "output_mib": round(seg["probabilities"].size * 4 / 2**20)}))
 
 
+def child(*args: str) -> dict:
+    """The JSON row that this script, run afresh with ``args``, prints last (peak memory is per process)."""
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{args[0]} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def stage1_child(model_name: str, edge: int, alone: bool, threads: int) -> None:
+    torch.set_num_threads(threads)
+    from sxtlab.cascade import _softmax_predictor
+
+    model = load(model_name)
+    x = torch.randn(1, 1, edge, edge, edge)
+    net = _softmax_predictor(model.stage1, pair_lone=not alone)
+    base = _status_mib("VmRSS")
+    with Clock() as c:
+        net(x)
+    print(json.dumps({"edge": edge, "run": "alone" if alone else "as a pair", "cpu_s": round(c.cpu, 1),
+                      "rss_before_mib": base, "peak_rss_mib": _status_mib("VmHWM"),
+                      "window_mib": _status_mib("VmHWM") - base}))
+
+
+def part_stage1(model_name: str, edges: list[int], threads: int) -> list[dict]:
+    """One stage-1 window per edge, alone and paired, each in a fresh subprocess (``VmHWM``)."""
+    return [child("--stage1-child", model_name, str(edge), str(int(alone)), str(threads))
+            for edge in edges for alone in (False, True)]
+
+
 def part_zarr_source(size: int, quick: bool) -> Path:
     """The OME-Zarr of the ``size``³ field (written from the simulated field once)."""
     from sxtlab.io import write_volume
@@ -330,12 +362,10 @@ def part_zarr(model_name: str, size: int, quick: bool, threads: int) -> dict:
         part_zarr_source(size, quick)
     out = WORK / f"seg_{size}_{os.getpid()}.ome.zarr"   # one per run: runs may overlap
     shutil.rmtree(out, ignore_errors=True)
-    proc = subprocess.run([sys.executable, __file__, "--zarr-child", str(src), model_name, str(out), str(threads)],
-                          capture_output=True, text=True, check=False)
-    shutil.rmtree(out, ignore_errors=True)
-    if proc.returncode:
-        raise RuntimeError(f"Zarr child failed: {proc.stderr[-2000:]}")
-    return {"size": f"{size}³", **json.loads(proc.stdout.strip().splitlines()[-1])}
+    try:
+        return {"size": f"{size}³", **child("--zarr-child", str(src), model_name, str(out), str(threads))}
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def part_window(model, quick: bool, rows_wanted: str = "all") -> list[dict]:
@@ -381,17 +411,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="'default' or a model folder (repeatable)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 where the machine is shared)")
-    parser.add_argument("--part", action="append", choices=["profile", "speed", "zarr", "window"])
+    parser.add_argument("--part", action="append", choices=["profile", "speed", "zarr", "window", "stage1"])
     parser.add_argument("--size", type=int, default=256, help="field edge of the profile and speed parts")
     parser.add_argument("--zarr-sizes", type=int, nargs="*", default=[512])
+    parser.add_argument("--stage1-edges", type=int, nargs="*", default=[32, 64, 96, 128],
+                        help="stage1 part: window edges in coarse voxels (multiples of stage 1's divisor)")
     parser.add_argument("--window-rows", choices=["all", "gates"], default="all",
                         help="window part: every window and step, or only skip_sure and bfloat16")
     parser.add_argument("--quick", action="store_true", help="small fields: check the script")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--zarr-child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--stage1-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.zarr_child:
         zarr_child(*args.zarr_child[:3], int(args.zarr_child[3]))
+        return
+    if args.stage1_child:
+        name, edge, alone, threads = args.stage1_child
+        stage1_child(name, int(edge), bool(int(alone)), int(threads))
         return
     torch.set_num_threads(args.threads)
     models = args.model or ["default"]
@@ -427,6 +464,10 @@ def main() -> None:
             rows = [part_zarr(name, 128 if args.quick else n, args.quick, args.threads) for n in args.zarr_sizes]
             flush([f"Zarr-backed (`predict(read_volume(src), out=...)`, block 128, fresh subprocess each; "
                    f"load {load_avg()}):", "", table(rows), ""])
+        if "stage1" in parts:
+            edges = [16, 32] if args.quick else args.stage1_edges
+            flush([f"One stage-1 window against its edge (coarse voxels; fresh subprocess each, `VmHWM`; "
+                   f"load {load_avg()}):", "", table(part_stage1(name, edges, args.threads)), ""])
         if "window" in parts:
             flush([f"Stage-2 window and step on held-out cells {[c[:2] for c in WINDOW_CELLS]} "
                    f"(mean Dice; load {load_avg()}):", "", table(part_window(model, args.quick, args.window_rows)), ""])

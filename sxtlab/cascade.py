@@ -22,10 +22,14 @@ Inference
 1. The LAC is normalised with the model's fixed offset/scale (µm⁻¹), never with
    per-image statistics: absolute LAC is the signal in SXT.
 2. Stage 1 runs on the block-mean downsampled volume (dask ``coarsen`` for lazy
-   input), by sliding window with its training patch.
+   input), in one window over the whole coarse volume up to :data:`STAGE1_MAX_EDGE`
+   per axis (sliding windows beyond), each window alone.
 3. Its probabilities are smoothed (Gaussian, ``smooth_sigma`` full-resolution
    voxels, applied on the coarse grid) and trilinearly interpolated between block
-   centres to any full-resolution window, on demand.
+   centres to any full-resolution window, on demand. Where the coarse grid exceeds
+   :data:`COARSE_IN_MEMORY` voxels, ``predict(volume, out=...)`` keeps stage 1's
+   input, output and smoothed output as chunked Zarr arrays in its temporary
+   folder, and each stage-2 block reads the coarse region it needs.
 4. Stage 2 runs by sliding window (Gaussian blending, σ = patch/8, step half a
    patch, :mod:`sxtlab.inference`). Windows where stage 1 calls every voxel
    background with probability ≥ ``skip_background`` are not run at all, stage 1's
@@ -45,6 +49,7 @@ Inference
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -74,7 +79,8 @@ from .unet import UNet3D, UNetConfig
 from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
 __all__ = ["CascadeModel", "Stage2Blocks", "BATCH_SIZE", "PRECISIONS", "Normalisation", "Context", "block_mean", "block_labels",
-           "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE"]
+           "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE", "COARSE_IN_MEMORY",
+           "COARSE_CHUNK"]
 
 LOG = logging.getLogger(__name__)
 
@@ -87,8 +93,21 @@ _WEIGHTS = "weights.safetensors"
 #: Relative voxel-size difference above which the input is resampled.
 _VOXEL_RTOL = 0.02
 #: Largest stage-1 window edge (coarse voxels) at inference: a 512³ volume at factor
-#: 4 is seen in one pass (about 0.5 GB of activations for the default network).
+#: 4 is seen in one pass. One window of the default network takes 705 MiB at 128³,
+#: 339 at 96³, 143 at 64³ (run alone; ``benchmarks/results/inference.md``). Smaller
+#: windows would bound it further but change what stage 1 calls: on the 512³
+#: benchmark field, windows of 96³ changed 1.3 % of its coarse labels and its Dice
+#: per class by up to 0.41, so the edge is the model's question, not memory's.
 STAGE1_MAX_EDGE = 128
+#: Largest coarse grid (voxels) whose stage-1 field ``predict(out=...)`` holds in
+#: memory: that of a 512³ volume at factor 4 (6 classes × 128³ float32, 48 MiB, and
+#: its smoothed copy). Above it (1024³: 6 × 256³, 384 MiB) stage 1 writes its input and
+#: probabilities chunk by chunk into the temporary folder beside the output, and each
+#: stage-2 block reads only the coarse region it needs (:meth:`Context.crop`).
+COARSE_IN_MEMORY = 128 ** 3
+#: Chunk edge (coarse voxels) of a chunked stage-1 field, and of the blocks stage 1
+#: blends it in.
+COARSE_CHUNK = 64
 #: Default ``skip_background``: stage-2 windows where stage 1's background
 #: probability is at least this at every voxel are not run (stage 1's answer fills
 #: them). Measured (``benchmarks/results/cascade.md``): 0.5 runs 671 instead of
@@ -246,11 +265,19 @@ def _linear_index(u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def _interp_axis(a: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> np.ndarray:
-    a0 = np.take(a, i0, axis=axis)
-    a1 = np.take(a, i1, axis=axis)
+    """``a0 + (a1 − a0)·w`` along ``axis``, computed in place.
+
+    Two arrays of the result's size at a time instead of four: a stage-2 block's
+    context channels are about 110 MiB for the default model.
+    """
     shape = [1] * a.ndim
     shape[axis] = -1
-    return a0 + (a1 - a0) * w.reshape(shape)
+    a0 = np.take(a, i0, axis=axis)
+    out = np.take(a, i1, axis=axis)
+    out -= a0
+    out *= w.reshape(shape)
+    out += a0
+    return out
 
 
 class Context:
@@ -258,8 +285,10 @@ class Context:
 
     Parameters
     ----------
-    probabilities : ndarray, float32, shape (K, lz, ly, lx)
-        Stage-1 class probabilities (background first) on the coarse grid.
+    probabilities : ndarray or zarr.Array, float32, shape (K, lz, ly, lx)
+        Stage-1 class probabilities (background first) on the coarse grid: an
+        array in memory, or the Zarr array of a large volume's chunked stage-1
+        field (:meth:`CascadeModel.stage1_probabilities` with a ``store``).
     factor : (fz, fy, fx)
         Downsampling factor between the full and the coarse grid.
     mode : {"probabilities", "onehot"}
@@ -268,39 +297,72 @@ class Context:
     smooth_sigma : float
         Gaussian σ in full-resolution voxels (``ncxt_sxtcnn`` uses 2), applied on the
         coarse grid as σ/factor; 0 disables.
+    store : path-like, optional
+        Folder where the smoothed copy of a Zarr ``probabilities`` (and, for
+        ``"onehot"``, its arg-max) is written, chunk by chunk; needed with one,
+        unused with an ndarray. The caller removes it.
+
+    Attributes
+    ----------
+    shape : (lz, ly, lx)
+        The coarse grid.
 
     Notes
     -----
     Full-resolution voxel ``i`` lies at coarse position ``(i + 0.5)/f − 0.5`` (block
     centres), clamped at the borders. Interpolation is separable, so any window is
     computed alone and equals the same region of a whole-volume upsampling.
+
+    A context over Zarr arrays is never read whole: :meth:`crop` reads the coarse
+    region of a box once (stage 2 crops once per block), and answers for boxes
+    inside it as the whole context would. Its smoothing runs chunk by chunk with a
+    halo of the Gaussian's radius (``dask.array.map_overlap``), which gives the
+    values of smoothing the whole array.
     """
 
-    def __init__(self, probabilities: np.ndarray, factor: Sequence[int], *, mode: str = "probabilities",
-                 smooth_sigma: float = 2.0) -> None:
+    def __init__(self, probabilities, factor: Sequence[int], *, mode: str = "probabilities",
+                 smooth_sigma: float = 2.0, store: str | os.PathLike | None = None) -> None:
         if mode not in ("probabilities", "onehot"):
             raise ValueError(f"context mode must be 'probabilities' or 'onehot', got {mode!r}")
         self.factor = int_triple(factor, "factor")
         self.mode = mode
-        p = np.asarray(probabilities, np.float32)
-        if smooth_sigma > 0:
-            sig = [0.0] + [smooth_sigma / f for f in self.factor]
-            p = ndimage.gaussian_filter(p, sig, mode="nearest")
-        self.probabilities = p
-        if mode == "onehot":
-            arg = np.asarray(probabilities).argmax(axis=0)
-            self.features = (arg[None] == np.arange(p.shape[0])[:, None, None, None]).astype(np.float32)[1:]
+        sigma = [0.0] + [smooth_sigma / f for f in self.factor] if smooth_sigma > 0 else None
+        if isinstance(probabilities, np.ndarray):
+            p = np.asarray(probabilities, np.float32)
+            self._smoothed = ndimage.gaussian_filter(p, sigma, mode="nearest") if sigma else p
+            self._argmax = probabilities.argmax(axis=0) if mode == "onehot" else None
         else:
-            self.features = p[1:]
+            if store is None:
+                raise ValueError(f"a chunked stage-1 field ({type(probabilities).__name__}) needs a store "
+                                 f"folder for its smoothed copy")
+            self._smoothed, self._argmax = _smooth_chunked(probabilities, sigma, mode == "onehot", Path(store))
+        self.shape: tuple[int, int, int] = tuple(int(n) for n in self._smoothed.shape[1:])  # type: ignore[assignment]
+        # where the held arrays start in the coarse grid (not 0 in a crop)
+        self._origin = (0, 0, 0)
 
     @property
     def n_channels(self) -> int:
         """Stage-2 context channels (foreground classes)."""
-        return self.features.shape[0]
+        return self._smoothed.shape[0] - 1
+
+    def crop(self, starts: Sequence[int], size: Sequence[int]) -> "Context":
+        """This context for the full-resolution box at ``starts``, holding only the coarse region it needs.
+
+        The region is read once (from Zarr, or as views in memory); every method
+        then gives the whole context's values for boxes inside this one, at their
+        positions in the volume, and raises ``ValueError`` for a box outside it.
+        """
+        region = self._held(self._region(starts, size))
+        crop = copy.copy(self)
+        crop._smoothed = np.asarray(self._smoothed[(slice(None), *region)])
+        if self._argmax is not None:
+            crop._argmax = np.asarray(self._argmax[region])
+        crop._origin = tuple(o + r.start for o, r in zip(self._origin, region))
+        return crop
 
     def _indices(self, starts: Sequence[int], size: Sequence[int], order: int):
         out = []
-        for s, n, f, m in zip(starts, size, self.factor, self.probabilities.shape[1:]):
+        for s, n, f, m in zip(starts, size, self.factor, self.shape):
             i = np.arange(s, s + n)
             if order == 0:
                 i0 = np.clip(i // f, 0, m - 1)
@@ -309,12 +371,33 @@ class Context:
                 out.append(_linear_index((i + 0.5) / f - 0.5, m))
         return out
 
-    def _upsample(self, low: np.ndarray, starts, size, order: int,
+    def _region(self, starts: Sequence[int], size: Sequence[int]) -> tuple[slice, slice, slice]:
+        """Coarse voxels a full-resolution box interpolates from (its nearest ones for ``order`` 0 among them)."""
+        return tuple(slice(int(i0.min()), int(i1.max()) + 1)  # type: ignore[return-value]
+                     for i0, i1, _ in self._indices(starts, size, 1))
+
+    def _held(self, region: tuple[slice, ...]) -> tuple[slice, ...]:
+        """A region of the coarse grid in the held arrays."""
+        held = self._smoothed.shape[1:]
+        out = tuple(slice(r.start - o, r.stop - o) for r, o in zip(region, self._origin))
+        if any(r.start < 0 or r.stop > n for r, n in zip(out, held)):
+            raise ValueError(f"coarse region {region} lies outside this cropped context "
+                             f"(origin {self._origin}, shape {tuple(held)})")
+        return out
+
+    def _features(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The stage-2 context channels on the coarse grid over a held region."""
+        if self.mode == "onehot":
+            arg = np.asarray(self._argmax[region])
+            return (arg[None] == np.arange(1, self._smoothed.shape[0])[:, None, None, None]).astype(np.float32)
+        return np.asarray(self._smoothed[(slice(1, None), *region)])
+
+    def _upsample(self, read: Callable[[tuple[slice, ...]], np.ndarray], starts, size, order: int,
                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         idx = self._indices(starts, size, order)
         lo = [int(i0.min()) for i0, _, _ in idx]
         hi = [int(i1.max()) + 1 for _, i1, _ in idx]
-        a = low[(slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
+        a = read(self._held(tuple(slice(a, b) for a, b in zip(lo, hi))))
         if transform is not None:
             a = transform(a)
         for axis, ((i0, i1, w), o) in enumerate(zip(idx, lo)):
@@ -328,17 +411,15 @@ class Context:
         ``transform`` (training only) is applied to the coarse crop first, e.g. the
         corruption that keeps stage 2 from trusting stage 1 blindly.
         """
-        return self._upsample(self.features, starts, size, 0 if self.mode == "onehot" else 1, transform)
+        return self._upsample(self._features, starts, size, 0 if self.mode == "onehot" else 1, transform)
 
     def probabilities_at(self, starts: Sequence[int], size: Sequence[int]) -> np.ndarray:
         """Upsampled stage-1 probabilities ``(K, *size)`` (all classes) of a box."""
-        return self._upsample(self.probabilities, starts, size, 1)
+        return self._upsample(lambda region: np.asarray(self._smoothed[(slice(None), *region)]), starts, size, 1)
 
     def background_min(self, starts: Sequence[int], size: Sequence[int]) -> float:
         """Least stage-1 background probability over the coarse voxels a box interpolates from."""
-        idx = self._indices(starts, size, 1)
-        region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
-        return float(self.probabilities[(0, *region)].min())
+        return float(np.asarray(self._smoothed[(0, *self._held(self._region(starts, size)))]).min())
 
     def sure_min(self, starts: Sequence[int], size: Sequence[int]) -> float:
         """Least stage-1 probability of the class it picks over the coarse voxels a box interpolates from.
@@ -346,13 +427,40 @@ class Context:
         0 where it picks more than one class there: a box stage 1 calls all one class
         (medium, or cytoplasm far from any organelle) with at least this probability.
         """
-        idx = self._indices(starts, size, 1)
-        region = tuple(slice(int(i0.min()), int(i1.max()) + 1) for i0, i1, _ in idx)
-        p = self.probabilities[(slice(None), *region)]
+        p = np.asarray(self._smoothed[(slice(None), *self._held(self._region(starts, size)))])
         top = p.argmax(axis=0)
         if (top != top.flat[0]).any():
             return 0.0
         return float(p[top.flat[0]].min())
+
+
+def _smooth_chunked(probabilities, sigma: list[float] | None, argmax: bool, store: Path):
+    """Smoothed copy (and arg-max) of a Zarr stage-1 field, written chunk by chunk into ``store``."""
+    import dask
+    import dask.array as da
+
+    raw = da.from_zarr(probabilities)
+    smoothed = raw
+    if sigma:
+        # scipy's kernel radius (truncate 4σ): with that halo each chunk's values
+        # are those of smoothing the whole array ("nearest" continues the borders alike)
+        halo = tuple(int(4.0 * s + 0.5) for s in sigma)
+        smoothed = raw.map_overlap(ndimage.gaussian_filter, depth=halo, boundary="nearest", sigma=sigma,
+                                   mode="nearest", dtype=np.float32)
+    with dask.config.set(scheduler="synchronous"):
+        return (_to_zarr(smoothed, store / "smoothed"),
+                _to_zarr(raw.argmax(axis=0).astype(np.uint8), store / "argmax") if argmax else None)
+
+
+def _to_zarr(array, path: Path):
+    """A dask array computed chunk by chunk into a new Zarr array at ``path``."""
+    import dask.array as da
+    import zarr
+
+    out = zarr.open_array(str(path), mode="w", shape=array.shape, dtype=array.dtype,
+                          chunks=tuple(c[0] for c in array.chunks))
+    da.store(array, out, lock=False)
+    return out
 
 
 def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int]) -> tuple[int, int, int]:
@@ -375,13 +483,15 @@ def stage1_window(coarse_shape: Sequence[int], divisor: int, patch: Sequence[int
 # ---------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------
-def _softmax_predictor(net: UNet3D, precision: str = "float32") -> Callable[[torch.Tensor], torch.Tensor]:
+def _softmax_predictor(net: UNet3D, precision: str = "float32", *,
+                       pair_lone: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Softmax of ``net`` on a batch of windows; ``pair_lone``: a batch of one runs as a pair."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=precision == "bfloat16"):
-            if len(x) == 1:
+            if pair_lone and len(x) == 1:
                 # ATen sends a batch of one with few channels to its native slow_conv3d
                 # instead of oneDNN (the size heuristic in ConvParams::use_mkldnn): a 32³
                 # window of the default model takes 5× as long alone as in a pair
@@ -606,28 +716,79 @@ class CascadeModel:
             raise FormatError(f"{weights_file}: cannot build the model it records: {err}") from err
 
     # -- stages ---------------------------------------------------------------------
-    def stage1_probabilities(self, lac_normalised, *, tta: bool = False, progress: bool = False) -> np.ndarray:
+    def stage1_probabilities(self, lac_normalised, *, tta: bool = False, progress: bool = False,
+                             store: str | os.PathLike | None = None):
         """Stage-1 probabilities ``(K, lz, ly, lx)`` on the coarse grid.
 
         Parameters
         ----------
         lac_normalised : ndarray or dask array (Z, Y, X)
             Normalised LAC at full resolution (dask: reduced chunk by chunk).
+        tta : bool
+            Average over the 8 axis mirrorings.
+        progress : bool
+            Show a progress bar.
+        store : path-like, optional
+            A folder for temporary Zarr arrays. Where the coarse grid has more than
+            :data:`COARSE_IN_MEMORY` voxels, the coarse input and the probabilities
+            are written there chunk by chunk (:data:`COARSE_CHUNK`) and never held
+            whole; the caller removes the folder.
+
+        Returns
+        -------
+        ndarray, or zarr.Array in ``store``
+            The same values either way, up to the order of float sums.
         """
         low = block_mean(lac_normalised, self.factor)
+        # Stage 1's windows are large (the whole coarse volume, up to STAGE1_MAX_EDGE):
+        # alone, their wide layers take oneDNN, and a pair would only double the
+        # activations and the time (a 128³ window of the default model: 1 383 against
+        # 705 MiB, 7.6 against 3.4 CPU s; benchmarks/results/inference.md).
+        net = _softmax_predictor(self.stage1, pair_lone=False)
+        window = stage1_window(low.shape, self.stage1.config.divisor, self.stage1_patch)
+        if store is not None and np.prod(low.shape) > COARSE_IN_MEMORY:
+            return self._stage1_to_zarr(low, flip_tta(net) if tta else net, window, Path(store), progress)
         if not isinstance(low, np.ndarray):
             import dask
 
             with dask.config.set(scheduler="synchronous"):
                 low = low.compute()
-        net = _softmax_predictor(self.stage1)
-        window = stage1_window(low.shape, self.stage1.config.divisor, self.stage1_patch)
         return sliding_window(low[None], net, window, out_channels=self.n_classes, tta=tta, progress=progress)
 
-    def context_for(self, lac_normalised, **kwargs: Any) -> Context:
-        """Stage-1 :class:`Context` of a normalised full-resolution volume."""
-        return Context(self.stage1_probabilities(lac_normalised, **kwargs), self.factor, mode=self.context,
-                       smooth_sigma=self.smooth_sigma)
+    def _stage1_to_zarr(self, low, predict: Callable[[torch.Tensor], torch.Tensor], window: tuple[int, int, int],
+                        store: Path, progress: bool):
+        """Stage 1 of a large coarse grid, from and into Zarr arrays in ``store``.
+
+        The coarse input is computed chunk by chunk into ``store/lac``. The windows are
+        those :func:`~sxtlab.inference.sliding_window` runs, blended block by block in
+        raster order (:class:`~sxtlab.inference.RasterBlender`, each window once), and
+        each block is written to ``store/probabilities`` as it is done: what stays in
+        memory is one window's activations and the overhang of the windows into the
+        blocks after theirs.
+        """
+        import dask
+        import dask.array as da
+        import zarr
+
+        with dask.config.set(scheduler="synchronous"):
+            lac = _to_zarr(da.asarray(low).rechunk(COARSE_CHUNK), store / "lac")
+        plan = BlockPlan.make(WindowGrid.make(lac.shape, window, 0.5), COARSE_CHUNK)
+        blender = RasterBlender(plan, predict, self.n_classes, batch_size=1)
+        probs = zarr.open_array(str(store / "probabilities"), mode="w", shape=(self.n_classes, *lac.shape),
+                                chunks=(self.n_classes, *plan.block), dtype=np.float32)
+        for index in tqdm(plan.indices(), desc="stage 1 blocks", leave=False, disable=not progress):
+            block, _ = blender.blend(index, lambda s: crop_padded(lac, s, window)[None])
+            probs[(slice(None), *plan.slices(index))] = block
+        return probs
+
+    def context_for(self, lac_normalised, *, store: str | os.PathLike | None = None, **kwargs: Any) -> Context:
+        """Stage-1 :class:`Context` of a normalised full-resolution volume.
+
+        With ``store``, a large volume's stage-1 field is chunked in that folder
+        (:meth:`stage1_probabilities`), and so is its smoothed copy (:class:`Context`).
+        """
+        return Context(self.stage1_probabilities(lac_normalised, store=store, **kwargs), self.factor,
+                       mode=self.context, smooth_sigma=self.smooth_sigma, store=store)
 
     def stage2_window(self, window: int | Sequence[int] | None = None) -> tuple[int, int, int]:
         """Stage-2 window for prediction: ``window`` checked against the network, or the training patch.
@@ -889,6 +1050,11 @@ class CascadeModel:
         input region its windows need, each window running once over all the
         blocks when they are computed in raster order. Values equal :meth:`predict`'s
         in memory. Parameters as :meth:`predict`.
+
+        Stage 1's coarse field is held in memory whatever the size: the returned
+        Dataset outlives this call, and a chunked field would need a folder that
+        outlives it too. For volumes whose coarse grid exceeds
+        :data:`COARSE_IN_MEMORY`, ``predict(volume, out=...)`` chunks it.
         """
         import dask
         import dask.array as da
@@ -916,14 +1082,14 @@ class CascadeModel:
         return self._dataset(volume, probs, {"tta": tta, "block_size": list(stage2.plan.block)})
 
     def _lazy_stage2(self, volume: xr.DataArray, *, tta: bool, block_size: int | Sequence[int],
-                     **kwargs: Any) -> tuple[xr.DataArray, "Stage2Blocks"]:
-        """Stage 1 now, and stage 2 of a (dask-backed) volume to be computed block by block."""
+                     store: Path | None = None, **kwargs: Any) -> tuple[xr.DataArray, "Stage2Blocks"]:
+        """Stage 1 now (chunked in ``store`` if large), and stage 2 of a volume to be computed block by block."""
         import dask.array as da
 
         volume = self._model_values(volume)
         data = volume.data if not isinstance(volume.data, np.ndarray) else da.from_array(volume.data)
         norm = self.normalisation.apply(data)
-        ctx = self.context_for(norm, tta=tta)
+        ctx = self.context_for(norm, tta=tta, store=store)
 
         def read(region):
             return np.asarray(norm[region].compute(), np.float32)
@@ -938,9 +1104,12 @@ class CascadeModel:
         Why not :meth:`predict_lazy` through dask: the blocks must run in raster order
         (:class:`Stage2Blocks`) and be freed once written, and dask, given the order as
         task dependencies, computed every block before storing any (peak memory grew
-        by one block's probabilities per block). The temporary array, beside ``out``,
-        holds the probabilities once on disk; :func:`sxtlab.io.write_volume` then
-        writes the image, labels, probabilities and pyramids from it chunk by chunk.
+        by one block's probabilities per block). The temporary folder, beside ``out``,
+        holds the probabilities once on disk (and, for a volume whose coarse grid
+        exceeds :data:`COARSE_IN_MEMORY`, stage 1's chunked field);
+        :func:`sxtlab.io.write_volume` then writes the image, labels, probabilities and
+        pyramids from it chunk by chunk. The folder is removed whether this succeeds or
+        fails.
         """
         import dask
         import dask.array as da
@@ -952,11 +1121,12 @@ class CascadeModel:
         out = Path(out)
         if out.exists() and not overwrite:   # before the long part, as write_volume would
             raise OutputExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
-        volume, stage2 = self._lazy_stage2(volume, **kwargs)
-        shape = tuple(int(n) for n in volume.shape)
-        tmp = out.with_name(f".{out.name}.stage2-{uuid.uuid4().hex[:8]}")
+        tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
         try:
-            store = zarr.open_array(str(tmp), mode="w", shape=(self.n_classes, *shape),
+            tmp.mkdir()
+            volume, stage2 = self._lazy_stage2(volume, store=tmp, **kwargs)
+            shape = tuple(int(n) for n in volume.shape)
+            store = zarr.open_array(str(tmp / "stage2"), mode="w", shape=(self.n_classes, *shape),
                                     chunks=(self.n_classes, *stage2.plan.block), dtype=np.float32)
             for block, probs in stage2:
                 store[(slice(None), *block)] = probs
@@ -1035,10 +1205,16 @@ class Stage2Blocks:
             return self._ahead.pop(index)
 
     def _next(self) -> tuple[tuple[int, int, int], np.ndarray]:
-        plan, ctx, patch = self.plan, self.context, self.plan.grid.patch
+        plan, patch = self.plan, self.plan.grid.patch
         index = self.blender.next_index
         block = plan.slices(index)
         own = plan.owned(index)
+        # Everything below asks stage 1 about the block and its own windows, which may
+        # reach past it: the coarse region they need is read once (from Zarr for a
+        # chunked stage-1 field).
+        starts, size = plan.region(index)
+        stop = [max(b.stop, s + n) for b, s, n in zip(block, starts, size)]
+        ctx = self.context.crop([b.start for b in block], [e - b.start for b, e in zip(block, stop)])
         skip_at, sure_at = self.skip_background, self.skip_sure
 
         def needed(s: tuple[int, int, int]) -> bool:
@@ -1048,7 +1224,7 @@ class Stage2Blocks:
 
         gated_windows = skip_at is not None or sure_at is not None
         run = [s for s in own if needed(s)] if gated_windows else own
-        fetch = self._fetcher(run) if run else None
+        fetch = self._fetcher(run, ctx) if run else None
         gated = gated_windows or self.trust_background is not None
         # Stage 1's answer on the block, computed once: the output of skipped windows
         # and, below, of every voxel where stage 1 is sure of background.
@@ -1067,7 +1243,8 @@ class Stage2Blocks:
             out[:, sure] = coarse[:, sure]
         return index, temper(out, self.temperature)
 
-    def _fetcher(self, run: list[tuple[int, int, int]]) -> Callable[[tuple[int, int, int]], np.ndarray]:
+    def _fetcher(self, run: list[tuple[int, int, int]],
+                 ctx: Context) -> Callable[[tuple[int, int, int]], np.ndarray]:
         """Window inputs cut from the LAC and the context of the box the running windows span."""
         patch, shape = self.plan.grid.patch, self.plan.grid.shape
         lo = [min(s[a] for s in run) for a in range(3)]
@@ -1077,7 +1254,7 @@ class Stage2Blocks:
         origin = [r.start for r in region]
         # Interpolation is separable and per voxel, so cropping one upsampled box gives
         # exactly each window's own upsampling.
-        context = self.context.channels(lo, [b - a for a, b in zip(lo, hi)])
+        context = ctx.channels(lo, [b - a for a, b in zip(lo, hi)])
 
         def fetch(starts: tuple[int, int, int]) -> np.ndarray:
             box = tuple(slice(s - a, s - a + p) for s, a, p in zip(starts, lo, patch))

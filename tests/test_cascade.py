@@ -109,6 +109,36 @@ def test_context_windows_equal_whole_volume_upsampling(mode: str) -> None:
     assert ctx.background_min((2, 2, 2), (4, 4, 4)) <= full[0, 2:6, 2:6, 2:6].min() + 1e-6
 
 
+@pytest.mark.parametrize("mode", ["probabilities", "onehot"])
+def test_chunked_context_and_its_crops_equal_the_whole_one(mode: str, tmp_path) -> None:
+    import zarr
+
+    rng = np.random.default_rng(1)
+    p = rng.random((4, 13, 17, 11)).astype(np.float32)
+    p /= p.sum(0)
+    raw = zarr.open_array(str(tmp_path / "raw"), mode="w", shape=p.shape, chunks=(4, 5, 6, 4), dtype=np.float32)
+    raw[:] = p
+    whole = Context(p, (4, 3, 2), mode=mode, smooth_sigma=2.0)
+    chunked = Context(raw, (4, 3, 2), mode=mode, smooth_sigma=2.0, store=tmp_path / "context")
+    assert chunked.shape == whole.shape == (13, 17, 11) and chunked.n_channels == 3
+    # smoothed chunk by chunk into the store (with the halo), never as one array
+    assert isinstance(zarr.open_array(str(tmp_path / "context" / "smoothed")), zarr.Array)
+    # boxes across chunk borders, at and beyond the volume's edges
+    for box in (((0, 0, 0), (52, 51, 22)), ((3, 5, 1), (20, 9, 7)), ((-4, 2, 0), (10, 10, 30))):
+        crop = chunked.crop(*box)
+        inner = ([s + 1 for s in box[0]], [max(1, n - 2) for n in box[1]])
+        for ctx in (chunked, crop):
+            for b in (box, inner):
+                np.testing.assert_array_equal(ctx.channels(*b), whole.channels(*b))
+                np.testing.assert_array_equal(ctx.probabilities_at(*b), whole.probabilities_at(*b))
+                assert ctx.background_min(*b) == whole.background_min(*b)
+                assert ctx.sure_min(*b) == whole.sure_min(*b)
+    with pytest.raises(ValueError, match="outside this cropped context"):
+        chunked.crop((3, 5, 1), (4, 4, 4)).channels((0, 0, 0), (52, 51, 22))
+    with pytest.raises(ValueError, match="needs a store"):
+        Context(raw, (4, 3, 2))
+
+
 def test_constant_context_upsamples_to_constant() -> None:
     p = np.zeros((2, 3, 3, 3), np.float32)
     p[0], p[1] = 0.25, 0.75

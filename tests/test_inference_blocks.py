@@ -1,4 +1,4 @@
-"""Block-wise stage 2: every window once, any block size, any order, the same values."""
+"""Block-wise prediction: every window once, any block size or order, the same values; large stage-1 fields chunked."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from sxtlab import cascade
 from sxtlab.cascade import BATCH_SIZE, CascadeModel, Normalisation
 from sxtlab.inference import BlockPlan, RasterBlender, WindowGrid, blend_block, crop_padded
 from sxtlab.unet import UNet3D, UNetConfig
@@ -167,3 +168,84 @@ def test_windows_stage1_is_sure_of_take_its_answer(model, lac) -> None:
     above = model.predict(lac, skip_sure=1.01, progress=False, clean=False)
     assert above.attrs["windows_skipped"] == off.attrs["windows_skipped"]
     np.testing.assert_array_equal(above["probabilities"].values, off["probabilities"].values)
+
+
+@pytest.fixture
+def chunked_stage1(monkeypatch):
+    """Thresholds that chunk this small volume's stage-1 field (15 × 13 × 17 coarse voxels) and window it."""
+    monkeypatch.setattr(cascade, "COARSE_IN_MEMORY", 10 ** 3)
+    monkeypatch.setattr(cascade, "COARSE_CHUNK", 6)
+    monkeypatch.setattr(cascade, "STAGE1_MAX_EDGE", 8)   # windows of 8 at step 4: 36 of them
+
+
+def test_stage1_field_is_chunked_above_the_threshold(model, lac, tmp_path, chunked_stage1, monkeypatch) -> None:
+    import dask.array as da
+    import zarr
+
+    norm = model.normalisation.apply(lac.values)
+    chunked = model.stage1_probabilities(norm, store=tmp_path)
+    assert isinstance(chunked, zarr.Array)
+    assert chunked.shape == (3, 15, 13, 17) and chunked.chunks == (3, 6, 6, 6)
+    whole = model.stage1_probabilities(norm)                    # without a store: one array
+    assert isinstance(whole, np.ndarray)
+    np.testing.assert_allclose(chunked[:], whole, atol=1e-6)
+    lazy = model.stage1_probabilities(da.from_array(norm, chunks=10), store=tmp_path / "lazy")
+    np.testing.assert_allclose(lazy[:], whole, atol=1e-6)
+    monkeypatch.setattr(cascade, "COARSE_IN_MEMORY", 15 * 13 * 17)   # at the threshold: in memory
+    assert isinstance(model.stage1_probabilities(norm, store=tmp_path / "at"), np.ndarray)
+
+
+def test_stage1_runs_its_windows_alone(model, lac) -> None:
+    # a pair would double the activations of stage 1's large windows
+    batches = []
+    hook = model.stage1.register_forward_pre_hook(lambda net, args: batches.append(args[0].shape[0]))
+    try:
+        model.stage1_probabilities(model.normalisation.apply(lac.values))
+    finally:
+        hook.remove()
+    assert batches == [1]
+
+
+def test_zarr_output_with_a_chunked_stage1_field_equals_in_memory(model, lac, tmp_path, chunked_stage1,
+                                                                   monkeypatch) -> None:
+    import zarr
+
+    from sxtlab.io import read_volume, write_volume
+
+    memory = model.predict(lac, progress=False, clean=False)
+    lazy_in = read_volume(write_volume(lac, tmp_path / "in.ome.zarr"), chunks=10)
+    seen = []
+    stage1 = model.stage1_probabilities
+
+    def spy(*args, **kwargs):
+        probs = stage1(*args, **kwargs)
+        seen.append((type(probs), sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("."))))
+        return probs
+
+    monkeypatch.setattr(model, "stage1_probabilities", spy)
+    out = model.predict(lazy_in, out=tmp_path / "seg.ome.zarr", block_size=10, progress=False)
+    [(kind, temporary)] = seen
+    assert kind is zarr.Array and len(temporary) == 1   # stage 1 wrote into the temporary folder
+    assert out.attrs["windows"] == memory.attrs["windows"]
+    assert out.attrs["windows_skipped"] == memory.attrs["windows_skipped"]
+    np.testing.assert_array_equal(out["labels"].values, memory["labels"].values)
+    np.testing.assert_allclose(out["probabilities"].values, memory["probabilities"].values, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # removed
+
+
+def test_temporary_folder_is_removed_after_a_failure(model, lac, tmp_path, chunked_stage1, monkeypatch) -> None:
+    from sxtlab.io import read_volume, write_volume
+
+    lazy_in = read_volume(write_volume(lac, tmp_path / "in.ome.zarr"), chunks=10)
+    held = []
+
+    def fail(self):
+        [folder] = [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+        held.extend(sorted(p.name for p in folder.iterdir()))
+        raise RuntimeError("stage 2 failed")
+
+    monkeypatch.setattr(cascade.Stage2Blocks, "_next", fail)
+    with pytest.raises(RuntimeError, match="stage 2 failed"):
+        model.predict(lazy_in, out=tmp_path / "seg.ome.zarr", block_size=10, progress=False)
+    assert held == ["lac", "probabilities", "smoothed", "stage2"]   # stage 1's chunked field, then stage 2's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
