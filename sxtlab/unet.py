@@ -71,12 +71,11 @@ class UNetConfig:
         it slows the first few dozen steps.
     stem_stride : {1, 2}
         2: the first convolution has stride 2, so every level runs at half the
-        input's resolution or less, and a transposed convolution brings the last
-        decoder's features back to full resolution for the head (as MONAI's ``UNet``
-        with ``strides=(2, ...)``). A training step costs about a third as much per
-        voxel (depth 4, 16 channels: 0.28 CPU s for two 64³ windows against 0.355 for
-        two 48³ at stride 1). Tried as the default model's stage 2 (candidate 5,
-        ``benchmarks/results/generalisation.md``): it did not generalise better.
+        input's resolution or less, and the head's last layer is a 2×2×2 transposed
+        convolution that gives the logits at full resolution (as MONAI's ``UNet``
+        with ``strides=(2, ...)`` ends). A training step of depth 4, 16 channels,
+        one convolution per level on two 64³ windows takes 0.18 CPU s (one thread),
+        MONAI's ``UNet(channels=(16, 32, 64, 128))`` 0.135 with the same loss.
     """
 
     in_channels: int = 1
@@ -178,23 +177,26 @@ class UNet3D(nn.Module):
             [_block(cfg, cfg.in_channels if i == 0 else w[i - 1], w[i], cfg.stem_stride if i == 0 else 1)
              for i in range(cfg.depth)]
         )
-        # back to the input's resolution after a strided stem (the head classifies there)
-        self.stem_up: nn.Module = (nn.Sequential(nn.ConvTranspose3d(w[0], w[0], kernel_size=2, stride=2),
-                                                 nn.LeakyReLU(cfg.negative_slope, inplace=True))
-                                   if cfg.stem_stride == 2 else nn.Identity())
         self.pool = nn.MaxPool3d(2)
         self.ups = nn.ModuleList(
             [nn.ConvTranspose3d(w[i + 1], w[i], kernel_size=2, stride=2) for i in range(cfg.depth - 1)]
         )
         self.decoders = nn.ModuleList([_block(cfg, 2 * w[i], w[i]) for i in range(cfg.depth - 1)])
+        # After a strided stem the head works at half resolution and its last layer, a
+        # transposed convolution, gives the logits at full resolution (as MONAI's
+        # UNet's last layer): bringing the features back first and classifying there
+        # took half of a training step's time (16 channels of 64³ per window, and
+        # their backward pass).
+        out = nn.ConvTranspose3d(w[0], cfg.out_channels, kernel_size=2, stride=2) if cfg.stem_stride == 2 \
+            else nn.Conv3d(w[0], cfg.out_channels, kernel_size=1)
         if cfg.input_to_head:
             self.head: nn.Module = nn.Sequential(
                 nn.Conv3d(w[0] + cfg.in_channels, w[0], kernel_size=1),
                 nn.LeakyReLU(cfg.negative_slope, inplace=True),
-                nn.Conv3d(w[0], cfg.out_channels, kernel_size=1),
+                out,
             )
         else:
-            self.head = nn.Conv3d(w[0], cfg.out_channels, kernel_size=1)
+            self.head = out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(batch, out_channels, z, y, x)`` for input ``(batch, in_channels, z, y, x)``.
@@ -221,9 +223,9 @@ class UNet3D(nn.Module):
             # popped, so that each skip is freed once joined: at inference nothing else
             # holds it (a 128³ window of the default stage 1 peaks 170 MiB lower)
             x = self.decoders[i](torch.cat([skips.pop(), self.ups[i](x)], dim=1))
-        x = self.stem_up(x)
         if cfg.input_to_head:
-            x = torch.cat([x, inputs], dim=1)
+            # the input joins at the head's resolution (block means after a strided stem)
+            x = torch.cat([x, inputs if cfg.stem_stride == 1 else nn.functional.avg_pool3d(inputs, 2)], dim=1)
         return self.head(x)
 
     def flops_per_voxel(self) -> int:
@@ -237,7 +239,8 @@ class UNet3D(nn.Module):
                 level += w[i + 1] * w[i]  # transposed conv: one kernel tap per fine voxel
                 level += 27 * (2 * w[i] * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i])
             total += 2 * level / (8**i * cfg.stem_stride**3)
-        if cfg.stem_stride == 2:
-            total += 2 * w[0] * w[0]  # the transposed convolution back: one tap per voxel
-        head = w[0] * (w[0] + cfg.in_channels + cfg.out_channels) if cfg.input_to_head else w[0] * cfg.out_channels
+        # the head: its 1×1×1 layers at the features' resolution, then one tap per output
+        # voxel (a 1×1×1 convolution, or the transposed one after a strided stem)
+        hidden = w[0] * (w[0] + cfg.in_channels) / cfg.stem_stride**3 if cfg.input_to_head else 0
+        head = hidden + w[0] * cfg.out_channels
         return int(total + 2 * head)
