@@ -5,6 +5,10 @@
     # killed or stopped? the same command resumes from the cached cells and the checkpoints
     # a later sitting on a fresh machine: continue from the shipped weights
     python scripts/train_default_model.py --work /tmp/more --init default --iterations 1000 2000
+    # keep a model's stage 1, train a new strided stage 2 on 64³ windows of 117 cells
+    # (the stage-1 step count is then unused)
+    python scripts/train_default_model.py --work /tmp/s2 --stage1-from default --cells 117 \
+        --iterations 1 16000 --stage2-convs 1 --stage2-stride 2 --stage2-patch 64 --threads 1
 
 Training data: :func:`sxtlab.phantom.varied_cell` cells (every class's LAC over its
 whole literature range, the nucleus darker or brighter than the cytoplasm, texture,
@@ -69,7 +73,8 @@ def make_cell(seed: int, cache: Path) -> xr.Dataset:
         return segmentation(img, label_volume(f["labels"], img, record["classes"]))
 
 
-def config(iterations: tuple[int, int], stage2_convs: int = 2) -> CascadeConfig:
+def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: int = 1,
+           stage2_patch: int = 48) -> CascadeConfig:
     # Stage 1 sees a 6.6 µm field whole at 200 nm voxels (32³): it must find the
     # nucleus, a large object of low contrast, so it gets four levels (a receptive
     # field of the whole patch) and the absolute intensity at its head. Stage 2 refines
@@ -78,11 +83,12 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2) -> CascadeConfig:
     # (validation Dice 0), so it is trained as the previous default's stage 2 was.
     stage1 = TrainConfig(patch_size=(32, 32, 32), batch_size=2, iterations=iterations[0], lr=3e-3,
                          val_every=250, patience=0)
-    stage2 = TrainConfig(patch_size=(48, 48, 48), batch_size=2, iterations=iterations[1], lr=1e-2,
+    stage2 = TrainConfig(patch_size=(stage2_patch,) * 3, batch_size=2, iterations=iterations[1], lr=1e-2,
                          val_every=500, val_step=1.0, patience=0)
     return CascadeConfig(factor=4, stage1=stage1, stage2=stage2,
                          stage1_unet=UNetConfig(depth=4, base_width=16, input_to_head=True),
-                         stage2_unet=UNetConfig(depth=4, base_width=16, convs_per_level=stage2_convs), seed=0)
+                         stage2_unet=UNetConfig(depth=4, base_width=16, convs_per_level=stage2_convs,
+                                                stem_stride=stage2_stride), seed=0)
 
 
 def _cpu_seconds() -> float:
@@ -99,6 +105,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--stage2-convs", type=int, default=2,
                         help="convolutions per level of stage 2 (1 halves a step's cost: twice the steps per CPU second)")
+    parser.add_argument("--stage2-stride", type=int, default=1, choices=(1, 2),
+                        help="2: stage 2 starts with a strided convolution (UNetConfig.stem_stride)")
+    parser.add_argument("--stage2-patch", type=int, default=48, help="stage 2's training window edge (voxels)")
+    parser.add_argument("--stage1-from", default=None,
+                        help="keep this model's stage 1 ('default' or a folder) and train only a new stage 2")
     parser.add_argument("--init", default=None,
                         help="continue from this model's weights ('default' or a folder), e.g. in a later sitting")
     args = parser.parse_args()
@@ -112,12 +123,14 @@ def main() -> None:
     cache = args.work / "cells"
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
-    cfg = config(tuple(args.iterations), args.stage2_convs)
+    cfg = config(tuple(args.iterations), args.stage2_convs, args.stage2_stride, args.stage2_patch)
     init = load_model(args.init) if args.init else None
-    if init is not None and not ledger.exists():  # the first sitting on top of that model counts its CPU
-        spent += init.info.get("train_cpu_seconds", 0)
+    stage1_from = load_model(args.stage1_from) if args.stage1_from else None
+    base = init or stage1_from
+    if base is not None and not ledger.exists():  # the first sitting on top of that model counts its CPU
+        spent += base.info.get("train_cpu_seconds", 0)
     try:
-        model, history = train_cascade(train, CLASSES, cfg, validation=val, init=init,
+        model, history = train_cascade(train, CLASSES, cfg, validation=val, init=init, stage1_from=stage1_from,
                                        checkpoint_dir=args.work / "checkpoints", resume=True)
     finally:
         args.work.mkdir(parents=True, exist_ok=True)

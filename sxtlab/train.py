@@ -28,6 +28,7 @@ Nothing here is needed to *apply* a model: see :mod:`sxtlab.cascade`.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -798,7 +799,8 @@ def _voxel_size(samples: Sequence[xr.Dataset]) -> tuple[float, float, float] | N
 def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None = None,
                   config: CascadeConfig | None = None, *, validation: Sequence[xr.Dataset] | None = None,
                   checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-                  init: CascadeModel | None = None, progress: bool = True) -> tuple[CascadeModel, pd.DataFrame]:
+                  init: CascadeModel | None = None, stage1_from: CascadeModel | None = None,
+                  progress: bool = True) -> tuple[CascadeModel, pd.DataFrame]:
     """Train a two-stage cascade on segmented cells.
 
     Parameters
@@ -824,6 +826,13 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
         Fine-tune: start both stages from this model's weights (its classes,
         architectures, stage-1 factor and normalisation are kept) instead of a
         random initialisation.
+    stage1_from : CascadeModel, optional
+        Keep this model's stage 1 as it is (with its classes, factor, stage-1 patch
+        and normalisation) and train only a new stage 2 on its context, e.g. a
+        stage 1 that generalises better than one retrained on more cells of one
+        generator (``benchmarks/results/generalisation.md``). Its context on cells it
+        was trained on is in-sample (``config.corruption`` still applies; folds do
+        not). Not together with ``init``.
     progress : bool
         Show progress bars.
 
@@ -836,9 +845,19 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     Raises
     ------
     ValueError
-        If ``init`` was trained for other classes than ``classes``.
+        If ``init`` or ``stage1_from`` was trained for other classes than ``classes``,
+        or both are given.
     """
     cfg = config or CascadeConfig()
+    if stage1_from is not None:
+        if init is not None:
+            raise ValueError("pass init (fine-tune both stages) or stage1_from (keep its stage 1), not both")
+        if classes is not None and [canonical_name(c) for c in classes] != stage1_from.classes:
+            raise ValueError(f"cannot train a stage 2 for {list(classes)} on a stage 1 for {stage1_from.classes}")
+        classes = stage1_from.classes
+        cfg = replace(cfg, factor=stage1_from.factor, stage1_unet=stage1_from.stage1.config,
+                      stage1=replace(cfg.stage1, patch_size=stage1_from.stage1_patch),
+                      normalisation=stage1_from.normalisation, stage1_folds=0)
     if init is not None:
         if classes is not None and [canonical_name(c) for c in classes] != init.classes:
             raise ValueError(f"cannot fine-tune a model for {init.classes} into one for {list(classes)}")
@@ -908,7 +927,10 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
 
     t_start = time.perf_counter()
     low_train, low_val = coarse(train_data), coarse(val_data)
-    net1, hist1 = stage1(low_train, low_val, "stage 1", 0)
+    if stage1_from is not None:
+        net1, hist1 = copy.deepcopy(stage1_from.stage1).eval(), pd.DataFrame()
+    else:
+        net1, hist1 = stage1(low_train, low_val, "stage 1", 0)
 
     def probs(net: UNet3D, s: Sample) -> np.ndarray:
         # exactly as CascadeModel.stage1_probabilities does at inference
@@ -954,6 +976,7 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     history = pd.concat(histories, ignore_index=True)
     info = {
         "fine_tuned_from": None if init is None else init.weights_sha256,
+        "stage1_from": None if stage1_from is None else stage1_from.weights_sha256,
         "trained_on": [n for n, _, _ in train_data],
         "validated_on": [n for n, _, _ in val_data],
         # what the training volumes looked like, so that a study can say which of its

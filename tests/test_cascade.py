@@ -422,3 +422,22 @@ def test_a_volume_smaller_than_stage_1_s_depth_is_padded_not_refused():
     lac = sxtlab.volume(np.full((24, 24, 24), 0.25, np.float32), voxel_size=model.voxel_size)
     seg = model.predict(lac, progress=False)
     assert seg["labels"].shape == (24, 24, 24)
+
+
+def test_a_new_stage_2_trains_on_a_kept_stage_1(trained, cells) -> None:
+    source = trained[0]
+    cfg = replace(_config(4), stage2_unet=UNetConfig(depth=2, base_width=4, stem_stride=2), factor=4,
+                  normalisation=None)
+    model, history = train_cascade(cells[:2], None, cfg, validation=cells[2:], stage1_from=source, progress=False)
+    # stage 1, its factor, patch and normalisation are the source's, bit for bit
+    for a, b in zip(model.stage1.state_dict().values(), source.stage1.state_dict().values()):
+        assert torch.equal(a, b)
+    assert (model.factor, model.stage1_patch, model.normalisation) == (source.factor, source.stage1_patch,
+                                                                       source.normalisation)
+    assert model.classes == source.classes and model.stage2.config.stem_stride == 2
+    assert set(history["stage"]) == {"stage 2"} and model.info["stage1_from"] == source.weights_sha256
+    assert model.predict(cells[2]["lac"], progress=False)["labels"].shape == SHAPE
+    with pytest.raises(ValueError, match="not both"):
+        train_cascade(cells[:2], None, cfg, stage1_from=source, init=source, progress=False)
+    with pytest.raises(ValueError, match=r"on a stage 1 for \['cell', 'nucleus'\]"):
+        train_cascade(cells[:2], ["cell"], cfg, stage1_from=source, progress=False)
