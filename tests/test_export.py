@@ -59,7 +59,8 @@ def test_exported_weights_reproduce_sxtlab_on_the_test_tensors(package, stage):
     assert np.abs(own - y).max() < TOLERANCE
     assert y.sum(axis=1) == pytest.approx(1.0, abs=1e-5) and y.shape[1] == len(model.classes) + 1
     # The traced weights take other sizes that the package allows (multiples of the divisor).
-    bigger = np.pad(x, [(0, 0), (0, 0), (0, 8), (0, 0), (0, 8)], mode="edge").astype(np.float32)
+    d = getattr(model, stage).config.divisor
+    bigger = np.pad(x, [(0, 0), (0, 0), (0, d), (0, 0), (0, d)], mode="edge").astype(np.float32)
     with torch.inference_mode():
         net_out = net(torch.from_numpy(bigger)).numpy()
         ref = torch.softmax(getattr(model, stage)(torch.from_numpy(bigger)) / temperature, 1).numpy()
