@@ -125,6 +125,9 @@ class TrainConfig:
         Seed of patch sampling and augmentation.
     dice_weight, ce_weight : float
         Weights of the two loss terms.
+    dice_background, batch_dice : bool
+        Dice of the background class too, and Dice over the batch rather than per
+        sample (:func:`dice_ce_loss`'s ``include_background`` and ``batch_dice``).
     augmentation : Augmentation
     """
 
@@ -141,6 +144,8 @@ class TrainConfig:
     seed: int = 0
     dice_weight: float = 1.0
     ce_weight: float = 1.0
+    dice_background: bool = False
+    batch_dice: bool = True
     augmentation: Augmentation = field(default_factory=Augmentation)
 
     def __post_init__(self) -> None:
@@ -255,7 +260,8 @@ class CascadeConfig:
 # ---------------------------------------------------------------------------------
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int = UNANNOTATED,
                  label_sets: torch.Tensor | None = None, dice_weight: float = 1.0, ce_weight: float = 1.0,
-                 smooth: float = 1e-5, include_background: bool = False) -> torch.Tensor:
+                 smooth: float = 1e-5, include_background: bool = False,
+                 batch_dice: bool = True) -> torch.Tensor:
     """Soft Dice + cross-entropy, with unannotated and partially labelled voxels.
 
     Parameters
@@ -278,16 +284,22 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: in
     smooth : float
         Added to numerator and denominator of the Dice (nnU-Net uses 1e-5).
     include_background : bool
-        Include class 0 in the Dice term (nnU-Net leaves it out).
+        Include class 0 in the Dice term (nnU-Net leaves it out; MONAI's
+        ``DiceCELoss`` keeps it by default).
+    batch_dice : bool
+        Compute each class's Dice over the whole batch (nnU-Net's "batch Dice") or,
+        if False, per sample and average over samples and classes (MONAI's
+        default): then a class absent from a patch scores 1 only where nothing of
+        it is predicted, which pushes hard against false positives in small patches.
 
     Returns
     -------
     scalar tensor
         ``ce_weight · CE + dice_weight · (1 − mean soft Dice)``, where CE is averaged
         over annotated voxels (a set's voxels included) and the soft Dice
-        (Milletari et al. 2016) is computed per class over the whole batch ("batch
-        Dice") on voxels of one known class. 0 (with zero gradient) if no voxel is
-        annotated.
+        (Milletari et al. 2016) is computed per class, over the whole batch or per
+        sample (``batch_dice``), on voxels of one known class. 0 (with zero
+        gradient) if no voxel is annotated.
 
     Raises
     ------
@@ -332,16 +344,19 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: in
     ce = nll / n_valid
     # soft Dice on voxels of one known class: Σ p·g per class is the sum of p_t over
     # that class's voxels, Σ g its voxel count
+    # (one row per sample, or one row for the batch)
     p = log_p.exp()
-    dims = (0, 2, 3, 4)
-    p_sum = (p * known.unsqueeze(1).to(p.dtype)).sum(dims)
-    flat = tc.flatten()
-    inter = torch.zeros(k, dtype=p.dtype, device=p.device).scatter_add(
-        0, flat, torch.where(known, log_pt.exp(), 0.0).flatten())
-    g_sum = torch.zeros(k, dtype=p.dtype, device=p.device).scatter_add(0, flat, known.flatten().to(p.dtype))
+    n_rows = 1 if batch_dice else logits.shape[0]
+    p_sum = (p * known.unsqueeze(1).to(p.dtype)).sum((2, 3, 4)).reshape(-1, n_rows, k).sum(0)
+    row = torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1, 1) % n_rows
+    flat = (row * k + tc).flatten()
+    inter = torch.zeros(n_rows * k, dtype=p.dtype, device=p.device).scatter_add(
+        0, flat, torch.where(known, log_pt.exp(), 0.0).flatten()).view(n_rows, k)
+    g_sum = torch.zeros(n_rows * k, dtype=p.dtype, device=p.device).scatter_add(
+        0, flat, known.flatten().to(p.dtype)).view(n_rows, k)
     dice = (2 * inter + smooth) / (p_sum + g_sum + smooth)
     if not include_background:
-        dice = dice[1:]
+        dice = dice[:, 1:]
     return ce_weight * ce + dice_weight * (1 - dice.mean())
 
 
@@ -649,7 +664,8 @@ def train_stage(net: UNet3D, train: Sequence[Sample], val: Sequence[Sample], con
         while step < n_iter and not stop:
             x, y = sampler.batch(rng)
             loss = dice_ce_loss(net(x), y, label_sets=sets, dice_weight=config.dice_weight,
-                                ce_weight=config.ce_weight)
+                                ce_weight=config.ce_weight, include_background=config.dice_background,
+                                batch_dice=config.batch_dice)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -56,28 +56,44 @@ def test_single_class_targets_give_the_usual_cross_entropy() -> None:
         assert dice_ce_loss(logits, target, dice_weight=0.0, **kw).item() == pytest.approx(ce.item(), rel=1e-6)
 
 
-def test_dice_term_is_the_batch_soft_dice_over_voxels_of_one_known_class() -> None:
+@pytest.mark.parametrize("batch_dice", [True, False])
+@pytest.mark.parametrize("include_background", [False, True])
+def test_dice_term_is_the_soft_dice_over_voxels_of_one_known_class(include_background: bool,
+                                                                    batch_dice: bool) -> None:
     # the textbook form (Milletari et al. 2016) with one-hot targets, against the
-    # loss's scatter-sum form, values and gradients; set and unannotated voxels left out
+    # loss's scatter-sum form, values and gradients; set and unannotated voxels left
+    # out; per class over the batch, or per sample and class (MONAI's default)
     gen = torch.Generator().manual_seed(3)
-    logits = torch.randn(2, 4, 5, 6, 7, generator=gen) * 2
-    target = torch.randint(0, 4, (2, 5, 6, 7), generator=gen)
+    logits = torch.randn(3, 4, 5, 6, 7, generator=gen) * 2
+    target = torch.randint(0, 4, (3, 5, 6, 7), generator=gen)
     target[0, :2] = UNANNOTATED
     target[1, :, :2] = 4          # label set {1, 2}
+    target[2][target[2] == 3] = 2  # class 3 absent from sample 2
     sets = torch.tensor([[False, True, True, False]])
     known = (target < 4).unsqueeze(1).float()
-    for include_background in (False, True):
-        ours = logits.clone().requires_grad_()
-        loss = dice_ce_loss(ours, target, label_sets=sets, ce_weight=0.0, include_background=include_background)
-        ref = logits.clone().requires_grad_()
-        p = torch.softmax(torch.where(known.bool(), ref, 0.0), dim=1) * known
-        g = torch.nn.functional.one_hot(torch.where(target < 4, target, 0), 4).permute(0, 4, 1, 2, 3) * known
-        d = (2 * (p * g).sum((0, 2, 3, 4)) + 1e-5) / (p.sum((0, 2, 3, 4)) + g.sum((0, 2, 3, 4)) + 1e-5)
-        expected = 1 - (d if include_background else d[1:]).mean()
-        assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
-        loss.backward()
-        expected.backward()
-        torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-5, atol=1e-7)
+    ours = logits.clone().requires_grad_()
+    loss = dice_ce_loss(ours, target, label_sets=sets, ce_weight=0.0, include_background=include_background,
+                        batch_dice=batch_dice)
+    ref = logits.clone().requires_grad_()
+    p = torch.softmax(torch.where(known.bool(), ref, 0.0), dim=1) * known
+    g = torch.nn.functional.one_hot(torch.where(target < 4, target, 0), 4).permute(0, 4, 1, 2, 3) * known
+    dims = (0, 2, 3, 4) if batch_dice else (2, 3, 4)
+    d = (2 * (p * g).sum(dims) + 1e-5) / (p.sum(dims) + g.sum(dims) + 1e-5)
+    expected = 1 - (d if include_background else d[..., 1:]).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_per_sample_dice_is_the_mean_of_each_samples_dice() -> None:
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(2, 3, 4, 5, 6, generator=gen)
+    target = torch.randint(0, 3, (2, 4, 5, 6), generator=gen)
+    whole = dice_ce_loss(logits, target, ce_weight=0.0, batch_dice=False)
+    alone = [dice_ce_loss(logits[i:i + 1], target[i:i + 1], ce_weight=0.0) for i in range(2)]
+    assert whole.item() == pytest.approx(float(sum(alone)) / 2, rel=1e-6)
+    assert whole.item() != pytest.approx(dice_ce_loss(logits, target, ce_weight=0.0).item(), rel=1e-3)
 
 
 def test_label_set_voxels_cost_minus_log_of_their_summed_probability() -> None:
