@@ -128,6 +128,9 @@ class TrainConfig:
     dice_background, batch_dice : bool
         Dice of the background class too, and Dice over the batch rather than per
         sample (:func:`dice_ce_loss`'s ``include_background`` and ``batch_dice``).
+        MONAI's choice (both on, per sample) did not generalise better than the
+        defaults on held-out cells (``benchmarks/results/generalisation.md``,
+        2026-12-03 11:35).
     augmentation : Augmentation
     """
 
@@ -343,8 +346,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: in
         nll = nll - torch.logsumexp(set_log_p, dim=1).sum()
     ce = nll / n_valid
     # soft Dice on voxels of one known class: Σ p·g per class is the sum of p_t over
-    # that class's voxels, Σ g its voxel count
-    # (one row per sample, or one row for the batch)
+    # that class's voxels, Σ g its voxel count; one row of sums per sample, or one
+    # for the whole batch
     p = log_p.exp()
     n_rows = 1 if batch_dice else logits.shape[0]
     p_sum = (p * known.unsqueeze(1).to(p.dtype)).sum((2, 3, 4)).reshape(-1, n_rows, k).sum(0)
