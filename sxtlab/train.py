@@ -128,7 +128,7 @@ class TrainConfig:
     dice_background, batch_dice : bool
         Dice of the background class too, and Dice over the batch rather than per
         sample (:func:`dice_ce_loss`'s ``include_background`` and ``batch_dice``).
-        MONAI's choice (both on, per sample) did not generalise better than the
+        MONAI's choice (background included, per sample) did not generalise better than the
         defaults on held-out cells (``benchmarks/results/generalisation.md``,
         2026-12-03 11:35).
     augmentation : Augmentation
