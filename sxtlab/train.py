@@ -128,8 +128,8 @@ class TrainConfig:
     dice_background, batch_dice : bool
         Dice of the background class too, and Dice over the batch rather than per
         sample (:func:`dice_ce_loss`'s ``include_background`` and ``batch_dice``).
-        MONAI's choice (background included, per sample) did not generalise better than the
-        defaults on held-out cells (``benchmarks/results/generalisation.md``,
+        MONAI's choice (background included, per sample) did not generalise better
+        than the defaults on held-out cells (``benchmarks/results/generalisation.md``,
         2026-12-03 11:35).
     augmentation : Augmentation
     """
@@ -349,9 +349,11 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, *, ignore_index: in
     # that class's voxels, Σ g its voxel count; one row of sums per sample, or one
     # for the whole batch
     p = log_p.exp()
-    n_rows = 1 if batch_dice else logits.shape[0]
-    p_sum = (p * known.unsqueeze(1).to(p.dtype)).sum((2, 3, 4)).reshape(-1, n_rows, k).sum(0)
-    row = torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1, 1) % n_rows
+    p_sum = (p * known.unsqueeze(1).to(p.dtype)).sum((2, 3, 4))
+    row = torch.arange(logits.shape[0], device=logits.device).view(-1, 1, 1, 1)
+    if batch_dice:
+        p_sum, row = p_sum.sum(0, keepdim=True), torch.zeros_like(row)
+    n_rows = p_sum.shape[0]
     flat = (row * k + tc).flatten()
     inter = torch.zeros(n_rows * k, dtype=p.dtype, device=p.device).scatter_add(
         0, flat, torch.where(known, log_pt.exp(), 0.0).flatten()).view(n_rows, k)
