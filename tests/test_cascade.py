@@ -424,19 +424,28 @@ def test_a_volume_smaller_than_stage_1_s_depth_is_padded_not_refused():
     assert seg["labels"].shape == (24, 24, 24)
 
 
-def test_a_new_stage_2_trains_on_a_kept_stage_1(trained, cells) -> None:
+@pytest.mark.parametrize("stage2", [UNetConfig(depth=2, base_width=4, stem_stride=2),
+                                    UNetConfig(depth=3, base_width=4, convs_per_level=1, layout="strided")],
+                         ids=["strided-stem", "strided-layout"])
+def test_a_new_stage_2_trains_on_a_kept_stage_1(trained, cells, stage2, tmp_path) -> None:
     source = trained[0]
-    cfg = replace(_config(4), stage2_unet=UNetConfig(depth=2, base_width=4, stem_stride=2), factor=4,
-                  normalisation=None)
+    cfg = replace(_config(4), stage2_unet=stage2, factor=4, normalisation=None)
     model, history = train_cascade(cells[:2], None, cfg, validation=cells[2:], stage1_from=source, progress=False)
     # stage 1, its factor, patch and normalisation are the source's, bit for bit
     for a, b in zip(model.stage1.state_dict().values(), source.stage1.state_dict().values()):
         assert torch.equal(a, b)
     assert (model.factor, model.stage1_patch, model.normalisation) == (source.factor, source.stage1_patch,
                                                                        source.normalisation)
-    assert model.classes == source.classes and model.stage2.config.stem_stride == 2
+    assert model.classes == source.classes
     assert set(history["stage"]) == {"stage 2"} and model.info["stage1_from"] == source.weights_sha256
-    assert model.predict(cells[2]["lac"], progress=False)["labels"].shape == SHAPE
+    seg = model.predict(cells[2]["lac"], progress=False)
+    assert seg["labels"].shape == SHAPE
+    # the stage-2 layout travels through the model file
+    loaded = CascadeModel.load(model.save(tmp_path / "model"))
+    assert loaded.stage2.config == model.stage2.config
+    assert (model.stage2.config.layout, model.stage2.config.stem_stride) == (stage2.layout, stage2.stem_stride)
+    np.testing.assert_array_equal(loaded.predict(cells[2]["lac"], progress=False)["probabilities"].values,
+                                  seg["probabilities"].values)
     with pytest.raises(ValueError, match="not both"):
         train_cascade(cells[:2], None, cfg, stage1_from=source, init=source, progress=False)
     with pytest.raises(ValueError, match=r"on a stage 1 for \['cell', 'nucleus'\]"):

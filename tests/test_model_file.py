@@ -52,6 +52,8 @@ def test_a_valid_model_loads(saved) -> None:
     (("stage1", "unet", "norm"), "batch", r"'stage1\.unet\.norm': found \"batch\", expected one of "
                                            r"\['instance', 'group'\]"),
     (("stage1", "unet", "input_to_head"), 1, r"'stage1\.unet\.input_to_head': found 1, expected true or false"),
+    (("stage2", "unet", "layout"), "residual", r"'stage2\.unet\.layout': found \"residual\", expected one of "
+                                                r"\['pooled', 'strided'\]"),
     (("stage1", "unet", "dropout"), 0.5, r"'stage1\.unet': unknown U-Net settings \['dropout'\]"),
     (("stage1", "patch"), [8, 8, 100000], r"field 'stage1\.patch': found \[8, 8, 100000\], expected one or "
                                           r"three integers in \[1, 1024\]"),
@@ -101,8 +103,12 @@ def test_files_from_before_temperature_scaling_keep_the_softmax(saved, tmp_path)
 
 
 def test_settings_missing_from_old_files_take_unetconfigs_defaults(saved, tmp_path) -> None:
-    folder = _edited(saved, tmp_path, lambda meta: meta["stage1"]["unet"].pop("input_to_head") and None)
-    assert not CascadeModel.load(folder).stage1.config.input_to_head
+    def drop(meta):
+        meta["stage1"]["unet"].pop("input_to_head")
+        meta["stage2"]["unet"].pop("layout")
+
+    model = CascadeModel.load(_edited(saved, tmp_path, drop))
+    assert not model.stage1.config.input_to_head and model.stage2.config.layout == "pooled"
 
 
 def test_deep_nesting_is_refused_before_parsing(saved, tmp_path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from sxtlab.unet import UNet3D, UNetConfig
 
@@ -106,3 +107,66 @@ def test_a_strided_stem_halves_every_level_and_comes_back_to_full_resolution(inp
     assert 4 < full.flops_per_voxel() / net.flops_per_voxel() < 8
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
         UNetConfig(stem_stride=4)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_the_strided_layout_goes_down_by_strides_and_up_from_the_concatenations(depth: int) -> None:
+    cfg = UNetConfig(in_channels=2, out_channels=3, depth=depth, base_width=4, convs_per_level=1, layout="strided")
+    net = UNet3D(cfg)
+    assert cfg.divisor == 2 ** (depth - 1)
+    seen: list[tuple[int, ...]] = []
+    for enc in net.encoders:
+        enc.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:])))
+    x = torch.randn(2, 2, 8, 16, 24)
+    out = net(x)
+    assert out.shape == (2, 3, 8, 16, 24)
+    # every level but the bottom halves the resolution; the bottom keeps the one above's
+    edges = [(8 // 2 ** min(i + 1, depth - 1), 16 // 2 ** min(i + 1, depth - 1), 24 // 2 ** min(i + 1, depth - 1))
+             for i in range(depth)]
+    assert seen == [(w, *e) for w, e in zip(cfg.widths, edges)]
+    # the way up is one transposed convolution per level, the last giving the logits
+    assert len(net.ups) == depth - 1 and isinstance(net.ups[0], torch.nn.ConvTranspose3d)
+    assert net.ups[0].in_channels == (2 * cfg.widths[0] if depth > 2 else sum(cfg.widths))
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    with pytest.raises(ValueError, match=f"divisible by {cfg.divisor}"):
+        net(torch.randn(1, 2, cfg.divisor * 2 + cfg.divisor // 2, 16, 16))
+
+
+def test_the_strided_layout_is_the_size_of_monais_unet() -> None:
+    # MONAI's UNet(spatial_dims=3, in_channels=1, out_channels=6, channels=(16, 32, 64, 128),
+    # strides=(2, 2, 2)) has 490 k parameters (biases and PReLU weights instead of the
+    # norms' affine ones); the pooled layout at the same widths 670 k.
+    kw = {"in_channels": 1, "out_channels": 6, "depth": 4, "base_width": 16, "convs_per_level": 1}
+    strided = sum(p.numel() for p in UNet3D(UNetConfig(**kw, layout="strided")).parameters())
+    pooled = sum(p.numel() for p in UNet3D(UNetConfig(**kw, stem_stride=2)).parameters())
+    assert 485_000 < strided < 495_000 and pooled > 660_000
+
+
+@pytest.mark.parametrize("cfg", [
+    UNetConfig(in_channels=2, out_channels=3, depth=3, base_width=4),
+    UNetConfig(in_channels=2, out_channels=3, depth=4, base_width=4, convs_per_level=1, stem_stride=2,
+               input_to_head=True),
+    UNetConfig(in_channels=6, out_channels=6, depth=4, base_width=8, convs_per_level=1, layout="strided"),
+    UNetConfig(in_channels=1, out_channels=4, depth=3, base_width=4, max_width=8, convs_per_level=2,
+               layout="strided"),
+], ids=["pooled", "pooled-strided-stem", "strided", "strided-two-convs"])
+def test_flops_per_voxel_counts_what_torch_counts(cfg: UNetConfig) -> None:
+    net = UNet3D(cfg)
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(1, cfg.in_channels, 16, 16, 32))
+    # torch counts convolutions (2 per multiply-add), not norms, activations or poolings;
+    # flops_per_voxel rounds down to an integer
+    assert net.flops_per_voxel() == pytest.approx(counter.get_total_flops() / (16 * 16 * 32), abs=1)
+
+
+def test_layout_errors_and_files_written_before_it() -> None:
+    old = {k: v for k, v in UNetConfig().to_dict().items() if k != "layout"}
+    assert UNetConfig.from_dict(old).layout == "pooled"
+    with pytest.raises(ValueError, match="layout must be 'pooled' or 'strided', got 'residual'"):
+        UNetConfig(layout="residual")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs depth ≥ 2"):
+        UNetConfig(layout="strided", depth=1)
+    for kw in ({"stem_stride": 2}, {"input_to_head": True}):
+        with pytest.raises(ValueError, match="takes neither stem_stride 2 nor input_to_head"):
+            UNetConfig(layout="strided", **kw)
