@@ -5,10 +5,10 @@
     # killed or stopped? the same command resumes from the cached cells and the checkpoints
     # a later sitting on a fresh machine: continue from the shipped weights
     python scripts/train_default_model.py --work /tmp/more --init default --iterations 1000 2000
-    # keep a model's stage 1, train a new strided stage 2 on 64³ windows of 117 cells
-    # (the stage-1 step count is then unused)
+    # keep a model's stage 1, train a new stage 2 of MONAI's UNet layout on 64³ windows of
+    # 117 cells (the stage-1 step count is then unused): the default of 2026-12-03 14:00
     python scripts/train_default_model.py --work /tmp/s2 --stage1-from default --cells 117 \
-        --iterations 1 16000 --stage2-convs 1 --stage2-stride 2 --stage2-patch 64 --threads 1
+        --iterations 1 18000 --stage2-convs 1 --stage2-layout strided --stage2-patch 64 --threads 1
 
 Training data: :func:`sxtlab.phantom.varied_cell` cells (every class's LAC over its
 whole literature range, the nucleus darker or brighter than the cytoplasm, texture,
