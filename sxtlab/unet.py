@@ -14,9 +14,11 @@ A second layout (``layout="strided"``) is that of MONAI's ``UNet`` without resid
 units (after Kerfoot et al. 2018, STACOM, "Left-ventricle quantification using
 residual U-Net"): strided convolutions go down, and each way up is one 3×3×3
 transposed convolution applied straight to the concatenation of a level's features
-with those coming from below. Trained the same way on the same cells it segmented
-cells of an independent phantom generator better than the pooled layout (nucleus
-Dice 0.60 against 0.48; ``benchmarks/results/generalisation.md``, 2026-12-03).
+with those coming from below. Trained the same way on the same cells, MONAI's network
+of this layout found the nuclei of an independent phantom generator's cells better than
+the pooled layout (Dice 0.60 against 0.48), this module's version of it 0.53, and as the
+default model's stage 2 it gained on every class of both generators but one
+(``benchmarks/results/generalisation.md``, 2026-12-03).
 
 The default is deliberately small (8, 16, 32 channels on three levels, about 80 k
 parameters) so that it trains and predicts on a laptop CPU; widen it with
@@ -86,13 +88,15 @@ class UNetConfig:
         convolution, so the first works at half the input's resolution and the last
         (the bottom) at that of the one before it; each way up is one 3×3×3 stride-2
         transposed convolution of the concatenated skip and deeper features, the last
-        of them giving the logits at the input's resolution. A step of it (depth 4,
-        16–128 channels, one convolution per level) on two 64³ windows costs about
-        what MONAI's ``UNet(channels=(16, 32, 64, 128))`` costs. Takes neither
-        ``stem_stride`` 2 (it already starts strided) nor ``input_to_head``.
+        of them giving the logits at the input's resolution. At depth 4, 16–128
+        channels, one convolution per level and one input channel it has 490 k
+        parameters (MONAI's ``UNet(channels=(16, 32, 64, 128))`` about as many) and
+        costs 4 428 operations per voxel (:meth:`UNet3D.flops_per_voxel`), the pooled
+        layout with a strided stem 7 328. Takes neither ``stem_stride`` 2 (it already
+        starts strided) nor ``input_to_head``.
     stem_stride : {1, 2}
-        2 (pooled layout): the first convolution has stride 2, so every level runs at half the
-        input's resolution or less, and the head's last layer is a 2×2×2 transposed
+        2 (pooled layout): the first convolution has stride 2, so every level runs at
+        half the input's resolution or less, and the head's last layer is a 2×2×2 transposed
         convolution that gives the logits at full resolution (as MONAI's ``UNet``
         with ``strides=(2, ...)`` ends). A training step of depth 4, 16 channels,
         one convolution per level on two 64³ windows takes 0.18 CPU s (one thread),
