@@ -74,7 +74,7 @@ def make_cell(seed: int, cache: Path) -> xr.Dataset:
 
 
 def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: int = 1,
-           stage2_patch: int = 48, stage2_layout: str = "pooled", stage2_depth: int = 4) -> CascadeConfig:
+           stage2_patch: int = 48, stage2_layout: str = "pooled") -> CascadeConfig:
     # Stage 1 sees a 6.6 µm field whole at 200 nm voxels (32³): it must find the
     # nucleus, a large object of low contrast, so it gets four levels (a receptive
     # field of the whole patch) and the absolute intensity at its head. Stage 2 refines
@@ -87,7 +87,7 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: in
                          val_every=500, val_step=1.0, patience=0)
     return CascadeConfig(factor=4, stage1=stage1, stage2=stage2,
                          stage1_unet=UNetConfig(depth=4, base_width=16, input_to_head=True),
-                         stage2_unet=UNetConfig(depth=stage2_depth, base_width=16,
+                         stage2_unet=UNetConfig(depth=4, base_width=16,
                                                 convs_per_level=stage2_convs, stem_stride=stage2_stride,
                                                 layout=stage2_layout), seed=0)
 
@@ -111,7 +111,6 @@ def main() -> None:
     parser.add_argument("--stage2-patch", type=int, default=48, help="stage 2's training window edge (voxels)")
     parser.add_argument("--stage2-layout", default="pooled", choices=("pooled", "strided"),
                         help="stage 2's U-Net layout (UNetConfig.layout)")
-    parser.add_argument("--stage2-depth", type=int, default=4, help="stage 2's U-Net levels (UNetConfig.depth)")
     parser.add_argument("--stage1-from", default=None,
                         help="keep this model's stage 1 ('default' or a folder) and train only a new stage 2")
     parser.add_argument("--init", default=None,
@@ -128,7 +127,7 @@ def main() -> None:
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
     cfg = config(tuple(args.iterations), args.stage2_convs, args.stage2_stride, args.stage2_patch,
-                 args.stage2_layout, args.stage2_depth)
+                 args.stage2_layout)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
     base = init or stage1_from

@@ -22,8 +22,9 @@ every voxel size:
    the neck joining it to another (:func:`skimage.morphology.h_maxima`), flooded
    over the component (:func:`skimage.segmentation.watershed`); a one-voxel line
    between the parts (so that no two touch, not even at a corner) becomes what
-   surrounds them (the cytoplasm, mostly): the parts are then separate connected components for every later
-   step. The size filter runs again after a split, for parts left too small.
+   surrounds them (the cytoplasm, mostly): the parts are then separate connected
+   components for every later step. The size filter runs again after a split, for
+   parts left too small.
 
 It needs only the label volume and its voxel size, so it sits beside
 :mod:`sxtlab.volume` in the import order: :meth:`sxtlab.cascade.CascadeModel.predict`
