@@ -34,6 +34,7 @@ torch.Size([1, 3, 16, 16, 16])
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -96,9 +97,9 @@ class UNetConfig:
         starts strided) nor ``input_to_head``.
     stem_stride : {1, 2}
         2 (pooled layout): the first convolution has stride 2, so every level runs at
-        half the input's resolution or less, and the head's last layer is a 2×2×2 transposed
-        convolution that gives the logits at full resolution (as MONAI's ``UNet``
-        with ``strides=(2, ...)`` ends). A training step of depth 4, 16 channels,
+        half the input's resolution or less, and the head's last layer is a 2×2×2
+        transposed convolution that gives the logits at full resolution (as MONAI's
+        ``UNet`` with ``strides=(2, ...)`` ends). A training step of depth 4, 16 channels,
         one convolution per level on two 64³ windows takes 0.18 CPU s (one thread),
         MONAI's ``UNet(channels=(16, 32, 64, 128))`` 0.135 with the same loss.
     """
@@ -196,16 +197,24 @@ def _block(cfg: UNetConfig, c_in: int, c_out: int, stride: int = 1) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
+def _strided_up_channels(cfg: UNetConfig, level: int) -> tuple[int, int]:
+    """Channels in and out of the strided layout's way up from ``level``: the skip's plus
+    the deeper features' (the bottom's, or the way up from below's), to the level above's
+    (the classes at level 0)."""
+    w = cfg.widths
+    c_in = w[level] + (w[level + 1] if level == cfg.depth - 2 else w[level])
+    return c_in, cfg.out_channels if level == 0 else w[level - 1]
+
+
 def _strided_up(cfg: UNetConfig, level: int) -> nn.Module:
     """The strided layout's way up from ``level``: concatenated skip and deeper features
     → a 3×3×3 stride-2 transposed convolution to the level above (logits at level 0)."""
-    w = cfg.widths
-    c_in = w[level] + (w[level + 1] if level == cfg.depth - 2 else w[level])
+    c_in, c_out = _strided_up_channels(cfg, level)
     kwargs = {"kernel_size": 3, "stride": 2, "padding": 1, "output_padding": 1}
     if level == 0:
-        return nn.ConvTranspose3d(c_in, cfg.out_channels, **kwargs)
-    return nn.Sequential(nn.ConvTranspose3d(c_in, w[level - 1], bias=False, **kwargs),
-                         _norm(cfg, w[level - 1]), nn.LeakyReLU(cfg.negative_slope, inplace=True))
+        return nn.ConvTranspose3d(c_in, c_out, **kwargs)
+    return nn.Sequential(nn.ConvTranspose3d(c_in, c_out, bias=False, **kwargs),
+                         _norm(cfg, c_out), nn.LeakyReLU(cfg.negative_slope, inplace=True))
 
 
 class UNet3D(nn.Module):
@@ -305,8 +314,7 @@ class UNet3D(nn.Module):
                 c_in = cfg.in_channels if i == 0 else w[i - 1]
                 total += 27 * (c_in * w[i] + (cfg.convs_per_level - 1) * w[i] * w[i]) / scale[i] ** 3
                 if i < cfg.depth - 1:
-                    up_in = w[i] + (w[i + 1] if i == cfg.depth - 2 else w[i])
-                    total += 27 * up_in * (cfg.out_channels if i == 0 else w[i - 1]) / scale[i] ** 3
+                    total += 27 * math.prod(_strided_up_channels(cfg, i)) / scale[i] ** 3
             return int(2 * total)
         for i in range(cfg.depth):
             c_in = cfg.in_channels if i == 0 else w[i - 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import sxtlab
 from sxtlab import measure
@@ -43,12 +44,10 @@ def test_two_touching_lipid_bodies_are_split_into_two():
     assert table["volume_um3"].tolist() == pytest.approx([0.0621, 0.0621], abs=0.0002)
     assert ((lab == 5) & (cleaned.values == 1)).sum() == (lab == 5).sum() - (cleaned.values == 5).sum()
     # the parts do not touch even at a corner, and the line is one voxel thick
-    from scipy import ndimage
     _, n = ndimage.label(cleaned.values == 5, ndimage.generate_binary_structure(3, 3))
     assert n == 2
     line = (lab == 5) & (cleaned.values != 5)
     assert np.unique(np.nonzero(line)[2]).size == 1
-
 
 
 def test_a_single_lipid_body_and_an_ellipsoidal_vacuole_are_not_split():
