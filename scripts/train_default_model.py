@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +98,27 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _inherited_cpu_seconds(init, stage1_from) -> float:
+    """CPU seconds already spent on what this run starts from.
+
+    Continuing a model (``--init``) inherits all of its training; keeping only its
+    stage 1 (``--stage1-from``) inherits that stage's share, which model files record
+    as ``train_cpu_seconds_by_stage`` since 2026-12-03. An older file gives only its
+    total, which is then counted whole: an upper bound, said so on stderr.
+    """
+    if init is not None:
+        return float(init.info.get("train_cpu_seconds", 0))
+    if stage1_from is None:
+        return 0.0
+    by_stage = stage1_from.info.get("train_cpu_seconds_by_stage", {})
+    if "stage 1" in by_stage:
+        return float(by_stage["stage 1"])
+    total = float(stage1_from.info.get("train_cpu_seconds", 0))
+    print(f"the kept stage 1's own CPU time is not recorded; counting its model's whole {total:.0f} CPU s",
+          file=sys.stderr)
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sxtlab/models/default")
@@ -130,9 +152,9 @@ def main() -> None:
                  args.stage2_layout)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
-    base = init or stage1_from
-    if base is not None and not ledger.exists():  # the first sitting on top of that model counts its CPU
-        spent += base.info.get("train_cpu_seconds", 0)
+    inherited = _inherited_cpu_seconds(init, stage1_from)
+    if not ledger.exists():  # the first sitting on top of another model counts what it inherits
+        spent += inherited
     try:
         model, history = train_cascade(train, CLASSES, cfg, validation=val, init=init, stage1_from=stage1_from,
                                        checkpoint_dir=args.work / "checkpoints", resume=True)
@@ -147,6 +169,8 @@ def main() -> None:
                        "simulated_voxel_um": list(SIMULATED_VOXEL_UM), "voxel_size_um": VOXEL_SIZE_UM},
         "train_cpu_seconds": round(cpu),
     })
+    if stage1_from is not None and init is None:
+        model.info["train_cpu_seconds_by_stage"] = {"stage 1": round(inherited), "stage 2": round(cpu - inherited)}
     model.save(args.out, overwrite=True)
     history.to_csv(args.out / "history.csv", index=False)
     print(json.dumps(model.info.get("validation_mean_dice"), indent=1))
