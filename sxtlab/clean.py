@@ -39,6 +39,7 @@ uses the same size filter (``min_volume_um3``).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 from collections.abc import Iterable, Mapping
@@ -156,15 +157,14 @@ def _dividing_line(parts: np.ndarray) -> np.ndarray:
     return line & (parts > 0)
 
 
-def _necks(parts: np.ndarray, distance: np.ndarray) -> np.ndarray:
-    """Neck of every pair of touching ``parts``: (m+1, m+1), symmetric, 0 where they do not touch.
+def _necks(parts: np.ndarray, distance: np.ndarray) -> dict[int, dict[int, float]]:
+    """Neck of every pair of touching ``parts``: ``necks[a][b]`` (both ways), µm.
 
     A neck is the pass between two basins of the distance map: the highest value, over
     the pairs of 26-neighbours on either side of their common face, of the lower of
     the two distances. It is the radius of the narrowest place that joins them.
     """
-    m = int(parts.max())
-    neck = np.zeros((m + 1, m + 1))
+    found = []
     for offset in itertools.product((-1, 0, 1), repeat=3):
         if offset <= (0, 0, 0):  # each unordered pair of neighbours once
             continue
@@ -172,8 +172,18 @@ def _necks(parts: np.ndarray, distance: np.ndarray) -> np.ndarray:
         there = tuple(slice(max(o, 0), n + min(o, 0)) for o, n in zip(offset, parts.shape))
         a, b = parts[here], parts[there]
         touch = (a > 0) & (b > 0) & (a != b)
-        np.maximum.at(neck, (a[touch], b[touch]), np.minimum(distance[here], distance[there])[touch])
-    return np.maximum(neck, neck.T)
+        found.append((np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch]),
+                      np.minimum(distance[here], distance[there])[touch]))
+    a, b, value = (np.concatenate(x) for x in zip(*found))
+    order = np.lexsort((b, a))
+    a, b, value = a[order], b[order], value[order]
+    starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]) if a.size else a
+    necks: dict[int, dict[int, float]] = {}
+    for i, j, v in zip(a[starts].tolist(), b[starts].tolist(), np.maximum.reduceat(value, starts).tolist()
+                       if a.size else []):
+        necks.setdefault(i, {})[j] = v
+        necks.setdefault(j, {})[i] = v
+    return necks
 
 
 def _merge_wide_necks(parts: np.ndarray, distance: np.ndarray, neck_ratio: float, min_voxels: float
@@ -186,37 +196,51 @@ def _merge_wide_necks(parts: np.ndarray, distance: np.ndarray, neck_ratio: float
     inscribed radius (its distance-map peak) are merged, widest relative neck first, and
     so is a part of fewer than ``min_voxels`` voxels with the neighbour it meets most
     widely (a ripple of the surface, not an object). Written here because scikit-image's
-    region adjacency graphs weigh a boundary by its mean, and a pass is a maximum.
+    region adjacency graphs weigh a boundary by its mean, and a pass is a maximum. A
+    heap of pairs keeps it O(E log E) in the E touching pairs, for components of
+    thousands of parts.
 
     Returns the parts relabelled 1..m and m.
     """
     m = int(parts.max())
     index = np.arange(m + 1)
-    peak = np.asarray(ndimage.maximum(distance, parts, index), float)
-    size = np.bincount(parts.ravel(), minlength=m + 1).astype(float)
-    neck = _necks(parts, distance)
-    root = index.copy()
-    alive = index > 0
-    while True:
-        live = np.flatnonzero(alive)
-        sub = neck[np.ix_(live, live)]
-        smaller = np.minimum.outer(peak[live], peak[live])
-        tiny = np.logical_or.outer(size[live] < min_voxels, size[live] < min_voxels)
+    peak = np.asarray(ndimage.maximum(distance, parts, index), float).tolist()
+    size = np.bincount(parts.ravel(), minlength=m + 1).tolist()
+    necks = _necks(parts, distance)
+    parent = list(range(m + 1))
+
+    def score(i: int, j: int) -> float:
         # a tiny part goes first; otherwise the widest neck relative to the smaller lobe
-        score = np.where(sub > 0, sub / np.maximum(smaller, 1e-12) + 2.0 * tiny, 0.0)
-        np.fill_diagonal(score, 0.0)
-        if score.size == 0 or score.max() <= neck_ratio:
+        tiny = 2.0 if min(size[i], size[j]) < min_voxels else 0.0
+        return necks[i][j] / max(min(peak[i], peak[j]), 1e-12) + tiny
+
+    heap = [(-score(i, j), i, j) for i in necks for j in necks[i] if i < j]
+    heapq.heapify(heap)
+    merged = 0
+    while heap:
+        negative, i, j = heapq.heappop(heap)
+        if parent[i] != i or parent[j] != j:
+            continue  # one of them was merged away since
+        current = score(i, j)
+        if current != -negative:  # stale: the pair changed since it was pushed
+            heapq.heappush(heap, (-current, i, j))
+            continue
+        if current <= neck_ratio:
             break
-        i, j = sorted(live[list(np.unravel_index(score.argmax(), score.shape))])
-        root[root == j] = i
-        alive[j] = False
-        peak[i] = max(peak[i], peak[j])
-        size[i] += size[j]
-        neck[i] = neck[:, i] = np.maximum(neck[i], neck[j])
-        neck[i, i] = 0.0
-        neck[j] = neck[:, j] = 0.0
+        parent[j] = i
+        merged += 1
+        peak[i], size[i] = max(peak[i], peak[j]), size[i] + size[j]
+        for other, value in necks.pop(j).items():
+            del necks[other][j]
+            if other != i:
+                necks[i][other] = necks[other][i] = max(value, necks[i].get(other, 0.0))
+        for other in necks[i]:
+            heapq.heappush(heap, (-score(i, other), min(i, other), max(i, other)))
+    root = np.array(parent)
+    while not np.array_equal(root, root[root]):
+        root = root[root]
+    live = np.flatnonzero(root[1:] == index[1:]) + 1
     renumber = np.zeros(m + 1, parts.dtype)
-    live = np.flatnonzero(alive)
     renumber[live] = np.arange(1, live.size + 1)
     return renumber[root][parts], int(live.size)
 

@@ -130,3 +130,20 @@ def test_two_balls_split_where_their_neck_is_narrower_than_the_ratio(separation,
     assert cleaned.attrs["cleaned"]["split_added"] == parts - 1
     assert len(measure.instances(cleaned, class_names=["lipid_body"])) == parts
 
+
+
+def test_a_sheet_of_touching_balls_splits_into_every_ball():
+    """36 balls in a 6×6 grid, each touching four through a neck of 0.44 r: one component,
+    36 lipid bodies (the merge keeps a heap of pairs, not a dense table)."""
+    vs, r = (0.03, 0.03, 0.03), 0.15
+    step = 1.8 * r
+    lab = np.zeros((16, 70, 70), np.uint8)
+    lab[...] = 1
+    for i in range(6):
+        for j in range(6):
+            lab[ball(lab.shape, vs, (0.24, 0.3 + i * step, 0.3 + j * step), r)] = 5
+    assert len(measure.instances(labelled(lab, vs), class_names=["lipid_body"])) == 1
+    cleaned = clean_labels(labelled(lab, vs), min_volume_um3={"cell": 0.01, "lipid_body": 0.001})
+    assert cleaned.attrs["cleaned"]["split_added"] == 35
+    volumes = measure.instances(cleaned, class_names=["lipid_body"])["volume_um3"]
+    assert len(volumes) == 36 and volumes.min() > 0.5 * 4 / 3 * np.pi * r ** 3
