@@ -175,12 +175,13 @@ def _necks(parts: np.ndarray, distance: np.ndarray) -> dict[int, dict[int, float
         found.append((np.minimum(a[touch], b[touch]), np.maximum(a[touch], b[touch]),
                       np.minimum(distance[here], distance[there])[touch]))
     a, b, value = (np.concatenate(x) for x in zip(*found))
+    necks: dict[int, dict[int, float]] = {}
+    if not a.size:
+        return necks
     order = np.lexsort((b, a))
     a, b, value = a[order], b[order], value[order]
-    starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])]) if a.size else a
-    necks: dict[int, dict[int, float]] = {}
-    for i, j, v in zip(a[starts].tolist(), b[starts].tolist(), np.maximum.reduceat(value, starts).tolist()
-                       if a.size else []):
+    starts = np.flatnonzero(np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+    for i, j, v in zip(a[starts].tolist(), b[starts].tolist(), np.maximum.reduceat(value, starts).tolist()):
         necks.setdefault(i, {})[j] = v
         necks.setdefault(j, {})[i] = v
     return necks
@@ -216,7 +217,6 @@ def _merge_wide_necks(parts: np.ndarray, distance: np.ndarray, neck_ratio: float
 
     heap = [(-score(i, j), i, j) for i in necks for j in necks[i] if i < j]
     heapq.heapify(heap)
-    merged = 0
     while heap:
         negative, i, j = heapq.heappop(heap)
         if parent[i] != i or parent[j] != j:
@@ -228,7 +228,6 @@ def _merge_wide_necks(parts: np.ndarray, distance: np.ndarray, neck_ratio: float
         if current <= neck_ratio:
             break
         parent[j] = i
-        merged += 1
         peak[i], size[i] = max(peak[i], peak[j]), size[i] + size[j]
         for other, value in necks.pop(j).items():
             del necks[other][j]
