@@ -75,7 +75,8 @@ def make_cell(seed: int, cache: Path) -> xr.Dataset:
 
 
 def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: int = 1,
-           stage2_patch: int = 48, stage2_layout: str = "pooled") -> CascadeConfig:
+           stage2_patch: int = 48, stage2_layout: str = "pooled",
+           stage2_norm_affine: bool = True) -> CascadeConfig:
     # Stage 1 sees a 6.6 µm field whole at 200 nm voxels (32³): it must find the
     # nucleus, a large object of low contrast, so it gets four levels (a receptive
     # field of the whole patch) and the absolute intensity at its head. Stage 2 refines
@@ -90,7 +91,7 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: in
                          stage1_unet=UNetConfig(depth=4, base_width=16, input_to_head=True),
                          stage2_unet=UNetConfig(depth=4, base_width=16,
                                                 convs_per_level=stage2_convs, stem_stride=stage2_stride,
-                                                layout=stage2_layout), seed=0)
+                                                layout=stage2_layout, norm_affine=stage2_norm_affine), seed=0)
 
 
 def _cpu_seconds() -> float:
@@ -133,6 +134,8 @@ def main() -> None:
     parser.add_argument("--stage2-patch", type=int, default=48, help="stage 2's training window edge (voxels)")
     parser.add_argument("--stage2-layout", default="pooled", choices=("pooled", "strided"),
                         help="stage 2's U-Net layout (UNetConfig.layout)")
+    parser.add_argument("--stage2-plain-norm", action="store_true",
+                        help="stage 2's instance norm without scale and shift (UNetConfig.norm_affine=False)")
     parser.add_argument("--stage1-from", default=None,
                         help="keep this model's stage 1 ('default' or a folder) and train only a new stage 2")
     parser.add_argument("--init", default=None,
@@ -149,7 +152,7 @@ def main() -> None:
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
     cfg = config(tuple(args.iterations), args.stage2_convs, args.stage2_stride, args.stage2_patch,
-                 args.stage2_layout)
+                 args.stage2_layout, not args.stage2_plain_norm)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
     inherited = _inherited_cpu_seconds(init, stage1_from)

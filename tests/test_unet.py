@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -170,3 +172,19 @@ def test_layout_errors_and_files_written_before_it() -> None:
     for kw in ({"stem_stride": 2}, {"input_to_head": True}):
         with pytest.raises(ValueError, match="takes neither stem_stride 2 nor input_to_head"):
             UNetConfig(layout="strided", **kw)
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_norm_without_scale_and_shift_has_no_norm_parameters(norm: str) -> None:
+    cfg = UNetConfig(depth=4, base_width=16, convs_per_level=1, layout="strided", norm=norm)
+    plain = UNet3D(replace(cfg, norm_affine=False))
+    norms = [m for m in plain.modules() if isinstance(m, (torch.nn.InstanceNorm3d, torch.nn.GroupNorm))]
+    assert norms and all(m.weight is None and m.bias is None for m in norms)
+    # 2 fewer per channel of every normalised layer: 2 · (16 + 32 + 64 + 128 down, 32 + 16 up)
+    n = sum(p.numel() for p in UNet3D(cfg).parameters())
+    assert n - sum(p.numel() for p in plain.parameters()) == 2 * 288
+    old = {k: v for k, v in cfg.to_dict().items() if k != "norm_affine"}  # a file written before the option
+    assert UNetConfig.from_dict(old).norm_affine is True
+    assert UNetConfig.from_dict(replace(cfg, norm_affine=False).to_dict()).norm_affine is False
+    with pytest.raises(ValueError, match="norm_affine must be True or False"):
+        UNetConfig(norm_affine=0)  # type: ignore[arg-type]
