@@ -74,7 +74,12 @@ class PeerNet(torch.nn.Module):
 
 def plain_norm(net: torch.nn.Module) -> torch.nn.Module:
     """The peer's normalisation on an sxtlab U-Net: instance norm without scale and shift,
-    every convolution with a bias (zero at the start)."""
+    every convolution with a bias (zero at the start).
+
+    The biases before an instance norm are cancelled by it (their gradient is zero), so
+    this is ``UNetConfig(norm_affine=False)``; kept in this form because the recorded
+    run was trained so and its weights load only into it.
+    """
     for mod in net.modules():
         if isinstance(mod, torch.nn.InstanceNorm3d):
             mod.affine = False
