@@ -62,10 +62,10 @@ class PeerNet(torch.nn.Module):
 
     def __init__(self, **changes) -> None:
         super().__init__()
-        from monai.networks.nets import UNet
+        import monai_peer
 
-        kw = {"channels": (16, 32, 64, 128), "strides": (2, 2, 2), **changes}
-        self.net = UNet(spatial_dims=3, in_channels=1, out_channels=K, norm="instance", **kw)
+        self.net = monai_peer._net({"classes": CLASSES, "channels": (16, 32, 64, 128), "strides": (2, 2, 2),
+                                    "norm": "instance", **changes})
         self.config = POOLED
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

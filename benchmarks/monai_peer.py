@@ -55,7 +55,7 @@ def _net(config: dict) -> torch.nn.Module:
 
     return UNet(spatial_dims=3, in_channels=1, out_channels=len(config["classes"]) + 1,
                 channels=tuple(config["channels"]), strides=tuple(config["strides"]),
-                norm=config["norm"])
+                norm=config["norm"], act=config.get("act", "PRELU"))  # MONAI's default activation
 
 
 def _prepare(ds: xr.Dataset, classes, norm: dict) -> tuple[np.ndarray, np.ndarray]:
