@@ -21,6 +21,8 @@ under every acquisition.
     python benchmarks/bench_generalisation.py --cells 2 --model default --model path/to/model_dir \\
         --monai /tmp/peer --note "after retraining"
     python benchmarks/bench_generalisation.py --cells 1 --size 64 --out /tmp/g.md   # quick smoke run
+    # stage 1 alone beside the cascade (models whose stage 2 is untrained: --parts stage1)
+    python benchmarks/bench_generalisation.py --cells 4 --model path/to/model --parts cascade,stage1
 
 Appends a dated section to ``benchmarks/results/generalisation.md`` (never erases
 earlier ones): a per-cell table and the mean per (model, generator, acquisition), with
@@ -85,7 +87,28 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _load(spec: str):
+def _stage1_alone(model, lac):
+    """Stage 1's answer alone: its coarse probabilities interpolated to the input grid, arg-max.
+
+    What stage 2 receives as context, before the smoothing the model applies; the same
+    resampling to and from the model's voxel size as :meth:`CascadeModel.predict`.
+    """
+    from sxtlab.cascade import Context, _interp_axis, _linear_index
+    from sxtlab.volume import label_volume, segmentation
+
+    resampled = lac.sxt.resample(model.voxel_size)
+    norm = model.normalisation.apply(np.asarray(resampled.values, np.float32))
+    p = Context(model.stage1_probabilities(norm), model.factor,
+                smooth_sigma=0).probabilities_at((0, 0, 0), norm.shape)
+    for axis, d in enumerate(("z", "y", "x")):
+        u = (lac[d].values - resampled[d].values[0]) / model.voxel_size[axis]
+        p = _interp_axis(p, axis + 1, *_linear_index(u, resampled.sizes[d]))
+    labels = label_volume(p.argmax(axis=0).astype(np.uint8), lac,
+                          {str(i): c for i, c in enumerate(model.classes, start=1)})
+    return segmentation(lac, labels)
+
+
+def _load(spec: str, stage1: bool = False):
     if spec.startswith("monai:"):
         import monai_peer
 
@@ -94,6 +117,8 @@ def _load(spec: str):
     model = sxtlab.models.load_model(spec)
     name = spec if spec in sxtlab.models.SHIPPED else Path(spec).name
     name += f" ({model.weights_sha256[:8]})"
+    if stage1:
+        return f"{name} stage 1 alone", model, lambda lac: _stage1_alone(model, lac)
     return name, model, lambda lac: model.predict(lac, progress=False)
 
 
@@ -106,12 +131,20 @@ def main() -> None:
     parser.add_argument("--generators", default="sxtlab,independent")
     parser.add_argument("--acquisitions", default=",".join(ACQUISITIONS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parts", default="cascade",
+                        help="what of each sxtlab model to score: 'cascade', 'stage1' (its coarse arg-max "
+                             "alone, on the input grid) or both, comma-separated")
     parser.add_argument("--note", default="", help="a line of context for the results section")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "generalisation.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai]
-    models = [_load(s) for s in specs]
+    parts = args.parts.split(",")
+    if not parts or set(parts) - {"cascade", "stage1"}:
+        parser.error(f"--parts takes 'cascade' and/or 'stage1', got {args.parts!r}")
+    models = [_load(s) for s in specs if "cascade" in parts or s.startswith("monai:")]
+    if "stage1" in parts:
+        models += [_load(s, stage1=True) for s in specs if not s.startswith("monai:")]
     started = dt.datetime.now(dt.timezone.utc)
     load_start = os.getloadavg()
     rows = []

@@ -9,6 +9,13 @@
     # 117 cells (the stage-1 step count is then unused): the default of 2026-12-03 14:00
     python scripts/train_default_model.py --work /tmp/s2 --stage1-from default --cells 117 \
         --iterations 1 18000 --stage2-convs 1 --stage2-layout strided --stage2-patch 64 --threads 1
+    # both stages anew, stage 1 at 100 nm in MONAI's layout, both with plain instance norm
+    python scripts/train_default_model.py --work /tmp/c9 --cells 117 --iterations 9000 18000 \
+        --factor 2 --stage1-patch 64 --stage1-layout strided --stage1-plain-norm \
+        --stage2-convs 1 --stage2-layout strided --stage2-patch 64 --stage2-plain-norm --threads 2
+    # stage 1 alone, for an ablation (stage 2 gets one step; score with
+    # benchmarks/bench_generalisation.py --parts stage1)
+    python scripts/train_default_model.py --work /tmp/s1 --out /tmp/s1/model --cells 117 --iterations 3000 1
 
 Training data: :func:`sxtlab.phantom.varied_cell` cells (every class's LAC over its
 whole literature range, the nucleus darker or brighter than the cytoplasm, texture,
@@ -76,22 +83,30 @@ def make_cell(seed: int, cache: Path) -> xr.Dataset:
 
 def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: int = 1,
            stage2_patch: int = 48, stage2_layout: str = "pooled",
-           stage2_norm_affine: bool = True) -> CascadeConfig:
-    # Stage 1 sees a 6.6 µm field whole at 200 nm voxels (32³): it must find the
-    # nucleus, a large object of low contrast, so it gets four levels (a receptive
-    # field of the whole patch) and the absolute intensity at its head. Stage 2 refines
+           stage2_norm_affine: bool = True, stage1_layout: str = "pooled",
+           stage1_norm_affine: bool = True, seed: int = 0, factor: int = 4,
+           stage1_patch: int = 32) -> CascadeConfig:
+    # Stage 1 sees a 6.6 µm field whole (32³ at 200 nm voxels, 64³ at 100 nm): it must
+    # find the nucleus, a large object of low contrast, so it gets four levels (a
+    # receptive field of the whole patch) and, pooled, the absolute intensity at its
+    # head. At 200 nm it called no mitochondria and about half of each nucleus on
+    # held-out cells; at 100 nm more of both (generalisation.md, 2026-12-04). Stage 2 refines
     # 48³ windows (2.4 µm) at full resolution with stage 1's probabilities; with the
     # input at its head too (and lr 3e-3) it learnt no mitochondria in 1000 steps
     # (validation Dice 0), so it is trained as the previous default's stage 2 was.
-    stage1 = TrainConfig(patch_size=(32, 32, 32), batch_size=2, iterations=iterations[0], lr=3e-3,
-                         val_every=250, patience=0)
+    # The strided layout ends in a transposed convolution and has no head to take the
+    # input (UNetConfig), so it goes without.
+    stage1 = TrainConfig(patch_size=(stage1_patch,) * 3, batch_size=2, iterations=iterations[0], lr=3e-3,
+                         val_every=250, patience=0, seed=seed)
     stage2 = TrainConfig(patch_size=(stage2_patch,) * 3, batch_size=2, iterations=iterations[1], lr=1e-2,
-                         val_every=500, val_step=1.0, patience=0)
-    return CascadeConfig(factor=4, stage1=stage1, stage2=stage2,
-                         stage1_unet=UNetConfig(depth=4, base_width=16, input_to_head=True),
+                         val_every=500, val_step=1.0, patience=0, seed=seed)
+    return CascadeConfig(factor=factor, stage1=stage1, stage2=stage2,
+                         stage1_unet=UNetConfig(depth=4, base_width=16, layout=stage1_layout,
+                                                input_to_head=stage1_layout == "pooled",
+                                                norm_affine=stage1_norm_affine),
                          stage2_unet=UNetConfig(depth=4, base_width=16,
                                                 convs_per_level=stage2_convs, stem_stride=stage2_stride,
-                                                layout=stage2_layout, norm_affine=stage2_norm_affine), seed=0)
+                                                layout=stage2_layout, norm_affine=stage2_norm_affine), seed=seed)
 
 
 def _cpu_seconds() -> float:
@@ -136,13 +151,23 @@ def main() -> None:
                         help="stage 2's U-Net layout (UNetConfig.layout)")
     parser.add_argument("--stage2-plain-norm", action="store_true",
                         help="stage 2's instance norm without scale and shift (UNetConfig.norm_affine=False)")
+    parser.add_argument("--stage1-layout", default="pooled", choices=("pooled", "strided"),
+                        help="stage 1's U-Net layout (pooled takes the input at its head, strided cannot)")
+    parser.add_argument("--stage1-plain-norm", action="store_true",
+                        help="stage 1's instance norm without scale and shift")
+    parser.add_argument("--factor", type=int, default=4,
+                        help="stage 1's downsampling factor (4: 200 nm voxels; 2: 100 nm)")
+    parser.add_argument("--stage1-patch", type=int, default=32,
+                        help="stage 1's training patch edge in coarse voxels (32 at factor 4, 64 at 2: the whole field)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the networks' initialisation and the patches drawn (a second seed of an ablation)")
     parser.add_argument("--stage1-from", default=None,
                         help="keep this model's stage 1 ('default' or a folder) and train only a new stage 2")
     parser.add_argument("--init", default=None,
                         help="continue from this model's weights ('default' or a folder), e.g. in a later sitting")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     ledger = args.work / "cpu_seconds.json"
     spent = json.loads(ledger.read_text())["cpu_seconds"] if ledger.exists() else 0.0
     t0 = time.perf_counter()
@@ -152,7 +177,8 @@ def main() -> None:
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
     cfg = config(tuple(args.iterations), args.stage2_convs, args.stage2_stride, args.stage2_patch,
-                 args.stage2_layout, not args.stage2_plain_norm)
+                 args.stage2_layout, not args.stage2_plain_norm, args.stage1_layout,
+                 not args.stage1_plain_norm, args.seed, args.factor, args.stage1_patch)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
     inherited = _inherited_cpu_seconds(init, stage1_from)
