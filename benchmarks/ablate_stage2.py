@@ -12,9 +12,13 @@ acquisitions of ``bench_generalisation.py``, resampled to the model's 50 nm, by
     python benchmarks/ablate_stage2.py train strided --work /tmp/abl --iterations 18000
     python benchmarks/ablate_stage2.py eval strided --work /tmp/abl
     python benchmarks/ablate_stage2.py summary --work /tmp/abl pooled strided strided-plain
+    # a second seed of an arm (initial weights and window sampling), in WORK/strided-seed1
+    python benchmarks/ablate_stage2.py train strided --seed 1 --work /tmp/abl
+    python benchmarks/ablate_stage2.py summary strided --seed 0 1 --work /tmp/abl
 
-Training resumes from ``WORK/VARIANT/net.pt`` (kill it and run the same command); CPU
-seconds over all sittings go to ``WORK/VARIANT/cpu.json``. The cells are cached in
+Training resumes from ``WORK/RUN/net.pt`` (``RUN`` is the variant, ``VARIANT-seedN``
+for seed N > 0; the results of 2026-12-03 call ``strided --seed 1`` ``strided-s2``) (kill it and run the same command); CPU
+seconds over all sittings go to ``WORK/RUN/cpu.json``. The cells are cached in
 ``--cells`` (default ``WORK/cells``), as ``train_default_model.py`` caches them.
 ``python benchmarks/ablate_stage2.py list`` names the variants.
 """
@@ -105,7 +109,7 @@ def peer_optimiser() -> Iterator[None]:
 NO_AUGMENTATION = Augmentation(intensity_scale=0, intensity_shift=0, noise_std=0, zoom=0)
 
 
-#: name: (what it changes, network builder, config change, training context, torch seed)
+#: name: (what it changes, network builder, config change, training context, torch seed at --seed 0)
 VARIANTS: dict[str, tuple[str, Callable[[], torch.nn.Module], Callable[[TrainConfig], TrainConfig],
                           Callable[[], contextlib.AbstractContextManager], int]] = {
     "pooled": ("run A itself", lambda: UNet3D(POOLED), lambda c: c, contextlib.nullcontext, 1),
@@ -125,8 +129,6 @@ VARIANTS: dict[str, tuple[str, Callable[[], torch.nn.Module], Callable[[TrainCon
                       lambda: PeerNet(act=("leakyrelu", {"negative_slope": 0.01})),
                       lambda c: c, contextlib.nullcontext, 1),
     "strided": ("UNetConfig(layout='strided')", lambda: UNet3D(STRIDED), lambda c: c, contextlib.nullcontext, 1),
-    "strided-s2": ("strided, second seed (weights and window sampling)", lambda: UNet3D(STRIDED),
-                   lambda c: replace(c, seed=c.seed + 1), contextlib.nullcontext, 2),
     "strided-plain": ("strided with the peer's normalisation (plain instance norm, biased convolutions)",
                       lambda: plain_norm(UNet3D(STRIDED)), lambda c: c, contextlib.nullcontext, 1),
 }
@@ -137,8 +139,13 @@ def _cpu_seconds() -> float:
     return u.ru_utime + u.ru_stime
 
 
-def train(variant: str, work: Path, cells: Path, iterations: int) -> None:
-    _, build, change, context, seed = VARIANTS[variant]
+def run_name(variant: str, seed: int) -> str:
+    """Folder of a variant's run with ``seed`` (0: the variant's name alone)."""
+    return variant if seed == 0 else f"{variant}-seed{seed}"
+
+
+def train(variant: str, work: Path, cells: Path, iterations: int, seed: int = 0) -> None:
+    _, build, change, context, torch_seed = VARIANTS[variant]
     norm = load_model("default").normalisation
     sets = LabelSets(K, range(K, UNANNOTATED))
     seeds = [s for s in range(1, 121) if s not in tdm.VALIDATION_SEEDS]
@@ -147,8 +154,9 @@ def train(variant: str, work: Path, cells: Path, iterations: int) -> None:
     train_s = [Sample(norm.apply(lac)[None], lab, None, n) for n, lac, lab in tr]
     val_s = [Sample(norm.apply(lac)[None], lab, None, n) for n, lac, lab in va]
     cfg = change(replace(tdm.config((4000, iterations), 1).stage2, patch_size=(64, 64, 64)))
-    print(variant, cfg, flush=True)
-    torch.manual_seed(seed)
+    cfg = replace(cfg, seed=cfg.seed + seed)
+    print(variant, f"seed {seed}", cfg, flush=True)
+    torch.manual_seed(torch_seed + seed)
     net = build()
     ledger, cpu0 = work / "cpu.json", _cpu_seconds()
     try:
@@ -193,11 +201,11 @@ def evaluate(variant: str, work: Path) -> pd.DataFrame:
     return table
 
 
-def summary(work: Path, variants: list[str]) -> str:
-    """Markdown rows: mean Dice over the acquisitions per variant and generator."""
+def summary(work: Path, runs: list[str]) -> str:
+    """Markdown rows: mean Dice over the acquisitions per run (:func:`run_name`) and generator."""
     cols = ["whole_cell", *CLASSES]
-    lines = ["| variant (CPU s) | generator | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
-    for v in variants:
+    lines = ["| run (CPU s) | generator | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for v in runs:
         table = pd.read_csv(work / v / "eval.csv")
         cpu = json.loads((work / v / "cpu.json").read_text())["cpu_seconds"]
         for gen, part in table.groupby("generator", sort=False):
@@ -214,6 +222,8 @@ def main() -> None:
     parser.add_argument("--cells", type=Path, help="cell cache (default WORK/cells)")
     parser.add_argument("--iterations", type=int, default=18000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="seeds of the runs (0: the variant's own; N shifts weights and window sampling)")
     args = parser.parse_args()
     if args.command == "list":
         for name, (what, *_) in VARIANTS.items():
@@ -222,16 +232,17 @@ def main() -> None:
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or not args.variants:
         parser.error(f"give variants from {sorted(VARIANTS)}" + (f"; unknown: {unknown}" if unknown else ""))
+    runs = [(v, s, run_name(v, s)) for v in args.variants for s in args.seed]
     if args.command == "summary":
-        print(summary(args.work, args.variants))
+        print(summary(args.work, [name for _, _, name in runs]))
         return
     torch.set_num_threads(args.threads)
-    for variant in args.variants:
-        (args.work / variant).mkdir(parents=True, exist_ok=True)
+    for variant, seed, name in runs:
+        (args.work / name).mkdir(parents=True, exist_ok=True)
         if args.command == "train":
-            train(variant, args.work / variant, args.cells or args.work / "cells", args.iterations)
+            train(variant, args.work / name, args.cells or args.work / "cells", args.iterations, seed)
         else:
-            evaluate(variant, args.work / variant)
+            evaluate(variant, args.work / name)
 
 
 if __name__ == "__main__":
