@@ -93,16 +93,13 @@ def _stage1_alone(model, lac):
     What stage 2 receives as context, before the smoothing the model applies; the same
     resampling to and from the model's voxel size as :meth:`CascadeModel.predict`.
     """
-    from sxtlab.cascade import Context, _interp_axis, _linear_index
+    from sxtlab.cascade import Context, interpolate_to_grid
     from sxtlab.volume import label_volume, segmentation
 
     resampled = lac.sxt.resample(model.voxel_size)
     norm = model.normalisation.apply(np.asarray(resampled.values, np.float32))
-    p = Context(model.stage1_probabilities(norm), model.factor,
-                smooth_sigma=0).probabilities_at((0, 0, 0), norm.shape)
-    for axis, d in enumerate(("z", "y", "x")):
-        u = (lac[d].values - resampled[d].values[0]) / model.voxel_size[axis]
-        p = _interp_axis(p, axis + 1, *_linear_index(u, resampled.sizes[d]))
+    coarse = Context(model.stage1_probabilities(norm), model.factor, smooth_sigma=0)
+    p = interpolate_to_grid(coarse.probabilities_at((0, 0, 0), norm.shape), resampled, lac)
     labels = label_volume(p.argmax(axis=0).astype(np.uint8), lac,
                           {str(i): c for i, c in enumerate(model.classes, start=1)})
     return segmentation(lac, labels)

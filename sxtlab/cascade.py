@@ -280,6 +280,28 @@ def _interp_axis(a: np.ndarray, axis: int, i0: np.ndarray, i1: np.ndarray, w: np
     return out
 
 
+def interpolate_to_grid(field: np.ndarray, source: xr.DataArray, target: xr.DataArray) -> np.ndarray:
+    """A channels-first field on ``source``'s grid, interpolated linearly to ``target``'s voxel centres.
+
+    Parameters
+    ----------
+    field : ndarray (C, Z, Y, X)
+        Values on ``source``'s grid (probabilities, say).
+    source, target : xarray.DataArray (z, y, x)
+        Volumes with regular coords in µm; ``source``'s spacing is read from its coords.
+        Target centres beyond ``source``'s first or last take its edge values.
+
+    Returns
+    -------
+    ndarray (C, *target.shape), float32, C-contiguous
+    """
+    for axis, d in enumerate(DIMS):
+        src = source[d].values
+        step = float(src[1] - src[0]) if len(src) > 1 else 1.0
+        field = _interp_axis(field, axis + 1, *_linear_index((target[d].values - src[0]) / step, len(src)))
+    return np.ascontiguousarray(field, np.float32)
+
+
 class Context:
     """Stage-1 output on the coarse grid, turned into stage-2 input channels on demand.
 
@@ -1027,14 +1049,8 @@ class CascadeModel:
         warnings.warn(msg, stacklevel=3)
         resampled = volume.sxt.resample(self.voxel_size)
         seg = self.predict(resampled, clean=False, **kwargs)
-        p = seg["probabilities"].values
-        for axis, d in enumerate(DIMS):
-            # model-grid index of each input voxel centre
-            src_c, dst_c = resampled[d].values, volume[d].values
-            u = (dst_c - src_c[0]) / self.voxel_size[axis]
-            i0, i1, w = _linear_index(u, len(src_c))
-            p = _interp_axis(p, axis + 1, i0, i1, w)
-        return self._dataset(volume, np.ascontiguousarray(p, np.float32),
+        p = interpolate_to_grid(seg["probabilities"].values, resampled, volume)
+        return self._dataset(volume, p,
                              {**{k: v for k, v in seg.attrs.items() if not k.startswith(("model", "sxtlab"))},
                               "resampled_from_um": list(self.voxel_size)})
 

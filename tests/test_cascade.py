@@ -14,7 +14,7 @@ import xarray as xr
 import sxtlab
 from sxtlab import phantom
 from sxtlab.cascade import (SKIP_BACKGROUND, TRUST_BACKGROUND, CascadeModel, Context, Normalisation, block_labels,
-                            block_mean)
+                            block_mean, interpolate_to_grid)
 from sxtlab.classes import UNANNOTATED
 from sxtlab.errors import FormatError
 from sxtlab.inference import WindowGrid, blend_block, importance_map, sliding_window, window_starts
@@ -355,6 +355,22 @@ def test_other_voxel_size_is_resampled_and_mapped_back(trained) -> None:
     assert seg["labels"].shape == (28, 28, 28)
     np.testing.assert_array_equal(seg["x"].values, test["x"].values)
     assert dice(seg["labels"].values, _region_truth(test), [1])[1] > 0.6
+
+
+def test_interpolate_to_grid_is_exact_for_a_linear_field_and_clamps_at_the_edges() -> None:
+    # a field linear in z and y (µm) on a 50 nm grid, read at the centres of a 32 nm grid
+    # whose first and last centres lie outside the coarse grid's
+    source = volume(np.zeros((10, 8, 4), np.float32), 0.05)
+    target = volume(np.zeros((17, 12, 6), np.float32), 0.032, origin_um=(-0.02, 0.0, 0.0))
+    z, y = source["z"].values, source["y"].values
+    field = np.stack([np.broadcast_to((3 * z[:, None] - y[None, :])[..., None], source.shape),
+                      np.ones(source.shape)]).astype(np.float32)
+    out = interpolate_to_grid(field, source, target)
+    assert out.shape == (2, 17, 12, 6) and out.dtype == np.float32 and out.flags.c_contiguous
+    tz = np.clip(target["z"].values, z[0], z[-1])
+    ty = np.clip(target["y"].values, y[0], y[-1])
+    np.testing.assert_allclose(out[0, :, :, 0], 3 * tz[:, None] - ty[None, :], atol=1e-6)
+    np.testing.assert_allclose(out[1], 1.0)
 
 
 def test_unknown_voxel_size_trains_and_predicts_without_resampling() -> None:
