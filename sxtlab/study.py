@@ -93,7 +93,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import FormatError, SxtlabError
+from .errors import FormatError, SxtlabError, thread_warnings
 from .threads import free_cores, usable_cores
 
 __all__ = ["Study", "StudySettings", "compare_study", "find_inputs", "cell_id_of", "file_sha256", "process_cell",
@@ -330,8 +330,6 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
         errors (bugs) are reported the same way, with the exception's type, so
         that one cell does not end the study.
     """
-    import warnings
-
     import dask
 
     t0 = time.perf_counter()
@@ -348,9 +346,9 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
     # holding the volume, and a worker of one thread waiting on it could wait forever.
     # Warnings (a voxel size resampled, one unknown) go into the cell's record, not onto
     # a worker's console that nobody reads.
-    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings(record=True) as log:
-        warnings.simplefilter("always")
+    with dask.config.set(scheduler="synchronous"), thread_warnings() as log:
         return _process_cell(job, t0, cid, path, settings, log)
+
 
 
 def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, settings: StudySettings,

@@ -263,3 +263,24 @@ def test_default_workers_one_per_core_bounded_by_memory(monkeypatch):
     assert default_workers(16) == 10
     Memory.available = 0.5 * WORKER_MEMORY
     assert default_workers(8) == 1
+
+
+def test_a_cell_records_its_own_warnings_not_other_threads() -> None:
+    # a dask worker runs its event loop and monitors beside the task: their warnings
+    # made a cell's record differ between two runs of the same study
+    import threading
+    import warnings
+
+    from sxtlab.errors import thread_warnings
+
+    passed_on = []
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *args, **kwargs: passed_on.append(str(message))
+        with thread_warnings() as log:
+            other = threading.Thread(target=warnings.warn, args=("from another thread",))
+            other.start()
+            other.join()
+            for _ in range(2):  # every occurrence, not once per place
+                warnings.warn("from the cell", UserWarning)
+    assert [str(w.message) for w in log] == ["from the cell", "from the cell"]
+    assert passed_on == ["from another thread"]

@@ -61,7 +61,7 @@ from mrcfile.mrcinterpreter import MrcInterpreter
 import numpy as np
 import xarray as xr
 
-from ..errors import FormatError
+from ..errors import FormatError, thread_warnings
 from ._common import (LAZY_BYTES, build_volume, finite_checked, foreign_errors, metadata,
                       output_grid, parse_metadata, resolve_voxel_size, storage_dtype, warn)
 
@@ -150,8 +150,7 @@ def _read(path: Path, at: foreign_errors, *, voxel_size, chunks: Any, classes: M
     opener = mrcfile.open if compressed else mrcfile.mmap
     caught: list[warnings.WarningMessage] = []
     at.field = f"extended header ({int(header.nsymbt)} bytes) and data"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with thread_warnings() as caught:
         mrc = opener(path, mode="r", permissive=True)
     with mrc:
         header = mrc.header.copy()
