@@ -465,7 +465,6 @@ def notes(real, sims, sims2) -> list[str]:
     cnr = np.array([r["cnr"] for r in sims])
     cnr4 = np.array([r["coarse_cnr"][4] for r in sims])
     water = 1 / real["sigma_water"]
-    fbp = [r["nps_peak"] for r, d in zip(sims, SEEDS) if np.isfinite(r["nps_peak"])]
     return [
         "## Where the simulation differs",
         "",

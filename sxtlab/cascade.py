@@ -75,7 +75,7 @@ from .clean import clean_labels
 from .errors import FormatError
 from .inference import BlockPlan, RasterBlender, WindowGrid, crop_padded, flip_tta, sliding_window
 from .metrics import check_temperature, temper
-from .unet import UNet3D, UNetConfig
+from .unet import UNet3D
 from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentation
 
 __all__ = ["CascadeModel", "Stage2Blocks", "BATCH_SIZE", "PRECISIONS", "Normalisation", "Context", "block_mean", "block_labels",

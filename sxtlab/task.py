@@ -35,7 +35,7 @@ task with output classes ``T`` (each a vocabulary class, or a union given in
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
