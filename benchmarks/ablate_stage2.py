@@ -16,9 +16,10 @@ acquisitions of ``bench_generalisation.py``, resampled to the model's 50 nm, by
     python benchmarks/ablate_stage2.py train strided --seed 1 --work /tmp/abl
     python benchmarks/ablate_stage2.py summary strided --seed 0 1 --work /tmp/abl
 
-Training resumes from ``WORK/RUN/net.pt`` (``RUN`` is the variant, ``VARIANT-seedN``
-for seed N > 0; the results of 2026-12-03 call ``strided --seed 1`` ``strided-s2``) (kill it and run the same command); CPU
-seconds over all sittings go to ``WORK/RUN/cpu.json``. The cells are cached in
+Training resumes from ``WORK/RUN/net.pt`` (kill it and run the same command); ``RUN``
+is the variant, or ``VARIANT-seedN`` for seed N > 0 (the results of 2026-12-03 call
+``strided --seed 1`` ``strided-s2``). CPU seconds over all sittings go to
+``WORK/RUN/cpu.json``. The cells are cached in
 ``--cells`` (default ``WORK/cells``), as ``train_default_model.py`` caches them.
 ``python benchmarks/ablate_stage2.py list`` names the variants.
 """

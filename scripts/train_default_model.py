@@ -176,9 +176,11 @@ def main() -> None:
     cache = args.work / "cells"
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
-    cfg = config(tuple(args.iterations), args.stage2_convs, args.stage2_stride, args.stage2_patch,
-                 args.stage2_layout, not args.stage2_plain_norm, args.stage1_layout,
-                 not args.stage1_plain_norm, args.seed, args.factor, args.stage1_patch)
+    cfg = config(tuple(args.iterations), stage2_convs=args.stage2_convs, stage2_stride=args.stage2_stride,
+                 stage2_patch=args.stage2_patch, stage2_layout=args.stage2_layout,
+                 stage2_norm_affine=not args.stage2_plain_norm, stage1_layout=args.stage1_layout,
+                 stage1_norm_affine=not args.stage1_plain_norm, seed=args.seed, factor=args.factor,
+                 stage1_patch=args.stage1_patch)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
     inherited = _inherited_cpu_seconds(init, stage1_from)

@@ -350,7 +350,6 @@ def process_cell(job: Mapping[str, Any]) -> dict[str, Any]:
         return _process_cell(job, t0, cid, path, settings, log)
 
 
-
 def _process_cell(job: Mapping[str, Any], t0: float, cid: str, path: Path, settings: StudySettings,
                   log: list) -> dict[str, Any]:
     from .domain import input_statistics, ood_scores

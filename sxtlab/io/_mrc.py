@@ -148,7 +148,6 @@ def _read(path: Path, at: foreign_errors, *, voxel_size, chunks: Any, classes: M
     _check_header(header, where)
     _check_sizes(path, header, compressed)
     opener = mrcfile.open if compressed else mrcfile.mmap
-    caught: list[warnings.WarningMessage] = []
     at.field = f"extended header ({int(header.nsymbt)} bytes) and data"
     with thread_warnings() as caught:
         mrc = opener(path, mode="r", permissive=True)
