@@ -286,12 +286,16 @@ def simulated(seed: int, bins, factor: int = 1):
     out[0]["coarse_cnr"] = coarse
     acq = ds.attrs["acquisition"]
     out[0]["photons"] = float(acq["photons"])
+    capillary = ds.attrs["variation"]["capillary"]
+    out[0]["neighbours"] = int(ds.attrs["neighbours"])
+    out[0]["air"] = bool(capillary and capillary["outside_lac"] is not None)
     desc = (f"{acq['reconstruction'].upper()}"
             + ("" if acq["reconstruction"] == "sirt" else f" {acq['filter_name']}")
             + f", ±{acq['tilt_range_deg'][1]:.0f}°, {acq['n_angles']} angles, "
             f"{acq['photons']:.0f} photons, PSF σ {acq['psf_sigma_um'] * 1000:.0f} nm"
             + (f", rings {acq['ring_std']:.3f}" if acq["ring_std"] else "")
-            + (", capillary" if ds.attrs["variation"]["capillary"] else ""))
+            + ((", capillary in air" if out[0]["air"] else ", capillary") if capillary else "")
+            + (f", {out[0]['neighbours']} neighbours" if out[0]["neighbours"] else ""))
     return out, desc
 
 
@@ -499,11 +503,14 @@ def notes(real, sims, sims2) -> list[str]:
         f"(0.15–0.27 µm), {min(r['edge'] for r in sims2):.1f}–{max(r['edge'] for r in sims2):.1f} at 2×. "
         "At a real voxel of ~0.15–0.2 µm the real edge (~0.3–0.4 µm) is, if anything, blurrier than the "
         "simulated ones; with the voxel size unknown this is no ground for a change.",
-        "- **Gray levels agree; the surroundings do not.** The real gray is proportional to LAC with air at "
-        f"0: cell / water = {real['cell'] / real['medium']:.2f}, as the phantom's cytoplasm (0.2–0.3 µm⁻¹) "
-        "over its medium (≈ 0.1) gives. But the real capillary is surrounded by **air** (the histogram's "
-        f"spike at contrast {real['air']:.2f}) and packed with **neighbouring cells** (most of the lumen's "
-        "label-0 voxels); `varied_cell` puts medium on both sides of its capillary wall and no neighbours.",
+        "- **Gray levels agree; so, since generator 1.1, do the surroundings.** The real gray is proportional "
+        f"to LAC with air at 0: cell / water = {real['cell'] / real['medium']:.2f}, as the phantom's cytoplasm "
+        "(0.2–0.3 µm⁻¹) over its medium (≈ 0.1) gives. The real capillary is surrounded by **air** (the "
+        f"histogram's spike at contrast {real['air']:.2f}) and packed with **neighbouring cells** (most of the "
+        "lumen's label-0 voxels). `varied_cell` draws 0–4 neighbouring cells, partly in the field, and air "
+        "beyond 60 % of its capillary walls (medium before 1.1, and no neighbours); of these "
+        f"{len(sims)} cells, {sum(r['neighbours'] > 0 for r in sims)} have neighbours in the field "
+        f"({sum(r['neighbours'] for r in sims)} in all) and {sum(r['air'] for r in sims)} a capillary in air.",
         f"- **Bright tails.** The real field's brightest voxels are the glass at contrast ≈ {real['glass']:.1f} "
         "(partial-volumed in coarse voxels); the simulated cells reach 3–12 (lipid bodies of 0.5–1 µm⁻¹, "
         "glass of 0.8–1.6 µm⁻¹). The real annotated cell shows no lipid-body tail; one cell is too few to "

@@ -19,9 +19,12 @@
 
 Training data: :func:`sxtlab.phantom.varied_cell` cells (every class's LAC over its
 whole literature range, the nucleus darker or brighter than the cytoplasm, texture,
-round and elongated cells, capillary walls, FBP and SIRT reconstructions, tilt ranges
-±55° to full rotation, 500-40 000 photons), each simulated at a voxel size drawn in
-25-60 nm and resampled to the model's 50 nm, as inference resamples a user's volume.
+round, elongated and budding cells, nuclei of 3-24 % of the cell, lobed or round,
+neighbouring cells, capillary walls in air or medium, FBP and SIRT reconstructions,
+tilt ranges ±55° to full rotation, 500-40 000 photons), each simulated at a voxel size
+drawn in 25-60 nm and resampled to the model's 50 nm, as inference resamples a user's
+volume. Cached by seed and generator version: cells of an older version are kept
+beside the new ones, never mistaken for them.
 Seeds 1-N train (101-103 skipped), 101-103 validate; held-out evaluation (other seeds and a second,
 independent generator) is ``benchmarks/bench_generalisation.py``.
 
@@ -62,7 +65,8 @@ VALIDATION_SEEDS = [101, 102, 103]
 
 def make_cell(seed: int, cache: Path) -> xr.Dataset:
     """A varied cell simulated at its own voxel size, resampled to the model's; cached."""
-    path = cache / f"cell-{seed}.npz"
+    # the generator's version in the name: a new version draws other cells from a seed
+    path = cache / f"cell-{seed}-v{phantom.GENERATOR_VERSION}.npz"
     if not path.exists():
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF1E1D]))
         vs = float(np.exp(rng.uniform(*np.log(SIMULATED_VOXEL_UM))))

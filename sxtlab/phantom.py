@@ -68,7 +68,7 @@ LABELS: dict[str, int] = {
 }
 
 #: Version of the generator; bumped whenever a seed would give a different cell.
-GENERATOR_VERSION = "1.0"
+GENERATOR_VERSION = "1.1"
 
 # -- geometry constants (µm unless stated), with their sources ----------------------
 #: Cell radius as a fraction of the smallest field-of-view extent, by default. With
@@ -123,6 +123,10 @@ _GRAY_ZERO = (3000.0, 12000.0)
 _LAC_MARGIN = 0.1
 #: Contrast of the nucleus to the cytoplasm (µm⁻¹, either sign): low, as DESIGN notes.
 _NUCLEUS_CONTRAST = (0.015, 0.04)
+#: Nucleus radius relative to the cell's equivalent radius drawn by varied_cell: 3–24 %
+#: of the cell's volume, from small-nucleus yeast and algae to cells whose nucleus
+#: fills a quarter of them (our choice, wider than any one species).
+_VARIED_NUCLEUS_RADIUS = (0.31, 0.62)
 #: Filters of FBP drawn by varied_cell, and how often.
 _FILTER_NAMES = ("ramp", "shepp-logan", "hann")
 _FILTER_WEIGHTS = (0.2, 0.3, 0.5)
@@ -182,18 +186,20 @@ class _Grid:
         return tuple(slices), coords
 
 
-class _CellBody:
-    """The cell's surface: a rotated ellipsoid with low-order harmonic relief.
+class _StarShape:
+    """A rotated ellipsoid with low-order harmonic relief, star-shaped about its centre.
 
     ``r(u) = R0 · e(u) · (1 + p(u))`` along a unit direction ``u``, with ``e`` the
     ellipsoid's radius for unit largest semi-axis and ``p`` a random sum of zonal
     Legendre harmonics of degree 2–4 about random axes, scaled to a largest relief
-    drawn in (0.05, ``_MAX_RELIEF``).
+    drawn in ``relief``. Positions are relative to ``centre`` (µm, relative to the
+    cell centre).
     """
 
-    def __init__(self, radius: float, rng: np.random.Generator,
-                 axis_ratio: tuple[float, float] = _AXIS_RATIO) -> None:
+    def __init__(self, radius: float, rng: np.random.Generator, axis_ratio: tuple[float, float],
+                 relief: tuple[float, float], centre: np.ndarray | None = None) -> None:
         self.radius = radius
+        self.centre = np.zeros(3) if centre is None else np.asarray(centre, float)
         rot = _random_rotation(rng)
         ratios = np.array([1.0, *rng.uniform(*axis_ratio, size=2)])
         self._metric = rot @ np.diag(1 / ratios ** 2) @ rot.T
@@ -201,9 +207,99 @@ class _CellBody:
         self._degrees = rng.integers(2, 5, size=n_terms)
         self._axes = _unit_vectors(n_terms) @ _random_rotation(rng).T
         self._weights = rng.normal(size=n_terms) / self._degrees
-        relief = rng.uniform(0.05, _MAX_RELIEF)
-        self._weights *= relief / np.max(np.abs(self._relief(_unit_vectors(20000))))
+        largest = rng.uniform(*relief)
+        self._weights *= largest / np.max(np.abs(self._relief(_unit_vectors(20000))))
         self.max_radius = float(np.max(self.r(_unit_vectors(20000)))) * 1.01
+
+    def _relief(self, u: np.ndarray) -> np.ndarray:
+        out = np.zeros(u.shape[:-1])
+        for degree, poly in ((2, lambda t, t2: 0.5 * (3 * t2 - 1)),
+                             (3, lambda t, t2: 0.5 * t * (5 * t2 - 3)),
+                             (4, lambda t, t2: (35 * t2 * t2 - 30 * t2 + 3) / 8)):
+            terms = self._degrees == degree
+            if terms.any():
+                t = u @ self._axes[terms].T  # cosines to the harmonics' axes
+                out += poly(t, t * t) @ self._weights[terms]  # Legendre P_degree
+        return out
+
+    def r(self, u: np.ndarray) -> np.ndarray:
+        """Surface radius (µm) along unit directions ``u`` (..., 3)."""
+        e = 1 / np.sqrt(((u @ self._metric) * u).sum(axis=-1))
+        return self.radius * e * (1 + self._relief(u))
+
+    def scale(self, factor: float) -> None:
+        """Shrink or grow the shape about its centre."""
+        self.radius *= factor
+        self.max_radius *= factor
+
+    def volume(self) -> float:
+        """Exact volume ``∮ r³/3 dΩ`` (µm³) by Gauss–Legendre × trapezoid quadrature."""
+        mu, wmu = np.polynomial.legendre.leggauss(128)
+        phi = np.linspace(0, 2 * np.pi, 256, endpoint=False)
+        s = np.sqrt(1 - mu ** 2)[:, None]
+        u = np.stack([np.broadcast_to(mu[:, None], (128, 256)), s * np.cos(phi), s * np.sin(phi)], axis=-1)
+        return float(np.sum(wmu[:, None] * self.r(u) ** 3 / 3) * (2 * np.pi / 256))
+
+    def implicit(self, coords: list[np.ndarray]) -> np.ndarray:
+        """``|x − c| − r((x − c)/|x − c|)`` at (z, y, x) (µm, broadcastable): negative
+        inside, ≈ signed distance. Computed in slabs along the first axis to bound memory."""
+        shape = np.broadcast_shapes(*(c.shape for c in coords))
+        out = np.empty(shape)
+        rows = max(1, 2 ** 20 // max(1, int(np.prod(shape[1:]))))
+        for s in range(0, shape[0], rows):
+            part = [np.broadcast_to(c - o, shape)[s:s + rows] for c, o in zip(coords, self.centre)]
+            norm, u = _polar(np.stack(part, axis=-1))
+            out[s:s + rows] = norm - self.r(u)
+        return out
+
+
+class _Blob(_StarShape):
+    """An organelle of irregular outline (a nucleus with relief): a :class:`_StarShape`
+    with the organelle interface of :class:`_Ellipsoid`."""
+
+    def __init__(self, label: str, radius: float, rng: np.random.Generator, axis_ratio: tuple[float, float],
+                 relief: tuple[float, float]) -> None:
+        super().__init__(radius, rng, axis_ratio, relief)
+        self.label = label
+        self._volume = super().volume()
+
+    @property
+    def volume(self) -> float:  # type: ignore[override]
+        return self._volume
+
+    def scale(self, factor: float) -> None:
+        super().scale(factor)
+        self._volume *= factor ** 3
+
+    def inscribed(self) -> float:
+        """A radius (µm) about the centre that the shape contains: the least surface
+        radius over 20 000 directions, less 10 % (the nearest surface point may lie
+        off the sampled directions and the surface may lean)."""
+        return 0.9 * float(np.min(self.r(_unit_vectors(20000))))
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.centre - self.max_radius, self.centre + self.max_radius
+
+    def cover(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.centre[None, :].copy(), np.array([self.max_radius])
+
+    def surface_points(self, n: int = 400) -> np.ndarray:
+        u = _unit_vectors(n)
+        return self.centre + u * self.r(u)[:, None]
+
+    def record(self, origin: np.ndarray) -> dict[str, Any]:
+        return {"class": self.label, "centre_um": (origin + self.centre).round(4).tolist(),
+                "equivalent_radius_um": round((3 * self.volume / (4 * np.pi)) ** (1 / 3), 4),
+                "volume_um3": self.volume}
+
+
+class _CellBody(_StarShape):
+    """The cell's surface: a :class:`_StarShape` about the origin with a relief of
+    5 %–``_MAX_RELIEF``, and the distance queries that packing organelles needs."""
+
+    def __init__(self, radius: float, rng: np.random.Generator,
+                 axis_ratio: tuple[float, float] = _AXIS_RATIO) -> None:
+        super().__init__(radius, rng, axis_ratio, (0.05, _MAX_RELIEF))
         # Distance to the surface. A Euclidean distance transform (EDT) on a grid of
         # step s = R/32 (physical, independent of the voxel grid) brackets it: at a
         # grid point the true distance D lies in [EDT − √3·s, EDT] (any ball of
@@ -225,30 +321,6 @@ class _CellBody:
         m = int(np.clip(4 * np.pi * self.max_radius ** 2 / 0.025 ** 2, 4000, 400000))
         u = _unit_vectors(m)
         self._surface = cKDTree(u * self.r(u)[:, None])
-
-    def _relief(self, u: np.ndarray) -> np.ndarray:
-        out = np.zeros(u.shape[:-1])
-        for degree, poly in ((2, lambda t, t2: 0.5 * (3 * t2 - 1)),
-                             (3, lambda t, t2: 0.5 * t * (5 * t2 - 3)),
-                             (4, lambda t, t2: (35 * t2 * t2 - 30 * t2 + 3) / 8)):
-            terms = self._degrees == degree
-            if terms.any():
-                t = u @ self._axes[terms].T  # cosines to the harmonics' axes
-                out += poly(t, t * t) @ self._weights[terms]  # Legendre P_degree
-        return out
-
-    def r(self, u: np.ndarray) -> np.ndarray:
-        """Surface radius (µm) along unit directions ``u`` (..., 3)."""
-        e = 1 / np.sqrt(((u @ self._metric) * u).sum(axis=-1))
-        return self.radius * e * (1 + self._relief(u))
-
-    def volume(self) -> float:
-        """Exact volume ``∮ r³/3 dΩ`` (µm³) by Gauss–Legendre × trapezoid quadrature."""
-        mu, wmu = np.polynomial.legendre.leggauss(128)
-        phi = np.linspace(0, 2 * np.pi, 256, endpoint=False)
-        s = np.sqrt(1 - mu ** 2)[:, None]
-        u = np.stack([np.broadcast_to(mu[:, None], (128, 256)), s * np.cos(phi), s * np.sin(phi)], axis=-1)
-        return float(np.sum(wmu[:, None] * self.r(u) ** 3 / 3) * (2 * np.pi / 256))
 
     def inside(self, p: np.ndarray) -> np.ndarray:
         """Whether points ``p`` (..., 3) lie inside the surface."""
@@ -278,18 +350,6 @@ class _CellBody:
         flat = self._order[rng.integers(0, count, size=n)]
         pick = np.stack(np.unravel_index(flat, self._edt.shape), axis=1)
         return self._edt_origin + (pick + rng.uniform(-0.5, 0.5, size=(n, 3))) * self._step
-
-    def implicit(self, coords: list[np.ndarray]) -> np.ndarray:
-        """``|x| − r(x/|x|)`` at (z, y, x) (µm, broadcastable): negative inside,
-        ≈ signed distance. Computed in slabs along the first axis to bound memory."""
-        shape = np.broadcast_shapes(*(c.shape for c in coords))
-        out = np.empty(shape)
-        rows = max(1, 2 ** 20 // max(1, int(np.prod(shape[1:]))))
-        for s in range(0, shape[0], rows):
-            part = [np.broadcast_to(c, shape)[s:s + rows] for c in coords]
-            norm, u = _polar(np.stack(part, axis=-1))
-            out[s:s + rows] = norm - self.r(u)
-        return out
 
 
 @dataclass
@@ -493,32 +553,55 @@ def _partial_volume(implicit: Callable[[list[np.ndarray]], np.ndarray], coords: 
 
 # -- organelles -------------------------------------------------------------------------
 
-def _nucleus(body: _CellBody, r_eff: float, rng: np.random.Generator) -> tuple[_Ellipsoid, _Ellipsoid]:
-    """The nucleus (a near-round ellipsoid) and its nucleolus (a sphere inside it)."""
-    radius = r_eff * rng.uniform(*_NUCLEUS_RADIUS)
+def _nucleus(body: _CellBody, r_eff: float, rng: np.random.Generator,
+             size: tuple[float, float] = _NUCLEUS_RADIUS,
+             relief: float = 0.0) -> tuple[_Ellipsoid | _Blob, _Ellipsoid]:
+    """The nucleus and its nucleolus (a sphere inside it).
+
+    The nucleus is a near-round ellipsoid of radius ``size`` × the cell's equivalent
+    radius or, with ``relief`` > 0, a :class:`_Blob` whose surface strays up to that
+    fraction of its radius (lobed, bean-shaped nuclei), with axis ratios 0.7–1.
+    """
+    radius = r_eff * rng.uniform(*size)
     semi = radius * np.array([1.0, *rng.uniform(0.85, 1.0, size=2)])
-    rot = _random_rotation(rng)
+    rot = _random_rotation(rng)  # drawn for lobed nuclei too, keeping the draws after it
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
     # Off-centre, leaving room for a vacuole beside it as in yeast, but no closer to
-    # the wall than it allows (halving the offset up to 8 times, then centred: a
-    # centred nucleus always fits, its radius being < 0.46 of the cell's).
+    # the wall than it allows (halving the offset up to 8 times, then centred). A
+    # centred ellipsoid of the default size always fits (its radius is < 0.46 of the
+    # cell's); a larger or lobed one shrinks until it does.
     offset = rng.uniform(0.15, 0.45) * r_eff
-    nucleus = _Ellipsoid("nucleus", np.zeros(3), semi, rot)
+    nucleus: _Ellipsoid | _Blob
+    if relief > 0:
+        nucleus = _Blob("nucleus", radius, rng, (0.7, 1.0), (0.5 * relief, relief))
+    else:
+        nucleus = _Ellipsoid("nucleus", np.zeros(3), semi, rot)
+
+    def fits() -> bool:
+        points = nucleus.surface_points()
+        return bool(body.clear(points, np.full(len(points), _WALL)).all())
+
     for _ in range(8):
         nucleus.centre = direction * offset
-        points = nucleus.surface_points()
-        if body.clear(points, np.full(len(points), _WALL)).all():
+        if fits():
             break
         offset /= 2
     else:
         nucleus.centre = np.zeros(3)
+        for _ in range(20):
+            if fits():
+                break
+            if isinstance(nucleus, _Blob):
+                nucleus.scale(0.9)
+            else:
+                nucleus.semi_axes = nucleus.semi_axes * 0.9
     # The nucleolus sits eccentrically inside the sphere inscribed in the nucleus.
-    inner = semi.min()
+    inner = nucleus.inscribed() if isinstance(nucleus, _Blob) else float(nucleus.semi_axes.min())
     r_nl = inner * rng.uniform(*_NUCLEOLUS_RADIUS)
     d = rng.normal(size=3)
     d /= np.linalg.norm(d)
-    shift = rng.uniform(0.3, 1.0) * (inner - r_nl - _GAP)
+    shift = rng.uniform(0.3, 1.0) * max(0.0, inner - r_nl - _GAP)
     nucleolus = _Ellipsoid("nucleolus", nucleus.centre + shift * d, np.full(3, r_nl))
     return nucleus, nucleolus
 
@@ -685,32 +768,215 @@ class Capillary:
         517 eV (Henke et al. 1993); thin, porous or borosilicate walls less.
     offset_um : (float, float)
         Position of the axis relative to the cell centre in (z, x), µm.
+    outside_lac : float, optional
+        LAC (µm⁻¹) beyond the wall: 0 for air, as around the real ``sample_12``'s
+        capillary; ``None``: the medium (a capillary in a bath). Labelled medium either way.
     """
 
     clearance_um: float = 0.3
     thickness_um: float = 0.2
     lac: float = 1.2
     offset_um: tuple[float, float] = (0.0, 0.0)
+    outside_lac: float | None = None
 
     def __post_init__(self) -> None:
         values = (self.clearance_um, self.thickness_um, self.lac, *self.offset_um)
-        if not (len(self.offset_um) == 2 and all(np.isfinite(values))
+        outside_ok = self.outside_lac is None or (np.isfinite(self.outside_lac) and self.outside_lac >= 0)
+        if not (len(self.offset_um) == 2 and all(np.isfinite(values)) and outside_ok
                 and self.clearance_um >= 0 and self.thickness_um > 0 and self.lac > 0):
-            raise ValueError(f"Capillary needs clearance_um >= 0, thickness_um > 0, lac > 0 and a finite "
-                             f"(z, x) offset_um, got {self!r}")
+            raise ValueError(f"Capillary needs clearance_um >= 0, thickness_um > 0, lac > 0, a finite "
+                             f"(z, x) offset_um and outside_lac None or >= 0, got {self!r}")
 
-    def wall_fraction(self, grid: _Grid, cell_radius_um: float) -> np.ndarray:
-        """Share of each voxel inside the wall (float32, the grid's shape), by the
-        linear ramp of the radial distance (the wall is much wider than it is curved)."""
+    def fractions(self, grid: _Grid, cell_radius_um: float) -> tuple[np.ndarray, np.ndarray]:
+        """Share of each voxel inside the wall and beyond it (two float32 arrays, the
+        grid's shape), by the linear ramp of the radial distance (the wall is much
+        wider than it is curved)."""
         oz, ox = self.offset_um
         z = (np.arange(grid.shape[0]) * grid.spacing[0] - grid.centre_um[0] - oz)[:, None, None]
         x = (np.arange(grid.shape[2]) * grid.spacing[2] - grid.centre_um[2] - ox)[None, None, :]
         r = np.sqrt(z ** 2 + x ** 2)
         inner = math.hypot(oz, ox) + cell_radius_um + self.clearance_um
+        outer = inner + self.thickness_um
         h = math.hypot(grid.spacing[0], grid.spacing[2]) / 2
-        depth = np.minimum(r - inner, inner + self.thickness_um - r)
-        frac = np.clip(depth / h + 0.5, 0.0, 1.0).astype(np.float32)
-        return np.broadcast_to(frac, grid.shape)
+        beyond = np.clip((r - outer) / h + 0.5, 0.0, 1.0)
+        wall = np.clip((r - inner) / h + 0.5, 0.0, 1.0) - beyond
+        return (np.broadcast_to(wall.astype(np.float32), grid.shape),
+                np.broadcast_to(beyond.astype(np.float32), grid.shape))
+
+
+@dataclass
+class _Contents:
+    """The organelles of one cell body (positions relative to the cell centre)."""
+
+    nucleus: _Ellipsoid | _Blob | None = None
+    nucleolus: _Ellipsoid | None = None
+    vacuoles: list[_Ellipsoid] = field(default_factory=list)
+    lipids: list[_Ellipsoid] = field(default_factory=list)
+    granules: list[_Ellipsoid] = field(default_factory=list)
+    mitos: list[_Tube] = field(default_factory=list)
+
+    def organelles(self) -> list[_Ellipsoid | _Blob | _Tube]:
+        """Everything but the nucleolus, in instance-id order."""
+        head = [] if self.nucleus is None else [self.nucleus]
+        return [*head, *self.vacuoles, *self.lipids, *self.granules, *self.mitos]
+
+    def shift(self, offset: np.ndarray) -> None:
+        """Move every organelle by ``offset`` (µm)."""
+        for shape in [*self.organelles(), *([] if self.nucleolus is None else [self.nucleolus])]:
+            if isinstance(shape, _Tube):
+                shape.axis = shape.axis + offset
+            else:
+                shape.centre = shape.centre + offset
+
+
+def _populate(packer: _Packer, r_eff: float, rngs: Mapping[str, np.random.Generator], *, lipid_target: float,
+              mito_density: float, starch: bool, nucleus: bool = True,
+              nucleus_size: tuple[float, float] = _NUCLEUS_RADIUS, nucleus_relief: float = 0.0,
+              vacuoles: int | None = None) -> _Contents:
+    """Place a cell body's organelles, in :func:`cell`'s order, each from its own stream.
+
+    ``vacuoles``: their number (default one to three, drawn). Raises ``ValueError``
+    when the lipid bodies do not fit (see :func:`_place_lipids`).
+    """
+    out = _Contents()
+    if nucleus:
+        out.nucleus, out.nucleolus = _nucleus(packer.body, r_eff, rngs["nucleus"], nucleus_size, nucleus_relief)
+        packer.add(*out.nucleus.cover())
+
+    rng = rngs["vacuole"]
+    n_vac = int(rng.integers(1, 4)) if vacuoles is None else vacuoles
+    vac_axes = [r_eff * rng.uniform(*_VACUOLE_RADIUS) / max(n_vac, 1) ** (1 / 3)
+                * np.array([1.0, *rng.uniform(0.8, 1.0, size=2)]) for _ in range(n_vac)]
+    out.vacuoles = _place_ellipsoids(packer, "vacuole", vac_axes, rng)
+
+    rng = rngs["lipid"]
+    v_body = packer.body.volume()
+    out.lipids = _place_lipids(packer, _lipid_radii(lipid_target * v_body, rng), rng)
+
+    rng = rngs["mito"]
+    n_mito = max(1, int(rng.poisson(min(mito_density * v_body, 60.0))))
+    out.mitos = _mitochondria(packer, n_mito, r_eff, rng)
+
+    if starch:
+        rng = rngs["starch"]
+        n_starch = max(1, int(rng.poisson(_STARCH_DENSITY * v_body)))
+        starch_axes = []
+        for _ in range(n_starch):
+            a = rng.uniform(*_STARCH_HALF_LENGTH)
+            starch_axes.append(a * np.array([1.0, rng.uniform(0.6, 0.9), rng.uniform(0.3, 0.5)]))
+        out.granules = _place_ellipsoids(packer, "starch_granule", starch_axes, rng)
+    return out
+
+
+def _streams(seed_sequence: np.random.SeedSequence) -> tuple[dict[str, np.random.SeedSequence],
+                                                             dict[str, np.random.Generator]]:
+    """One stream per part of a cell. Spawned streams keep their index, so adding one
+    never changes the others' draws."""
+    names = ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray", "texture",
+             "bud", "neighbours"]
+    streams = dict(zip(names, seed_sequence.spawn(len(names))))
+    return streams, {k: np.random.default_rng(v) for k, v in streams.items()}
+
+
+def _union_volume(a: _CellBody, b: _CellBody, offset: np.ndarray) -> float:
+    """Volume (µm³) of ``a`` ∪ (``b`` moved by ``offset``): the two exact volumes less
+    their overlap, counted on a grid of step b.max_radius / 40 over ``b``'s box
+    (the overlap is a small lens at the neck; the count errs by well under 1 % of ``b``)."""
+    step = b.max_radius / 40
+    axis = (np.arange(-40, 40) + 0.5) * step
+    pts = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    both = b.inside(pts) & a.inside(pts + offset)
+    return a.volume() + b.volume() - float(both.sum()) * step ** 3
+
+
+def _populate_or_lean(packer: _Packer, rngs: Mapping[str, np.random.Generator], **kwargs: Any) -> _Contents:
+    """:func:`_populate` for a bud or a neighbour: without lipid bodies where those drawn
+    find no room (the cell's own lipid fraction is the one that must be met)."""
+    body = packer.body
+    r_eff = (3 * body.volume() / (4 * np.pi)) ** (1 / 3)
+    centres, radii = packer.centres.copy(), packer.radii.copy()
+    try:
+        return _populate(packer, r_eff, rngs, **kwargs)
+    except ValueError:
+        packer.centres, packer.radii = centres, radii
+        return _populate(packer, r_eff, rngs, **{**kwargs, "lipid_target": 0.0})
+
+
+def _bud(mother: _CellBody, radius: float, stream: np.random.SeedSequence, packer: _Packer, lipid_target: float,
+         mito_density: float, along_y: bool) -> tuple[_CellBody, np.ndarray, _Contents]:
+    """A daughter cell budding from ``mother``: a near-round body whose centre lies
+    0.6–0.8 of its radius beyond the mother's surface (a neck about 0.6–0.8 of the
+    bud's width), holding mitochondria, lipid bodies and, in half the buds, a small
+    vacuole, but no nucleus (as before nuclear migration). Its organelles keep clear
+    of the mother's (``packer``). ``along_y``: bud along the capillary's axis.
+
+    Returns the bud's body (about its own origin), its centre (µm, relative to the
+    mother's) and its organelles (moved there)."""
+    _, rngs = _streams(stream)
+    rng = rngs["body"]
+    bud = _CellBody(radius, rng, (0.8, 1.0))
+    if along_y:
+        u = np.array([0.0, rng.choice([-1.0, 1.0]), 0.0])
+    else:
+        u = rng.normal(size=3)
+        u /= np.linalg.norm(u)
+    centre = u * float(mother.r(u) + bud.r(-u) * rng.uniform(0.6, 0.8))
+    own = _Packer(bud)
+    own.add(packer.centres - centre, packer.radii)
+    contents = _populate_or_lean(own, rngs, lipid_target=lipid_target, mito_density=mito_density, starch=False,
+                                 nucleus=False, vacuoles=int(rng.random() < 0.5))
+    contents.shift(centre)
+    return bud, centre, contents
+
+
+def _neighbour(bodies: list[tuple[_CellBody, np.ndarray]], radius: float, stream: np.random.SeedSequence,
+               grid: _Grid, axis_ratio: tuple[float, float], lipid_target: float, mito_density: float,
+               starch: bool, nucleus_size: tuple[float, float], nucleus_relief: float,
+               along_y: bool) -> tuple[_CellBody, np.ndarray, _Contents] | None:
+    """A neighbouring cell, 0.7–1.1 × ``radius``, beside the cell 0.02–0.4 µm from
+    every body already placed, within the field in part. Cells on a grid lie side by
+    side in the y–x plane (z is the beam); in a capillary they queue along y, and are
+    no wider than the cell so that the wall clears them (``along_y``).
+
+    Returns its body (about its own origin), centre (µm, relative to the cell's) and
+    organelles (moved there), or ``None`` when 20 directions give no room in the field."""
+    _, rngs = _streams(stream)
+    rng = rngs["body"]
+    other = _CellBody(radius * rng.uniform(0.7, 1.0 if along_y else 1.1), rng, axis_ratio)
+    u_all = _unit_vectors(2000)
+    own_surface = u_all * other.r(u_all)[:, None]
+    half = np.array([n * d / 2 for n, d in zip(grid.shape, grid.spacing)])
+    for _ in range(20):
+        if along_y:
+            u = np.array([0.0, rng.choice([-1.0, 1.0]), 0.0])
+        else:
+            phi = rng.uniform(0, 2 * np.pi)
+            u = np.array([0.0, np.sin(phi), np.cos(phi)])
+        gap = rng.uniform(0.02, 0.4)
+
+        def clear_of_all(centre: np.ndarray) -> bool:
+            for body_, c in bodies:
+                theirs = u_all * body_.r(u_all)[:, None] + c
+                if (body_.implicit(list((own_surface + centre - c).T)).min() < gap
+                        or other.implicit(list((theirs - centre).T)).min() < gap):
+                    return False
+            return True
+
+        # From well clear, step in until the next step would come nearer than the gap.
+        far = max(np.linalg.norm(c) + b.max_radius for b, c in bodies) + other.max_radius + gap
+        steps = np.linspace(far, 0.0, 60)
+        best = None
+        for d in steps:
+            if not clear_of_all(u * d):
+                break
+            best = u * d
+        if best is None or np.any(np.abs(best) - other.max_radius > half * 0.95):
+            continue
+        contents = _populate_or_lean(_Packer(other), rngs, lipid_target=lipid_target, mito_density=mito_density,
+                                     starch=starch, nucleus_size=nucleus_size, nucleus_relief=nucleus_relief)
+        contents.shift(best)
+        return other, best, contents
+    return None
 
 
 # -- LAC values -------------------------------------------------------------------------
@@ -773,6 +1039,10 @@ def cell(
     axis_ratio: tuple[float, float] = _AXIS_RATIO,
     mito_density: float = _MITO_DENSITY,
     capillary: Capillary | None = None,
+    nucleus_size: tuple[float, float] = _NUCLEUS_RADIUS,
+    nucleus_relief: float = 0.0,
+    bud: float | None = None,
+    neighbours: int = 0,
 ) -> xr.Dataset:
     """A synthetic SXT cell with its true labels, deterministic from ``seed``.
 
@@ -822,6 +1092,24 @@ def cell(
         Mitochondrial tubules per µm³ of cell (Poisson mean, at most 60 tubules).
     capillary : Capillary, optional
         A glass capillary wall around the cell (labelled medium).
+    nucleus_size : (lo, hi)
+        Range of the nucleus's radius relative to the cell's equivalent radius,
+        in (0, 0.7]; (0.38, 0.46) by default, the yeast nucleus's 4–9 % of the cell
+        (Jorgensen et al. 2007). A nucleus that does not fit shrinks until it does.
+    nucleus_relief : float
+        Largest departure of the nucleus's surface from an ellipsoid, as a fraction
+        of its radius in [0, 0.3] (low-order harmonics: lobed and bean-shaped
+        nuclei); 0, the default, gives a near-round ellipsoid.
+    bud : float, optional
+        Add a bud of this radius relative to ``cell_radius_um`` (in [0.2, 1]), joined
+        to the cell by a neck: part of the cell (its labels, volume and organelles),
+        without a nucleus. It may reach beyond the field of view.
+    neighbours : int
+        Neighbouring cells (0–8) beside the cell, in the field in part (labelled as
+        cells, with organelles of their own; not in the truth record's volumes and
+        counts). Side by side in the y–x plane on a grid, along y in a capillary.
+        One that finds no room in the field is left out (``attrs["neighbours"]``
+        says how many were placed).
 
     Returns
     -------
@@ -888,6 +1176,15 @@ def cell(
         raise ValueError(f"axis_ratio must be (lo, hi) with 0 < lo <= hi <= 1, got {axis_ratio!r}")
     if not (np.isfinite(mito_density) and mito_density >= 0):
         raise ValueError(f"mito_density must be >= 0 per µm³, got {mito_density!r}")
+    if not (len(nucleus_size) == 2 and 0 < nucleus_size[0] <= nucleus_size[1] <= 0.7):
+        raise ValueError(f"nucleus_size must be (lo, hi) with 0 < lo <= hi <= 0.7, got {nucleus_size!r}")
+    if not (np.isfinite(nucleus_relief) and 0 <= nucleus_relief <= 0.3):
+        raise ValueError(f"nucleus_relief must be in [0, 0.3], got {nucleus_relief!r}")
+    if bud is not None and not (np.isfinite(bud) and 0.2 <= bud <= 1.0):
+        raise ValueError(f"bud must be None or a relative radius in [0.2, 1], got {bud!r}")
+    if isinstance(neighbours, (bool, np.bool_)) or not isinstance(neighbours, (int, np.integer)) \
+            or not 0 <= neighbours <= 8:
+        raise ValueError(f"neighbours must be an integer in [0, 8], got {neighbours!r}")
     textures = {} if texture is None else (dict(texture) if isinstance(texture, Mapping) else {None: texture})
     for name, pair in textures.items():
         if name is not None and name not in LABELS:
@@ -919,63 +1216,55 @@ def cell(
             f"{extent:.3g} µm, with a margin), got {cell_radius_um!r}; change shape or voxel_size"
         )
 
-    # Spawned streams keep their index, so adding one never changes the others' draws.
-    streams = dict(zip(
-        ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray", "texture"],
-        np.random.SeedSequence(seed).spawn(10),
-    ))
-    rngs = {k: np.random.default_rng(s) for k, s in streams.items()}
+    streams, rngs = _streams(np.random.SeedSequence(seed))
     grid = _Grid(grid_shape, spacing)
     body = _CellBody(float(cell_radius_um), rngs["body"], axis_ratio)
     v_cell = body.volume()
     r_eff = (3 * v_cell / (4 * np.pi)) ** (1 / 3)
     lac_of = {**_draw_lac(rngs["lac"]), **{k: float(v) for k, v in (class_lac or {}).items()}}
-
+    target = float(rngs["lipid"].uniform(*_LIPID_FRACTION)) if lipid_fraction is None else float(lipid_fraction)
     packer = _Packer(body)
-    nucleus, nucleolus = _nucleus(body, r_eff, rngs["nucleus"])
-    packer.add(*nucleus.cover())
-
-    rng = rngs["vacuole"]
-    n_vac = int(rng.integers(1, 4))
-    vac_axes = [r_eff * rng.uniform(*_VACUOLE_RADIUS) / n_vac ** (1 / 3)
-                * np.array([1.0, *rng.uniform(0.8, 1.0, size=2)]) for _ in range(n_vac)]
-    vacuoles = _place_ellipsoids(packer, "vacuole", vac_axes, rng)
-
-    rng = rngs["lipid"]
-    target = float(rng.uniform(*_LIPID_FRACTION)) if lipid_fraction is None else float(lipid_fraction)
-    lipid_radii = _lipid_radii(target * v_cell, rng)
     try:
-        lipids = _place_lipids(packer, lipid_radii, rng)
+        contents = _populate(packer, r_eff, rngs, lipid_target=target, mito_density=mito_density,
+                             starch=starch, nucleus_size=nucleus_size, nucleus_relief=nucleus_relief)
     except ValueError as err:
         raise ValueError(f"lipid_fraction={target:g} does not fit: {err}") from None
 
-    rng = rngs["mito"]
-    n_mito = max(1, int(rng.poisson(min(mito_density * v_cell, 60.0))))
-    mitos = _mitochondria(packer, n_mito, r_eff, rng)
-
-    granules: list[_Ellipsoid] = []
-    if starch:
-        rng = rngs["starch"]
-        n_starch = max(1, int(rng.poisson(_STARCH_DENSITY * v_cell)))
-        starch_axes = []
-        for _ in range(n_starch):
-            a = rng.uniform(*_STARCH_HALF_LENGTH)
-            starch_axes.append(a * np.array([1.0, rng.uniform(0.6, 0.9), rng.uniform(0.3, 0.5)]))
-        granules = _place_ellipsoids(packer, "starch_granule", starch_axes, rng)
+    # Bodies in the field: (body, centre relative to the cell centre), the cell's first.
+    bodies: list[tuple[_CellBody, np.ndarray]] = [(body, np.zeros(3))]
+    if bud is not None:
+        bud_body, bud_centre, bud_contents = _bud(body, bud * float(cell_radius_um), streams["bud"],
+                                                   packer, target, mito_density, along_y=capillary is not None)
+        bodies.append((bud_body, bud_centre))
+        v_cell = _union_volume(body, bud_body, bud_centre)
+    neighbour_contents = []
+    for k, stream in enumerate(streams["neighbours"].spawn(neighbours)):
+        placed = _neighbour(bodies, float(cell_radius_um), stream, grid, axis_ratio, target, mito_density,
+                            starch, nucleus_size, nucleus_relief, along_y=capillary is not None)
+        if placed is not None:
+            bodies.append(placed[:2])
+            neighbour_contents.append((k + 1, placed[2]))
 
     # -- rasterise: labels at voxel centres, LAC by partial volume ----------------------
     labels = np.zeros(grid_shape, np.uint8)
     instance_labels = np.zeros(grid_shape, np.uint16)
     lac = np.full(grid_shape, lac_of["background"], np.float32)
-    bb, coords = grid.box(np.full(3, -body.max_radius), np.full(3, body.max_radius))
-    g, f = _partial_volume(body.implicit, coords, spacing, sub=None)  # R ≫ voxel: a ramp will do
     f_cell = np.zeros(grid_shape, np.float32)
-    f_cell[bb] = f
-    labels[bb][g < 0] = LABELS["cell"]
+    for body_, centre in bodies:
+        bb, coords = grid.box(centre - body_.max_radius, centre + body_.max_radius)
+        if any(sl.stop - sl.start < 3 for sl in bb):  # wholly beyond the field (the box pads 2 voxels)
+            continue
+        g, f = _partial_volume(lambda cs, b_=body_, c_=centre: b_.implicit([x - o for x, o in zip(cs, c_)]),
+                               coords, spacing, sub=None)  # R ≫ voxel: a ramp will do
+        f_cell[bb] = np.maximum(f_cell[bb], f)
+        labels[bb][g < 0] = LABELS["cell"]
     lac += f_cell * np.float32(lac_of["cell"] - lac_of["background"])
 
-    def paint(shape: _Ellipsoid | _Tube, instance: int, base: str, within: _Ellipsoid | None = None) -> None:
+    def paint(shape: _Ellipsoid | _Blob | _Tube, instance: int, base: str,
+              within: _Ellipsoid | _Blob | None = None) -> None:
         sl, cs = grid.box(*shape.bounds())
+        if any(s_.stop - s_.start < 3 for s_ in sl):  # wholly beyond the field (the box pads 2 voxels)
+            return
         g_s, frac = _partial_volume(shape.implicit, cs, spacing)
         # A class mixes into what contains it, never beyond it.
         frac = np.minimum(frac, f_cell[sl])
@@ -985,11 +1274,21 @@ def cell(
         instance_labels[sl][g_s < 0] = instance
         lac[sl] += frac * np.float32(lac_of[shape.label] - lac_of[base])
 
-    # Instance ids 1, 2, … in this order; the nucleolus comes last, inside its nucleus.
-    organelles: list[_Ellipsoid | _Tube] = [nucleus, *vacuoles, *lipids, *granules, *mitos]
+    # Instance ids 1, 2, … in this order: the cell's organelles (its bud's with them),
+    # its nucleolus, then each neighbour's organelles and nucleolus.
+    organelles = contents.organelles() + ([] if bud is None else bud_contents.organelles())
+    nucleolus = contents.nucleolus
+    painted: list[tuple[int | None, _Ellipsoid | _Blob | _Tube]] = [(None, s_) for s_ in [*organelles, nucleolus]]
     for i, shape_ in enumerate(organelles, start=1):
         paint(shape_, i, "cell")
-    paint(nucleolus, len(organelles) + 1, "nucleus", within=nucleus)
+    paint(nucleolus, len(organelles) + 1, "nucleus", within=contents.nucleus)
+    for k, other in neighbour_contents:
+        for shape_ in other.organelles():
+            painted.append((k, shape_))
+            paint(shape_, len(painted), "cell")
+        if other.nucleolus is not None:
+            painted.append((k, other.nucleolus))
+            paint(other.nucleolus, len(painted), "nucleus", within=other.nucleus)
     for name, (std, length) in textures.items():
         if std > 0:
             field_ = ndimage.gaussian_filter(rngs["texture"].standard_normal(grid_shape, np.float32),
@@ -997,9 +1296,12 @@ def cell(
             field_ *= np.float32(std / max(float(field_.std()), 1e-12))
             lac += field_ * (f_cell if name is None else (labels == LABELS[name]))
     if capillary is not None:
-        lac += capillary.wall_fraction(grid, body.max_radius) * np.float32(capillary.lac - lac_of["background"])
+        wall, beyond = capillary.fractions(grid, body.max_radius)
+        lac += wall * np.float32(capillary.lac - lac_of["background"])
+        if capillary.outside_lac is not None:
+            lac += beyond * np.float32(capillary.outside_lac - lac_of["background"])
 
-    # -- truth record -------------------------------------------------------------------
+    # -- truth record (the cell's, its bud's included; not its neighbours') -------------
     classes = [c for c in LABELS if c != "background" and (starch or c != "starch_granule")]
     members: dict[str, list] = {c: [] for c in classes}
     for shape_ in [*organelles, nucleolus]:
@@ -1009,7 +1311,7 @@ def cell(
     volumes["cell"] = v_cell - sum(v for c, v in volumes.items() if c != "cell")
     origin = grid.centre_um
     cell_id = f"phantom-{seed}"
-    lipid_volume = float(sum(s.volume for s in lipids))
+    lipid_volume = float(sum(s.volume for s in members["lipid_body"]))
     attrs: dict[str, Any] = {
         "generator": "sxtlab.phantom.cell",
         "generator_version": GENERATOR_VERSION,
@@ -1020,13 +1322,17 @@ def cell(
         "class_lac_per_um": {c: lac_of[c] for c in ["background", *classes]},
         "class_volume_um3": volumes,
         "instance_counts": {c: len(members[c]) for c in classes if c != "cell"},
-        "instances": [{"id": i, **s.record(origin)} for i, s in enumerate([*organelles, nucleolus], start=1)],
+        "instances": [{"id": i, **({} if k is None else {"neighbour": k}), **s_.record(origin)}
+                      for i, (k, s_) in enumerate(painted, start=1)],
         "lipid_fraction": lipid_volume / v_cell,
         "lipid_fraction_target": target,
         "starch": bool(starch),
         "texture": {("cell body" if k is None else k): [float(v) for v in pair] for k, pair in textures.items()}
         or None,
         "capillary": None if capillary is None else asdict(capillary),
+        "bud": None if bud is None else {"radius_um": bud_body.radius,
+                                          "centre_um": (origin + bud_centre).round(4).tolist()},
+        "neighbours": len(neighbour_contents),
         "acquisition": None,
     }
 
@@ -1120,10 +1426,15 @@ def varied_cell(
     class's LAC over its whole literature range with the nucleus darker or brighter
     than the cytoplasm by 0.01–0.1 µm⁻¹ (DESIGN.md: from almost nothing to about
     0.1, either sign); a correlated texture of 0–0.03 µm⁻¹ over 0.04–0.25 µm drawn
-    for the cytoplasm, nucleus, mitochondria and vacuoles apart; round or elongated cells (axis ratios down to 0.5) filling
-    45–100 % of the largest radius the field allows; 0.15–1 mitochondrial tubules
-    per µm³; no lipid bodies (15 %) or up to 10 % of the cell; starch granules in
-    15 % of cells; a glass capillary wall in 30 %; and a simulated acquisition
+    for the cytoplasm, nucleus, mitochondria and vacuoles apart; round or
+    elongated cells (axis ratios down to 0.5) filling 45–100 % of the largest
+    radius the field allows, a bud of 0.3–0.75 of the cell's radius on 40 % of
+    them; a nucleus of 3–24 % of the cell's volume, lobed (relief 5–25 % of its
+    radius) in 70 % of cells; 0.15–1 mitochondrial tubules per µm³; no lipid
+    bodies (15 %) or up to 10 % of the cell; starch granules in 15 % of cells;
+    0–4 neighbouring cells, partly in the field (as the real ``sample_12``'s
+    capillary is packed with them); a glass capillary wall in 30 %, in air in
+    most (as ``sample_12``'s); and a simulated acquisition
     (:func:`_varied_acquisition`; full rotation for most capillaries). These are
     training and evaluation cells for models meant for unseen data; :func:`cell`
     with its defaults stays the narrow, reproducible cell of tutorials and tests.
@@ -1160,7 +1471,8 @@ def varied_cell(
     capillary = None
     if rng.random() < 0.3:
         capillary = Capillary(clearance_um=float(rng.uniform(0.05, 0.8)), thickness_um=float(rng.uniform(0.1, 0.3)),
-                              lac=float(rng.uniform(0.8, 1.6)), offset_um=tuple(rng.uniform(-0.4, 0.4, size=2)))
+                              lac=float(rng.uniform(0.8, 1.6)), offset_um=tuple(rng.uniform(-0.4, 0.4, size=2)),
+                              outside_lac=0.0 if rng.random() < 0.6 else None)
     variation: dict[str, Any] = {
         "class_lac": _varied_lac(rng),
         # each class its own, so that texture as well as mean LAC tells classes apart,
@@ -1172,7 +1484,15 @@ def varied_cell(
         "lipid_fraction": 0.0 if rng.random() < 0.15 else float(rng.uniform(0.005, 0.1)),
         "starch": bool(rng.random() < 0.15),
         "cell_radius_um": float(max(_MIN_CELL_RADIUS, rng.uniform(0.45, 1.0) * largest)),
+        "nucleus_size": (float(rng.uniform(*_VARIED_NUCLEUS_RADIUS)),) * 2,
+        "nucleus_relief": 0.0 if rng.random() < 0.3 else float(rng.uniform(0.05, 0.25)),
+        "bud": None if rng.random() < 0.6 else float(rng.uniform(0.3, 0.75)),
+        "neighbours": int(rng.choice(5, p=[0.35, 0.25, 0.2, 0.12, 0.08])),
     }
+    if variation["bud"] is not None:
+        # the bud's far side, ~1.7 bud radii beyond the cell's surface, stays in the field
+        fit = largest * (1 + _MAX_RELIEF) / (1 + _MAX_RELIEF + 1.7 * variation["bud"])
+        variation["cell_radius_um"] = float(max(_MIN_CELL_RADIUS, min(variation["cell_radius_um"], fit)))
     acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7) if acquisition else None
     while True:
         try:

@@ -319,6 +319,12 @@ def test_attrs_are_json_friendly(algae):
         ({"class_lac": {"golgi": 0.3}}, "golgi"),
         ({"texture": {"golgi": (0.01, 0.1)}}, "golgi"),
         ({"texture": {"nucleus": (-0.01, 0.1)}}, "for 'nucleus'"),
+        ({"nucleus_size": (0.5, 0.4)}, "nucleus_size"),
+        ({"nucleus_size": (0.5, 0.9)}, "nucleus_size"),
+        ({"nucleus_relief": 0.5}, "nucleus_relief"),
+        ({"bud": 0.1}, "bud"),
+        ({"neighbours": 9}, "neighbours"),
+        ({"neighbours": 1.5}, "neighbours"),
     ],
 )
 def test_invalid_cell_parameters(kwargs, match):
@@ -461,3 +467,86 @@ def test_varied_cell_is_deterministic_and_records_its_draws():
     assert a.attrs["acquisition"] is not None
     other = phantom.varied_cell(8, (64, 64, 64), 0.05)
     assert other.attrs["variation"] != v
+
+
+def test_lobed_nucleus_keeps_its_volume_and_nucleolus():
+    ds = phantom.cell(5, SHAPE, VS, nucleus_size=(0.55, 0.55), nucleus_relief=0.25)
+    labels, vv = ds.labels.values, voxel_volume(ds)
+    (record,) = [r for r in ds.attrs["instances"] if r["class"] == "nucleus"]
+    nuclear = (labels == phantom.LABELS["nucleus"]) | (labels == phantom.LABELS["nucleolus"])
+    assert np.count_nonzero(nuclear) * vv == pytest.approx(record["volume_um3"], rel=0.02)
+    # larger than the default nucleus (radius 0.38-0.46 of the cell's), and not an ellipsoid:
+    # the moments' ellipsoid of the same volume leaves out a share of it
+    r_cell = (3 * ds.attrs["cell_volume_um3"] / (4 * np.pi)) ** (1 / 3)
+    assert record["equivalent_radius_um"] > 0.47 * r_cell
+    nucleolus = labels == phantom.LABELS["nucleolus"]
+    assert nucleolus.any() and np.all(nuclear[ndimage.binary_dilation(nucleolus)])
+    plain = phantom.cell(5, SHAPE, VS, nucleus_size=(0.55, 0.55))
+    (plain_record,) = [r for r in plain.attrs["instances"] if r["class"] == "nucleus"]
+    assert "semi_axes_um" in plain_record and "semi_axes_um" not in record
+
+
+def test_bud_is_part_of_the_cell():
+    plain = phantom.cell(6, (80, 80, 80), VS, cell_radius_um=1.1)
+    budded = phantom.cell(6, (80, 80, 80), VS, cell_radius_um=1.1, bud=0.6)
+    labels, vv = budded.labels.values, voxel_volume(budded)
+    cell = labels > 0
+    assert ndimage.label(cell)[1] == 1  # one piece: the bud is joined by its neck
+    assert budded.attrs["cell_volume_um3"] == pytest.approx(np.count_nonzero(cell) * vv, rel=0.01)
+    bud_volume = 4 / 3 * np.pi * (0.6 * 1.1) ** 3
+    grown = budded.attrs["cell_volume_um3"] - plain.attrs["cell_volume_um3"]
+    assert 0.5 * bud_volume < grown < 1.1 * bud_volume
+    # one nucleus, the mother's; the bud's organelles counted with the cell's
+    assert budded.attrs["instance_counts"]["nucleus"] == 1
+    assert budded.attrs["instance_counts"]["mitochondria"] > plain.attrs["instance_counts"]["mitochondria"]
+    centre = np.array(budded.attrs["bud"]["centre_um"]) / VS
+    z, y, x = np.round(centre).astype(int)
+    assert labels[z, y, x] in (phantom.LABELS["cell"], phantom.LABELS["mitochondria"], phantom.LABELS["vacuole"],
+                               phantom.LABELS["lipid_body"])
+    for name, analytic in budded.attrs["class_volume_um3"].items():
+        counted = np.count_nonzero(labels == phantom.LABELS[name]) * vv
+        assert counted == pytest.approx(analytic, rel=0.05 if analytic > 500 * vv else 0.15), name
+
+
+def test_neighbours_are_cells_beside_the_cell():
+    alone = phantom.cell(8, SHAPE, VS, cell_radius_um=0.9)
+    crowded = phantom.cell(8, SHAPE, VS, cell_radius_um=0.9, neighbours=3)
+    assert crowded.attrs["neighbours"] >= 1
+    pieces, n = ndimage.label(crowded.labels.values > 0)
+    assert n == 1 + crowded.attrs["neighbours"]
+    # the cell and its truth record are those of the cell alone
+    main = pieces == pieces[tuple(s // 2 for s in SHAPE)]
+    np.testing.assert_array_equal(crowded.labels.values[main], alone.labels.values[main])
+    assert crowded.attrs["class_volume_um3"] == alone.attrs["class_volume_um3"]
+    # neighbours' organelles are labelled and recorded as theirs, with ids of their own
+    records = crowded.attrs["instances"]
+    assert [r["id"] for r in records] == list(range(1, len(records) + 1))
+    theirs = [r for r in records if "neighbour" in r]
+    assert theirs and all(1 <= r["neighbour"] <= crowded.attrs["neighbours"] for r in theirs)
+    inst = crowded.instance_labels.values
+    assert any(np.any(inst[~main] == r["id"]) for r in theirs)
+    assert not np.any(np.isin(inst[main], [r["id"] for r in theirs]))
+    # at least 0.02 µm of medium between the cells (one voxel here)
+    gap = ndimage.binary_dilation(main, iterations=1) & ~main
+    assert not np.any((pieces > 0)[gap])
+
+
+def test_capillary_in_air():
+    wall = phantom.Capillary(clearance_um=0.1, thickness_um=0.2, lac=1.2, outside_lac=0.0)
+    ds = phantom.cell(4, SHAPE, VS, capillary=wall)
+    r = ds.attrs["cell_radius_um"] * 1.12 + 0.1 + 0.2  # the wall's outer surface, at most
+    z, x = np.meshgrid(*(np.arange(64) * VS - 31.5 * VS,) * 2, indexing="ij")
+    beyond = np.broadcast_to((np.hypot(z, x) > r + VS)[:, None, :], SHAPE)
+    assert beyond.any() and np.all(ds.lac.values[beyond] == 0)
+    assert np.all(ds.labels.values[beyond] == 0)
+    with pytest.raises(ValueError, match="outside_lac"):
+        phantom.Capillary(outside_lac=-0.1)
+
+
+def test_varied_cells_draw_nuclei_buds_and_neighbours():
+    draws = [phantom.varied_cell(seed, (48, 48, 48), 0.1, acquisition=False).attrs["variation"]
+             for seed in range(24)]
+    sizes = [v["nucleus_size"][0] for v in draws]
+    assert min(sizes) < 0.4 and max(sizes) > 0.5
+    assert any(v["nucleus_relief"] > 0 for v in draws) and any(v["nucleus_relief"] == 0 for v in draws)
+    assert any(v["bud"] for v in draws) and any(v["neighbours"] for v in draws)
