@@ -68,7 +68,7 @@ LABELS: dict[str, int] = {
 }
 
 #: Version of the generator; bumped whenever a seed would give a different cell.
-GENERATOR_VERSION = "1.1"
+GENERATOR_VERSION = "1.2"
 
 # -- geometry constants (µm unless stated), with their sources ----------------------
 #: Cell radius as a fraction of the smallest field-of-view extent, by default. With
@@ -554,8 +554,8 @@ def _partial_volume(implicit: Callable[[list[np.ndarray]], np.ndarray], coords: 
 # -- organelles -------------------------------------------------------------------------
 
 def _nucleus(body: _CellBody, r_eff: float, rng: np.random.Generator,
-             size: tuple[float, float] = _NUCLEUS_RADIUS,
-             relief: float = 0.0) -> tuple[_Ellipsoid | _Blob, _Ellipsoid]:
+             size: tuple[float, float] = _NUCLEUS_RADIUS, relief: float = 0.0,
+             nucleolus_size: tuple[float, float] = _NUCLEOLUS_RADIUS) -> tuple[_Ellipsoid | _Blob, _Ellipsoid]:
     """The nucleus and its nucleolus (a sphere inside it).
 
     The nucleus is a near-round ellipsoid of radius ``size`` × the cell's equivalent
@@ -598,7 +598,7 @@ def _nucleus(body: _CellBody, r_eff: float, rng: np.random.Generator,
                 nucleus.semi_axes = nucleus.semi_axes * 0.9
     # The nucleolus sits eccentrically inside the sphere inscribed in the nucleus.
     inner = nucleus.inscribed() if isinstance(nucleus, _Blob) else float(nucleus.semi_axes.min())
-    r_nl = inner * rng.uniform(*_NUCLEOLUS_RADIUS)
+    r_nl = inner * rng.uniform(*nucleolus_size)
     d = rng.normal(size=3)
     d /= np.linalg.norm(d)
     shift = rng.uniform(0.3, 1.0) * max(0.0, inner - r_nl - _GAP)
@@ -832,7 +832,7 @@ class _Contents:
 def _populate(packer: _Packer, r_eff: float, rngs: Mapping[str, np.random.Generator], *, lipid_target: float,
               mito_density: float, starch: bool, nucleus: bool = True,
               nucleus_size: tuple[float, float] = _NUCLEUS_RADIUS, nucleus_relief: float = 0.0,
-              vacuoles: int | None = None) -> _Contents:
+              nucleolus_size: tuple[float, float] = _NUCLEOLUS_RADIUS, vacuoles: int | None = None) -> _Contents:
     """Place a cell body's organelles, in :func:`cell`'s order, each from its own stream.
 
     ``vacuoles``: their number (default one to three, drawn). Raises ``ValueError``
@@ -840,7 +840,8 @@ def _populate(packer: _Packer, r_eff: float, rngs: Mapping[str, np.random.Genera
     """
     out = _Contents()
     if nucleus:
-        out.nucleus, out.nucleolus = _nucleus(packer.body, r_eff, rngs["nucleus"], nucleus_size, nucleus_relief)
+        out.nucleus, out.nucleolus = _nucleus(packer.body, r_eff, rngs["nucleus"], nucleus_size, nucleus_relief,
+                                             nucleolus_size)
         packer.add(*out.nucleus.cover())
 
     rng = rngs["vacuole"]
@@ -868,12 +869,35 @@ def _populate(packer: _Packer, r_eff: float, rngs: Mapping[str, np.random.Genera
     return out
 
 
+def _vesicles(packer: _Packer, density: float, rng: np.random.Generator) -> list[tuple[_Ellipsoid, float]]:
+    """Small vesicles and granules that no class names, labelled cytoplasm: real
+    cytoplasm is full of them (endosomes, secretory and autophagic vesicles, dense
+    granules), and a model must learn that a small dark or bright spot is not an
+    organelle of its task. Half are dark lumens (radius 0.03–0.12 µm, LAC 0.10–0.18
+    µm⁻¹, near the medium's), half dense granules (0.03–0.08 µm, 0.30–0.45 µm⁻¹,
+    smaller than lipid bodies and darker); our choice of ranges. Poisson(density ×
+    cell volume) of them, at most 400, placed clear of every organelle; one that
+    finds no room is left out.
+
+    Returns each vesicle (a sphere labelled ``cell``) with its LAC (µm⁻¹)."""
+    out = []
+    for _ in range(int(rng.poisson(min(density * packer.body.volume(), 400.0)))):
+        dense = rng.random() < 0.5
+        r = float(rng.uniform(0.03, 0.08 if dense else 0.12))
+        value = float(rng.uniform(0.30, 0.45) if dense else rng.uniform(0.10, 0.18))
+        centre = packer.place(np.zeros((1, 3)), np.array([r]), rng, tries=4)
+        if centre is not None:
+            packer.add(centre, np.array([r]))
+            out.append((_Ellipsoid("cell", centre, np.full(3, r)), value))
+    return out
+
+
 def _streams(seed_sequence: np.random.SeedSequence) -> tuple[dict[str, np.random.SeedSequence],
                                                              dict[str, np.random.Generator]]:
     """One stream per part of a cell. Spawned streams keep their index, so adding one
     never changes the others' draws."""
     names = ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray", "texture",
-             "bud", "neighbours"]
+             "bud", "neighbours", "vesicles"]
     streams = dict(zip(names, seed_sequence.spawn(len(names))))
     return streams, {k: np.random.default_rng(v) for k, v in streams.items()}
 
@@ -932,7 +956,7 @@ def _bud(mother: _CellBody, radius: float, stream: np.random.SeedSequence, packe
 def _neighbour(bodies: list[tuple[_CellBody, np.ndarray]], radius: float, stream: np.random.SeedSequence,
                grid: _Grid, axis_ratio: tuple[float, float], lipid_target: float, mito_density: float,
                starch: bool, nucleus_size: tuple[float, float], nucleus_relief: float,
-               along_y: bool) -> tuple[_CellBody, np.ndarray, _Contents] | None:
+               nucleolus_size: tuple[float, float], along_y: bool) -> tuple[_CellBody, np.ndarray, _Contents] | None:
     """A neighbouring cell, 0.7–1.1 × ``radius``, beside the cell 0.02–0.4 µm from
     every body already placed, within the field in part. Cells on a grid lie side by
     side in the y–x plane (z is the beam); in a capillary they queue along y, and are
@@ -973,7 +997,8 @@ def _neighbour(bodies: list[tuple[_CellBody, np.ndarray]], radius: float, stream
         if best is None or np.any(np.abs(best) - other.max_radius > half * 0.95):
             continue
         contents = _populate_or_lean(_Packer(other), rngs, lipid_target=lipid_target, mito_density=mito_density,
-                                     starch=starch, nucleus_size=nucleus_size, nucleus_relief=nucleus_relief)
+                                     starch=starch, nucleus_size=nucleus_size, nucleus_relief=nucleus_relief,
+                                     nucleolus_size=nucleolus_size)
         contents.shift(best)
         return other, best, contents
     return None
@@ -1043,6 +1068,8 @@ def cell(
     nucleus_relief: float = 0.0,
     bud: float | None = None,
     neighbours: int = 0,
+    vesicle_density: float = 0.0,
+    nucleolus_size: tuple[float, float] = _NUCLEOLUS_RADIUS,
 ) -> xr.Dataset:
     """A synthetic SXT cell with its true labels, deterministic from ``seed``.
 
@@ -1077,14 +1104,15 @@ def cell(
         LAC (µm⁻¹) of some classes (``"background"`` is the medium), replacing the
         values drawn from the literature ranges; :func:`varied_cell` draws them
         over the whole ranges.
-    texture : (std, length) or mapping of class name to (std, length), optional
+    texture : (std, length) or mapping of class name to (std, length) or to a list of them, optional
         Correlated LAC fluctuation inside the cell: a Gaussian random field of
         standard deviation ``std`` µm⁻¹ and correlation length ``length`` µm (the
         σ of the Gaussian smoothing of white noise), as the granular cytoplasm and
         the uneven organelle interiors of real reconstructions. A pair gives one
         field over the whole cell; a mapping gives each named class a field of its
         own within its voxels (``"cell"`` is the cytoplasm), so that, e.g., a
-        smooth nucleus sits in a granular cytoplasm. ``None``: none.
+        smooth nucleus sits in a granular cytoplasm; a list of pairs adds fields
+        of several scales (fine grain over broad blotches). ``None``: none.
     axis_ratio : (lo, hi)
         Range of the cell body's two shorter axes relative to its longest, in
         (0, 1]; (0.82, 1.0) by default, lower for elongated cells.
@@ -1096,6 +1124,9 @@ def cell(
         Range of the nucleus's radius relative to the cell's equivalent radius,
         in (0, 0.7]; (0.38, 0.46) by default, the yeast nucleus's 4–9 % of the cell
         (Jorgensen et al. 2007). A nucleus that does not fit shrinks until it does.
+    nucleolus_size : (lo, hi)
+        Range of the nucleolus's radius relative to the radius inscribed in the
+        nucleus, in (0, 0.8]; (0.45, 0.6) by default.
     nucleus_relief : float
         Largest departure of the nucleus's surface from an ellipsoid, as a fraction
         of its radius in [0, 0.3] (low-order harmonics: lobed and bean-shaped
@@ -1110,6 +1141,10 @@ def cell(
         counts). Side by side in the y–x plane on a grid, along y in a capillary.
         One that finds no room in the field is left out (``attrs["neighbours"]``
         says how many were placed).
+    vesicle_density : float
+        Small unlabelled vesicles and dense granules per µm³ of cell (Poisson mean,
+        at most 400; see ``_vesicles``): labelled cytoplasm, each with a LAC of its
+        own, dark or dense. ``attrs["vesicles"]`` counts those placed.
 
     Returns
     -------
@@ -1178,6 +1213,8 @@ def cell(
         raise ValueError(f"mito_density must be >= 0 per µm³, got {mito_density!r}")
     if not (len(nucleus_size) == 2 and 0 < nucleus_size[0] <= nucleus_size[1] <= 0.7):
         raise ValueError(f"nucleus_size must be (lo, hi) with 0 < lo <= hi <= 0.7, got {nucleus_size!r}")
+    if not (len(nucleolus_size) == 2 and 0 < nucleolus_size[0] <= nucleolus_size[1] <= 0.8):
+        raise ValueError(f"nucleolus_size must be (lo, hi) with 0 < lo <= hi <= 0.8, got {nucleolus_size!r}")
     if not (np.isfinite(nucleus_relief) and 0 <= nucleus_relief <= 0.3):
         raise ValueError(f"nucleus_relief must be in [0, 0.3], got {nucleus_relief!r}")
     if bud is not None and not (np.isfinite(bud) and 0.2 <= bud <= 1.0):
@@ -1186,12 +1223,18 @@ def cell(
             or not 0 <= neighbours <= 8:
         raise ValueError(f"neighbours must be an integer in [0, 8], got {neighbours!r}")
     textures = {} if texture is None else (dict(texture) if isinstance(texture, Mapping) else {None: texture})
-    for name, pair in textures.items():
+    scales: dict[str | None, list[tuple[float, float]]] = {}
+    for name, spec in textures.items():
         if name is not None and name not in LABELS:
             raise ValueError(f"texture names unknown class {name!r}; known: {list(LABELS)}")
-        if not (len(pair) == 2 and np.isfinite(pair).all() and pair[0] >= 0 and pair[1] > 0):
-            raise ValueError(f"texture must be (std >= 0 µm⁻¹, length > 0 µm), got {pair!r}"
-                             + ("" if name is None else f" for {name!r}"))
+        pairs = [spec] if len(spec) and np.ndim(spec[0]) == 0 else list(spec)
+        for pair in pairs:
+            if not (len(pair) == 2 and np.isfinite(pair).all() and pair[0] >= 0 and pair[1] > 0):
+                raise ValueError(f"texture must be (std >= 0 µm⁻¹, length > 0 µm) or a list of them, got {spec!r}"
+                                 + ("" if name is None else f" for {name!r}"))
+        scales[name] = [(float(a), float(b)) for a, b in pairs]
+    if not (np.isfinite(vesicle_density) and vesicle_density >= 0):
+        raise ValueError(f"vesicle_density must be >= 0 per µm³, got {vesicle_density!r}")
     unknown = set(class_lac or {}) - set(LABELS)
     if unknown:
         raise ValueError(f"class_lac names unknown classes {sorted(unknown)}; known: {list(LABELS)}")
@@ -1226,9 +1269,11 @@ def cell(
     packer = _Packer(body)
     try:
         contents = _populate(packer, r_eff, rngs, lipid_target=target, mito_density=mito_density,
-                             starch=starch, nucleus_size=nucleus_size, nucleus_relief=nucleus_relief)
+                             starch=starch, nucleus_size=nucleus_size, nucleus_relief=nucleus_relief,
+                             nucleolus_size=nucleolus_size)
     except ValueError as err:
         raise ValueError(f"lipid_fraction={target:g} does not fit: {err}") from None
+    vesicles = _vesicles(packer, vesicle_density, rngs["vesicles"]) if vesicle_density > 0 else []
 
     # Bodies in the field: (body, centre relative to the cell centre), the cell's first.
     bodies: list[tuple[_CellBody, np.ndarray]] = [(body, np.zeros(3))]
@@ -1240,7 +1285,7 @@ def cell(
     neighbour_contents = []
     for k, stream in enumerate(streams["neighbours"].spawn(neighbours)):
         placed = _neighbour(bodies, float(cell_radius_um), stream, grid, axis_ratio, target, mito_density,
-                            starch, nucleus_size, nucleus_relief, along_y=capillary is not None)
+                            starch, nucleus_size, nucleus_relief, nucleolus_size, along_y=capillary is not None)
         if placed is not None:
             bodies.append(placed[:2])
             neighbour_contents.append((k + 1, placed[2]))
@@ -1289,12 +1334,17 @@ def cell(
         if other.nucleolus is not None:
             painted.append((k, other.nucleolus))
             paint(other.nucleolus, len(painted), "nucleus", within=other.nucleus)
-    for name, (std, length) in textures.items():
-        if std > 0:
-            field_ = ndimage.gaussian_filter(rngs["texture"].standard_normal(grid_shape, np.float32),
-                                             [length / d for d in spacing], mode="wrap")
-            field_ *= np.float32(std / max(float(field_.std()), 1e-12))
-            lac += field_ * (f_cell if name is None else (labels == LABELS[name]))
+    for sphere, value in vesicles:
+        sl, cs = grid.box(*sphere.bounds())
+        frac = np.minimum(_partial_volume(sphere.implicit, cs, spacing)[1], f_cell[sl])
+        lac[sl] += frac * np.float32(value - lac_of["cell"])
+    for name, pairs in scales.items():
+        for std, length in pairs:
+            if std > 0:
+                field_ = ndimage.gaussian_filter(rngs["texture"].standard_normal(grid_shape, np.float32),
+                                                 [length / d for d in spacing], mode="wrap")
+                field_ *= np.float32(std / max(float(field_.std()), 1e-12))
+                lac += field_ * (f_cell if name is None else (labels == LABELS[name]))
     if capillary is not None:
         wall, beyond = capillary.fractions(grid, body.max_radius)
         lac += wall * np.float32(capillary.lac - lac_of["background"])
@@ -1327,8 +1377,9 @@ def cell(
         "lipid_fraction": lipid_volume / v_cell,
         "lipid_fraction_target": target,
         "starch": bool(starch),
-        "texture": {("cell body" if k is None else k): [float(v) for v in pair] for k, pair in textures.items()}
-        or None,
+        "texture": {("cell body" if k is None else k): (list(pairs[0]) if len(pairs) == 1 else [list(q) for q in pairs])
+                    for k, pairs in scales.items()} or None,
+        "vesicles": len(vesicles),
         "capillary": None if capillary is None else asdict(capillary),
         "bud": None if bud is None else {"radius_um": bud_body.radius,
                                           "centre_um": (origin + bud_centre).round(4).tolist()},
@@ -1374,7 +1425,7 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
 def _varied_lac(rng: np.random.Generator) -> dict[str, float]:
     """Class LACs (µm⁻¹) over the whole literature ranges of DESIGN.md, the
     differences included: the nucleus lies 0.01–0.1 µm⁻¹ (log-uniform) above or
-    below the cytoplasm, the nucleolus above the nucleus, mitochondria above the
+    below the cytoplasm, the nucleolus 0–0.15 above the nucleus, mitochondria above the
     cytoplasm, vacuoles below both the cytoplasm and the nucleus.
 
     The last keeps the literature's order (vacuoles 0.1–0.2, nucleus 0.2–0.3): drawn
@@ -1384,7 +1435,7 @@ def _varied_lac(rng: np.random.Generator) -> dict[str, float]:
     lac = {name: float(rng.uniform(*VOCABULARY[name].lac_range_per_um)) for name in LABELS}
     nucleus = lac["cell"] + rng.choice([-1.0, 1.0]) * _log_uniform(rng, 0.01, 0.1)
     lac["nucleus"] = float(np.clip(nucleus, 0.18, 0.42))
-    lac["nucleolus"] = lac["nucleus"] + float(rng.uniform(0.02, 0.15))
+    lac["nucleolus"] = lac["nucleus"] + float(rng.uniform(0.0, 0.15))
     lac["mitochondria"] = max(lac["mitochondria"], lac["cell"] + float(rng.uniform(0.02, 0.1)))
     vacuole_lo, vacuole_hi = VOCABULARY["vacuole"].lac_range_per_um
     ceiling = min(vacuole_hi, lac["nucleus"] - 0.02, lac["cell"] - 0.02)
@@ -1425,14 +1476,18 @@ def varied_cell(
     Draws, from ``seed``, everything :func:`cell` lets vary and calls it: every
     class's LAC over its whole literature range with the nucleus darker or brighter
     than the cytoplasm by 0.01–0.1 µm⁻¹ (DESIGN.md: from almost nothing to about
-    0.1, either sign); a correlated texture of 0–0.03 µm⁻¹ over 0.04–0.25 µm drawn
-    for the cytoplasm, nucleus, mitochondria and vacuoles apart; round or
+    0.1, either sign); correlated textures drawn for each class apart, in the
+    cytoplasm and nucleus of two scales (grain of 0–0.02 µm⁻¹ over 0.03–0.1 µm and
+    blotches of 0–0.02 µm⁻¹ over 0.2–0.6 µm, as large as the nucleus's own contrast
+    at times), in mitochondria and vacuoles one (0–0.03 over 0.04–0.25 µm); round or
     elongated cells (axis ratios down to 0.5) filling 45–100 % of the largest
     radius the field allows, a bud of 0.3–0.75 of the cell's radius on 40 % of
     them; a nucleus of 3–24 % of the cell's volume, lobed (relief 5–25 % of its
     radius) in 70 % of cells; 0.15–1 mitochondrial tubules per µm³; no lipid
     bodies (15 %) or up to 10 % of the cell; starch granules in 15 % of cells;
-    0–4 neighbouring cells, partly in the field (as the real ``sample_12``'s
+    a nucleolus of 0.25–0.6 of the nucleus's inner radius, 0–0.15 µm⁻¹ above it
+    (invisible at times); 0.3–6 unlabelled vesicles and granules per µm³ in 80 %
+    of cells; 0–4 neighbouring cells, partly in the field (as the real ``sample_12``'s
     capillary is packed with them); a glass capillary wall in 30 %, in air in
     most (as ``sample_12``'s); and a simulated acquisition
     (:func:`_varied_acquisition`; full rotation for most capillaries). These are
@@ -1477,8 +1532,13 @@ def varied_cell(
         "class_lac": _varied_lac(rng),
         # each class its own, so that texture as well as mean LAC tells classes apart,
         # or does not: a nucleus smoother or rougher than its cytoplasm
-        "texture": {name: (float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.04, 0.25)))
-                    for name in ("cell", "nucleus", "mitochondria", "vacuole")},
+        # fine grain over broad blotches in the cytoplasm and nucleus, as large as the
+        # nucleus's own contrast at times, so that a dark or bright patch alone is no nucleus
+        "texture": {**{name: [(float(rng.uniform(0.0, 0.02)), float(rng.uniform(0.03, 0.1))),
+                              (float(rng.uniform(0.0, 0.02)), float(rng.uniform(0.2, 0.6)))]
+                       for name in ("cell", "nucleus")},
+                    **{name: (float(rng.uniform(0.0, 0.03)), float(rng.uniform(0.04, 0.25)))
+                       for name in ("mitochondria", "vacuole")}},
         "axis_ratio": (0.82, 1.0) if rng.random() < 0.6 else (0.5, 0.8),
         "mito_density": _log_uniform(rng, 0.15, 1.0),
         "lipid_fraction": 0.0 if rng.random() < 0.15 else float(rng.uniform(0.005, 0.1)),
@@ -1488,6 +1548,8 @@ def varied_cell(
         "nucleus_relief": 0.0 if rng.random() < 0.3 else float(rng.uniform(0.05, 0.25)),
         "bud": None if rng.random() < 0.6 else float(rng.uniform(0.3, 0.75)),
         "neighbours": int(rng.choice(5, p=[0.35, 0.25, 0.2, 0.12, 0.08])),
+        "nucleolus_size": (float(rng.uniform(0.25, 0.6)),) * 2,
+        "vesicle_density": 0.0 if rng.random() < 0.2 else _log_uniform(rng, 0.3, 6.0),
     }
     if variation["bud"] is not None:
         # the bud's far side, ~1.7 bud radii beyond the cell's surface, stays in the field

@@ -325,6 +325,9 @@ def test_attrs_are_json_friendly(algae):
         ({"bud": 0.1}, "bud"),
         ({"neighbours": 9}, "neighbours"),
         ({"neighbours": 1.5}, "neighbours"),
+        ({"vesicle_density": -1.0}, "vesicle_density"),
+        ({"nucleolus_size": (0.5, 0.9)}, "nucleolus_size"),
+        ({"texture": {"cell": [(0.01, 0.1), (0.01, -0.2)]}}, "for 'cell'"),
     ],
 )
 def test_invalid_cell_parameters(kwargs, match):
@@ -550,3 +553,35 @@ def test_varied_cells_draw_nuclei_buds_and_neighbours():
     assert min(sizes) < 0.4 and max(sizes) > 0.5
     assert any(v["nucleus_relief"] > 0 for v in draws) and any(v["nucleus_relief"] == 0 for v in draws)
     assert any(v["bud"] for v in draws) and any(v["neighbours"] for v in draws)
+
+
+def test_vesicles_are_unlabelled_spots_in_the_cytoplasm():
+    lac = {"cell": 0.25, "background": 0.1}
+    plain = phantom.cell(4, SHAPE, VS, class_lac=lac)
+    spotted = phantom.cell(4, SHAPE, VS, class_lac=lac, vesicle_density=4.0)
+    assert spotted.attrs["vesicles"] > 10 and plain.attrs["vesicles"] == 0
+    # labels, organelles and their volumes untouched; only the cytoplasm's LAC changes
+    np.testing.assert_array_equal(spotted.labels.values, plain.labels.values)
+    assert spotted.attrs["class_volume_um3"] == plain.attrs["class_volume_um3"]
+    changed = spotted.lac.values != plain.lac.values
+    assert np.all(plain.labels.values[changed] == phantom.LABELS["cell"])
+    moved = (spotted.lac.values - plain.lac.values)[changed]
+    assert moved.min() < -0.05 and moved.max() > 0.03  # dark lumens and dense granules
+    assert moved.min() >= 0.10 - 0.25 - 1e-6 and moved.max() <= 0.45 - 0.25 + 1e-6
+
+
+def test_texture_of_several_scales_adds_up():
+    lac = {"cell": 0.25, "nucleus": 0.2, "background": 0.1}
+    plain = phantom.cell(4, SHAPE, VS, class_lac=lac)
+    two = phantom.cell(4, SHAPE, VS, class_lac=lac, texture={"cell": [(0.01, 0.05), (0.02, 0.5)]})
+    cyto = ndimage.binary_erosion(plain.labels.values == phantom.LABELS["cell"], iterations=2)
+    extra = (two.lac.values - plain.lac.values)[cyto]
+    assert 0.015 < extra.std() < 0.03  # sqrt(0.01² + 0.02²) = 0.022 over the field, less in one cell
+    assert two.attrs["texture"] == {"cell": [[0.01, 0.05], [0.02, 0.5]]}
+
+
+def test_nucleolus_size_is_relative_to_the_nucleus():
+    small = phantom.cell(4, SHAPE, VS, nucleolus_size=(0.25, 0.25))
+    large = phantom.cell(4, SHAPE, VS, nucleolus_size=(0.7, 0.7))
+    v = [ds.attrs["class_volume_um3"]["nucleolus"] for ds in (small, large)]
+    assert v[1] / v[0] == pytest.approx((0.7 / 0.25) ** 3, rel=1e-6)
