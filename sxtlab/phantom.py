@@ -2,7 +2,8 @@
 
 :func:`cell` builds one cell: an irregular cell body in its medium, a nucleus with a
 nucleolus, vacuoles, lipid bodies, mitochondria (curved tubes) and, optionally,
-starch granules, each with a LAC drawn per cell from the literature ranges of
+starch granules, a bud, unlabelled vesicles and neighbouring cells, each class
+with a LAC drawn per cell from the literature ranges of
 :data:`sxtlab.classes.VOCABULARY` (sxtlab's DESIGN notes, after Henke et al. 1993
 and the SXT literature). The LAC image mixes classes by their partial volume at
 boundaries; the labels are the truth at voxel centres. An optional simulated
@@ -1186,9 +1187,12 @@ def cell(
     Organelles are placed in this order, each clear of the others by 0.03 µm and of
     the cell surface by 0.08 µm: nucleus (off-centre, with its nucleolus inside),
     vacuoles, lipid bodies, mitochondria (persistent random walks that stop at
-    obstacles), starch granules. Vacuoles and starch granules that find no room
-    shrink, then are left out, as are mitochondria shorter than 0.3 µm;
-    ``instance_counts`` says what was placed.
+    obstacles), starch granules, unlabelled vesicles. Vacuoles and starch granules
+    that find no room shrink, then are left out, as are mitochondria shorter than
+    0.3 µm and vesicles without room; ``instance_counts`` says what was placed. A
+    bud is placed next, its organelles clear of the cell's; then each neighbour,
+    stepped in from afar along a random direction until the next step would bring
+    it nearer than its gap to a body already placed, and filled as a cell is.
 
     The partial volume of an organelle's voxel is supersampled (3³ points where its
     surface may cross), which keeps each object's LAC integral to < 1 % of its
@@ -1511,8 +1515,8 @@ def varied_cell(
     Examples
     --------
     >>> ds = varied_cell(seed=2, shape=(64, 64, 64), voxel_size=0.05, acquisition=False)
-    >>> sorted(ds.attrs["variation"])[:3]
-    ['axis_ratio', 'capillary', 'cell_radius_um']
+    >>> sorted(ds.attrs["variation"])[:4]
+    ['axis_ratio', 'bud', 'capillary', 'cell_radius_um']
     """
     seed = _check_seed(seed)
     grid_shape = _check_shape(shape)
