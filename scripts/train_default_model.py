@@ -199,7 +199,8 @@ def main() -> None:
     cpu = spent + _cpu_seconds()
     model.info.update({
         "name": "default",
-        "trained_on": {"generator": "sxtlab.phantom.varied_cell", "seeds": seeds,
+        "trained_on": {"generator": "sxtlab.phantom.varied_cell",
+                       "generator_version": phantom.GENERATOR_VERSION, "seeds": seeds,
                        "validation_seeds": VALIDATION_SEEDS, "field_um": FIELD_UM,
                        "simulated_voxel_um": list(SIMULATED_VOXEL_UM), "voxel_size_um": VOXEL_SIZE_UM},
         "train_cpu_seconds": round(cpu),
