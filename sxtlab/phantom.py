@@ -233,6 +233,11 @@ class _StarShape:
         self.radius *= factor
         self.max_radius *= factor
 
+    def surface_points(self, n: int = 400) -> np.ndarray:
+        """``n`` points (n, 3) of the surface, along nearly evenly spread directions."""
+        u = _unit_vectors(n)
+        return self.centre + u * self.r(u)[:, None]
+
     def volume(self) -> float:
         """Exact volume ``∮ r³/3 dΩ`` (µm³) by Gauss–Legendre × trapezoid quadrature."""
         mu, wmu = np.polynomial.legendre.leggauss(128)
@@ -284,10 +289,6 @@ class _Blob(_StarShape):
     def cover(self) -> tuple[np.ndarray, np.ndarray]:
         return self.centre[None, :].copy(), np.array([self.max_radius])
 
-    def surface_points(self, n: int = 400) -> np.ndarray:
-        u = _unit_vectors(n)
-        return self.centre + u * self.r(u)[:, None]
-
     def record(self, origin: np.ndarray) -> dict[str, Any]:
         return {"class": self.label, "centre_um": (origin + self.centre).round(4).tolist(),
                 "equivalent_radius_um": round((3 * self.volume / (4 * np.pi)) ** (1 / 3), 4),
@@ -320,8 +321,7 @@ class _CellBody(_StarShape):
         self._order = np.argsort(-self._edt, axis=None)
         self._sorted = -self._edt.ravel()[self._order]
         m = int(np.clip(4 * np.pi * self.max_radius ** 2 / 0.025 ** 2, 4000, 400000))
-        u = _unit_vectors(m)
-        self._surface = cKDTree(u * self.r(u)[:, None])
+        self._surface = cKDTree(self.surface_points(m))
 
     def inside(self, p: np.ndarray) -> np.ndarray:
         """Whether points ``p`` (..., 3) lie inside the surface."""
@@ -365,6 +365,14 @@ class _Ellipsoid:
     @property
     def volume(self) -> float:
         return float(4 / 3 * np.pi * np.prod(self.semi_axes))
+
+    def scale(self, factor: float) -> None:
+        """Shrink or grow the ellipsoid about its centre."""
+        self.semi_axes = self.semi_axes * factor
+
+    def inscribed(self) -> float:
+        """Radius (µm) of the largest sphere about the centre inside the ellipsoid."""
+        return float(self.semi_axes.min())
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         half = np.sqrt(((self.rotation * self.semi_axes[None, :]) ** 2).sum(axis=1))
@@ -593,12 +601,9 @@ def _nucleus(body: _CellBody, r_eff: float, rng: np.random.Generator,
         for _ in range(20):
             if fits():
                 break
-            if isinstance(nucleus, _Blob):
-                nucleus.scale(0.9)
-            else:
-                nucleus.semi_axes = nucleus.semi_axes * 0.9
+            nucleus.scale(0.9)
     # The nucleolus sits eccentrically inside the sphere inscribed in the nucleus.
-    inner = nucleus.inscribed() if isinstance(nucleus, _Blob) else float(nucleus.semi_axes.min())
+    inner = nucleus.inscribed()
     r_nl = inner * rng.uniform(*nucleolus_size)
     d = rng.normal(size=3)
     d /= np.linalg.norm(d)
@@ -622,7 +627,7 @@ def _place_ellipsoids(packer: _Packer, label: str, semi_axes: list[np.ndarray],
                 packer.add(offsets + centre, radii)
                 placed.append(shape)
                 break
-            shape.semi_axes = shape.semi_axes * 0.85
+            shape.scale(0.85)
     return placed
 
 
@@ -992,8 +997,8 @@ def _neighbour(bodies: list[tuple[_CellBody, np.ndarray]], radius: float, stream
     _, rngs = _streams(stream)
     rng = rngs["body"]
     other = _CellBody(radius * rng.uniform(0.7, 1.0 if along_y else 1.1), rng, axis_ratio)
-    u_all = _unit_vectors(2000)
-    own_surface = u_all * other.r(u_all)[:, None]
+    own_surface = other.surface_points(2000)
+    placed = [(body_, c, body_.surface_points(2000) + c) for body_, c in bodies]
     half = np.array([n * d / 2 for n, d in zip(grid.shape, grid.spacing)])
     for _ in range(20):
         if along_y:
@@ -1004,8 +1009,7 @@ def _neighbour(bodies: list[tuple[_CellBody, np.ndarray]], radius: float, stream
         gap = rng.uniform(0.02, 0.4)
 
         def clear_of_all(centre: np.ndarray) -> bool:
-            for body_, c in bodies:
-                theirs = u_all * body_.r(u_all)[:, None] + c
+            for body_, c, theirs in placed:
                 if (body_.implicit(list((own_surface + centre - c).T)).min() < gap
                         or other.implicit(list((theirs - centre).T)).min() < gap):
                     return False
@@ -1377,14 +1381,14 @@ def cell(
         lac[sl] += frac * np.float32(value - lac_of["cell"])
     # a granule's partial volume never reaches beyond its vacuole; where granules
     # overlap, the densest wins rather than their excesses adding up
-    dense = np.full(grid_shape, np.nan, np.float32)
-    for sphere, value, vac in granules:
-        sl, cs = grid.box(*sphere.bounds())
-        frac = np.minimum(_partial_volume(sphere.implicit, cs, spacing)[1],
-                          _partial_volume(vac.implicit, cs, spacing)[1])
-        excess = frac * np.float32(value - lac_of["vacuole"])
-        dense[sl] = np.fmax(dense[sl], np.where(frac > 0, excess, np.nan))
     if granules:
+        dense = np.full(grid_shape, np.nan, np.float32)
+        for sphere, value, vac in granules:
+            sl, cs = grid.box(*sphere.bounds())
+            frac = np.minimum(_partial_volume(sphere.implicit, cs, spacing)[1],
+                              _partial_volume(vac.implicit, cs, spacing)[1])
+            excess = frac * np.float32(value - lac_of["vacuole"])
+            dense[sl] = np.fmax(dense[sl], np.where(frac > 0, excess, np.nan))
         lac += np.nan_to_num(dense, nan=0.0)
     for name, pairs in scales.items():
         for std, length in pairs:
