@@ -69,7 +69,7 @@ LABELS: dict[str, int] = {
 }
 
 #: Version of the generator; bumped whenever a seed would give a different cell.
-GENERATOR_VERSION = "1.2"
+GENERATOR_VERSION = "1.3"
 
 # -- geometry constants (µm unless stated), with their sources ----------------------
 #: Cell radius as a fraction of the smallest field-of-view extent, by default. With
@@ -1540,7 +1540,9 @@ def varied_cell(
     bodies (15 %) or up to 10 % of the cell; starch granules in 15 % of cells;
     a nucleolus of 0.25–0.6 of the nucleus's inner radius, 0–0.15 µm⁻¹ above it
     (invisible at times); 0.3–6 unlabelled vesicles and granules per µm³ in 80 %
-    of cells; 0–4 neighbouring cells, partly in the field (as the real ``sample_12``'s
+    of cells; bright (polyphosphate) granules in the vacuoles of half the cells, 0.5–4
+    per vacuole on average, so that a dark body with bright spots inside is not always
+    a nucleus with its nucleolus; 0–4 neighbouring cells, partly in the field (as the real ``sample_12``'s
     capillary is packed with them); a glass capillary wall in 30 %, in air in
     most (as ``sample_12``'s); and a simulated acquisition
     (:func:`_varied_acquisition`; full rotation for most capillaries). These are
@@ -1604,6 +1606,9 @@ def varied_cell(
         "nucleolus_size": (float(rng.uniform(0.25, 0.6)),) * 2,
         "vesicle_density": 0.0 if rng.random() < 0.2 else _log_uniform(rng, 0.3, 6.0),
     }
+    # Generator 1.3's draws come from a stream of their own, so that 1.2's stay as they were.
+    rng13 = np.random.default_rng(np.random.SeedSequence([seed, 0x5A17, 13]))
+    variation["vacuole_granules"] = 0.0 if rng13.random() < 0.5 else float(rng13.uniform(0.5, 4.0))
     if variation["bud"] is not None:
         # the bud's far side, ~1.7 bud radii beyond the cell's surface, stays in the field
         fit = largest * (1 + _MAX_RELIEF) / (1 + _MAX_RELIEF + 1.7 * variation["bud"])

@@ -554,6 +554,16 @@ def test_varied_cells_draw_nuclei_buds_and_neighbours():
     assert min(sizes) < 0.4 and max(sizes) > 0.5
     assert any(v["nucleus_relief"] > 0 for v in draws) and any(v["nucleus_relief"] == 0 for v in draws)
     assert any(v["bud"] for v in draws) and any(v["neighbours"] for v in draws)
+    granules = [v["vacuole_granules"] for v in draws]
+    assert min(granules) == 0 and 0.5 <= max(granules) <= 4
+
+
+def test_varied_cells_keep_generator_1_2_draws():
+    # 1.3 added vacuole granules from a stream of their own: every earlier draw stands.
+    ds = phantom.varied_cell(5, (48, 48, 48), 0.1, acquisition=False)
+    variation = ds.attrs["variation"]
+    assert variation["class_lac"]["nucleus"] == pytest.approx(0.1843043, abs=1e-6)
+    assert variation["neighbours"] == 2
 
 
 def test_vesicles_are_unlabelled_spots_in_the_cytoplasm():
