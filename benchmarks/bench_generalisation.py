@@ -28,7 +28,8 @@ Appends a dated section to ``benchmarks/results/generalisation.md`` (never erase
 earlier ones): a per-cell table and the mean per (model, generator, acquisition), with
 the machine's load average (``os.getloadavg()``) beside the times. Dice per class of
 the model's task (``cell`` is the cytoplasm; nucleolus counts as nucleus) and of the
-whole cell (all labels > 0).
+whole cell (all labels > 0), and where each class's voxels went
+(:func:`sxtlab.metrics.confusion`: a dark nucleus called vacuole shows there).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import torch
 
 import sxtlab
 from sxtlab import phantom
-from sxtlab.metrics import dice, evaluate
+from sxtlab.metrics import confusion, dice, evaluate
 from sxtlab.task import Task
 
 HERE = Path(__file__).resolve().parent
@@ -144,7 +145,7 @@ def main() -> None:
         models += [_load(s, stage1=True) for s in specs if not s.startswith("monai:")]
     started = dt.datetime.now(dt.timezone.utc)
     load_start = os.getloadavg()
-    rows = []
+    rows, confused = [], []
     for gen in args.generators.split(","):
         for acq in args.acquisitions.split(","):
             for seed in range(FIRST_SEED, FIRST_SEED + args.cells):
@@ -166,6 +167,9 @@ def main() -> None:
                            "whole_cell": whole, **scores.to_dict(), "gen_s": round(gen_s, 1),
                            "predict_s": round(wall, 1), "predict_cpu_s": round(cpu, 1), "load1": round(load1, 2)}
                     rows.append(row)
+                    shares = confusion(seg, truth, normalize=True).drop(index="background")
+                    for true_class, share in shares.dropna(how="all").iterrows():
+                        confused.append({"model": name, "generator": gen, "truth": true_class, **share.to_dict()})
                     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                           flush=True)
     table = pd.DataFrame(rows)
@@ -173,6 +177,9 @@ def main() -> None:
                                                      "gen_s", "predict_s", "predict_cpu_s", "load1")]
     mean = table.groupby(["model", "generator", "acquisition"], sort=False)[classes + ["predict_s"]].mean().reset_index()
     overall = table.groupby(["model", "generator"], sort=False)[classes].mean().reset_index()
+    # where each class's voxels went, mean share per cell over every acquisition
+    went = pd.DataFrame(confused).groupby(["model", "generator", "truth"], sort=False).mean().reset_index()
+    went = went.loc[:, (went != 0).any()]  # drop columns no voxel went to (e.g. "other")
     load_end = os.getloadavg()
     text = [f"## {started:%Y-%m-%d %H:%M} UTC: {', '.join(n for n, _, _ in models)}", ""]
     if args.note:
@@ -187,6 +194,8 @@ def main() -> None:
              "NaN: the class is absent from both truth and prediction.", "",
              "Mean Dice per (model, generator, acquisition):", "", _markdown(mean), "",
              "Mean over the four acquisitions:", "", _markdown(overall), "",
+             "Where each true class's voxels went (mean share per cell over the four acquisitions; "
+             "rows: truth, columns: prediction):", "", _markdown(went), "",
              "Per cell:", "", _markdown(table), "", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     head = "" if args.out.exists() else (
