@@ -23,6 +23,8 @@ under every acquisition.
     python benchmarks/bench_generalisation.py --cells 1 --size 64 --out /tmp/g.md   # quick smoke run
     # stage 1 alone beside the cascade (models whose stage 2 is untrained: --parts stage1)
     python benchmarks/bench_generalisation.py --cells 4 --model path/to/model --parts cascade,stage1
+    # the cascade averaged over the 8 axis mirrorings beside the plain one
+    python benchmarks/bench_generalisation.py --cells 4 --model default --tta
 
 Appends a dated section to ``benchmarks/results/generalisation.md`` (never erases
 earlier ones): a per-cell table and the mean per (model, generator, acquisition), with
@@ -106,7 +108,7 @@ def _stage1_alone(model, lac):
     return segmentation(lac, labels)
 
 
-def _load(spec: str, stage1: bool = False):
+def _load(spec: str, stage1: bool = False, tta: bool = False):
     if spec.startswith("monai:"):
         import monai_peer
 
@@ -117,6 +119,8 @@ def _load(spec: str, stage1: bool = False):
     name += f" ({model.weights_sha256[:8]})"
     if stage1:
         return f"{name} stage 1 alone", model, lambda lac: _stage1_alone(model, lac)
+    if tta:
+        return f"{name} +tta", model, lambda lac: model.predict(lac, progress=False, tta=True)
     return name, model, lambda lac: model.predict(lac, progress=False)
 
 
@@ -132,6 +136,8 @@ def main() -> None:
     parser.add_argument("--parts", default="cascade",
                         help="what of each sxtlab model to score: 'cascade', 'stage1' (its coarse arg-max "
                              "alone, on the input grid) or both, comma-separated")
+    parser.add_argument("--tta", action="store_true",
+                        help="also score each sxtlab model's cascade averaged over the 8 axis mirrorings (8x slower)")
     parser.add_argument("--note", default="", help="a line of context for the results section")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "generalisation.md")
     args = parser.parse_args()
@@ -141,6 +147,8 @@ def main() -> None:
     if not parts or set(parts) - {"cascade", "stage1"}:
         parser.error(f"--parts takes 'cascade' and/or 'stage1', got {args.parts!r}")
     models = [_load(s) for s in specs if "cascade" in parts or s.startswith("monai:")]
+    if args.tta and "cascade" in parts:
+        models += [_load(s, tta=True) for s in specs if not s.startswith("monai:")]
     if "stage1" in parts:
         models += [_load(s, stage1=True) for s in specs if not s.startswith("monai:")]
     started = dt.datetime.now(dt.timezone.utc)
