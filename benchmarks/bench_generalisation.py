@@ -1,8 +1,13 @@
 """Dice of sxtlab models (and a MONAI peer) on held-out cells of two phantom generators.
 
-Generators: ``sxtlab`` (``sxtlab.phantom.cell``, seeds >= 5000, never used in
-training) and ``independent`` (``benchmarks/independent_phantom.py``, written for
-evaluation only). Acquisitions, each generator with its own simulator:
+Generators: ``sxtlab`` (``sxtlab.phantom.cell``, the narrow cell of tutorials and
+tests, seeds >= 5000, never used in training), ``independent``
+(``benchmarks/independent_phantom.py``, written for evaluation only) and, on request
+(``--generators sxtlab,varied,independent``), ``varied`` (``sxtlab.phantom.varied_cell``,
+the training cells' generator, with held-out seeds and the acquisitions below instead of
+drawn ones: how well a model does on its own kind of cell, neighbours' organelles
+included). Acquisitions, each generator with its own simulator (``varied`` that of
+``sxtlab``):
 
 ============  ==========================================  =====================================
 name          sxtlab.phantom.Acquisition                  independent_phantom preset
@@ -75,12 +80,19 @@ def field(acq: str, size: int) -> tuple[int, float]:
     return size, 0.032
 
 
+GENERATORS = ("sxtlab", "varied", "independent")
+
+
 def make_cell(generator: str, seed: int, acq: str, size: int):
     n, vs = field(acq, size)
     if generator == "sxtlab":
         return phantom.cell(seed=seed, shape=(n, n, n), voxel_size=vs,
                             acquisition=phantom.Acquisition(**SXTLAB_ACQ[acq]))
-    return independent_phantom.cell(seed, (n, n, n), vs, acq)
+    if generator == "varied":
+        return phantom.varied_cell(seed, (n, n, n), vs, acquisition=phantom.Acquisition(**SXTLAB_ACQ[acq]))
+    if generator == "independent":
+        return independent_phantom.cell(seed, (n, n, n), vs, acq)
+    raise ValueError(f"unknown generator {generator!r}: expected one of {', '.join(GENERATORS)}")
 
 
 def _markdown(table: pd.DataFrame) -> str:
@@ -130,7 +142,8 @@ def main() -> None:
     parser.add_argument("--monai", action="append", default=[], help="MONAI peer checkpoint (folder or .pt; repeatable)")
     parser.add_argument("--cells", type=int, default=2, help="cells per generator and acquisition (default 2)")
     parser.add_argument("--size", type=int, default=128, help="voxels per side at 32 nm (default 128)")
-    parser.add_argument("--generators", default="sxtlab,independent")
+    parser.add_argument("--generators", default="sxtlab,independent",
+                        help=f"comma-separated, of {', '.join(GENERATORS)} (default sxtlab,independent)")
     parser.add_argument("--acquisitions", default=",".join(ACQUISITIONS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--parts", default="cascade",
@@ -143,6 +156,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai]
+    if set(args.generators.split(",")) - set(GENERATORS):
+        parser.error(f"--generators takes {', '.join(GENERATORS)}, got {args.generators!r}")
     parts = args.parts.split(",")
     if not parts or set(parts) - {"cascade", "stage1"}:
         parser.error(f"--parts takes 'cascade' and/or 'stage1', got {args.parts!r}")

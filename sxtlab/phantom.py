@@ -1522,7 +1522,7 @@ def varied_cell(
     shape: Sequence[int] = (128, 128, 128),
     voxel_size: float | Sequence[float] = 0.04,
     *,
-    acquisition: bool = True,
+    acquisition: bool | Acquisition = True,
 ) -> xr.Dataset:
     """A cell whose look varies as it does between cells, strains, species and microscopes.
 
@@ -1555,8 +1555,11 @@ def varied_cell(
         Non-negative seed; the same seed and arguments give identical arrays.
     shape, voxel_size
         As for :func:`cell` (the cell's size follows the field's extent).
-    acquisition : bool
-        Simulate the tilt series and reconstruction (else the true LAC).
+    acquisition : bool or Acquisition
+        ``True``: simulate a drawn tilt series and reconstruction; ``False``: the true
+        LAC; an :class:`Acquisition`: simulate that one instead of a drawn one (the
+        cell is the same: the acquisition is drawn last), as benchmarks do to hold
+        the acquisition fixed while the cells vary.
 
     Returns
     -------
@@ -1613,7 +1616,12 @@ def varied_cell(
         # the bud's far side, ~1.7 bud radii beyond the cell's surface, stays in the field
         fit = largest * (1 + _MAX_RELIEF) / (1 + _MAX_RELIEF + 1.7 * variation["bud"])
         variation["cell_radius_um"] = float(max(_MIN_CELL_RADIUS, min(variation["cell_radius_um"], fit)))
-    acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7) if acquisition else None
+    if isinstance(acquisition, Acquisition):
+        acq: Acquisition | None = acquisition
+    elif not isinstance(acquisition, (bool, np.bool_)):
+        raise TypeError(f"acquisition must be a bool or an Acquisition, got {type(acquisition).__name__}")
+    else:
+        acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7) if acquisition else None
     while True:
         try:
             ds = cell(seed, grid_shape, spacing, acquisition=acq, capillary=capillary, **variation)

@@ -473,6 +473,18 @@ def test_varied_cell_is_deterministic_and_records_its_draws():
     assert other.attrs["variation"] != v
 
 
+def test_varied_cell_takes_a_fixed_acquisition_and_keeps_its_cell():
+    fixed = phantom.Acquisition(tilt_range_deg=57.0, n_angles=40, photons=1000.0)
+    drawn = phantom.varied_cell(3, (48, 48, 48), 0.08)
+    held = phantom.varied_cell(3, (48, 48, 48), 0.08, acquisition=fixed)
+    np.testing.assert_array_equal(held.labels.values, drawn.labels.values)
+    assert held.attrs["variation"] == drawn.attrs["variation"]
+    assert held.attrs["acquisition"]["tilt_range_deg"] == [-57.0, 57.0]
+    assert drawn.attrs["acquisition"] != held.attrs["acquisition"]
+    with pytest.raises(TypeError, match="bool or an Acquisition"):
+        phantom.varied_cell(3, (48, 48, 48), 0.08, acquisition="standard")
+
+
 def test_lobed_nucleus_keeps_its_volume_and_nucleolus():
     ds = phantom.cell(5, SHAPE, VS, nucleus_size=(0.55, 0.55), nucleus_relief=0.25)
     labels, vv = ds.labels.values, voxel_volume(ds)
