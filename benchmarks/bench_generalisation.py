@@ -144,8 +144,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="voxels per side at 32 nm (default 128)")
     parser.add_argument("--generators", default="sxtlab,independent",
                         help=f"comma-separated, of {', '.join(GENERATORS)} (default sxtlab,independent)")
-    parser.add_argument("--acquisitions", default=",".join(ACQUISITIONS))
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--acquisitions", default=",".join(ACQUISITIONS),
+                        help=f"comma-separated, of {', '.join(ACQUISITIONS)} (default all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--parts", default="cascade",
                         help="what of each sxtlab model to score: 'cascade', 'stage1' (its coarse arg-max "
                              "alone, on the input grid) or both, comma-separated")
@@ -158,11 +159,17 @@ def main() -> None:
     specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai]
     if set(args.generators.split(",")) - set(GENERATORS):
         parser.error(f"--generators takes {', '.join(GENERATORS)}, got {args.generators!r}")
+    if set(args.acquisitions.split(",")) - set(ACQUISITIONS):
+        parser.error(f"--acquisitions takes {', '.join(ACQUISITIONS)}, got {args.acquisitions!r}")
+    if args.cells < 1 or args.size < 16 or args.threads < 1:
+        parser.error(f"--cells and --threads must be >= 1 and --size >= 16, got {args.cells}, {args.threads}, {args.size}")
     parts = args.parts.split(",")
     if not parts or set(parts) - {"cascade", "stage1"}:
         parser.error(f"--parts takes 'cascade' and/or 'stage1', got {args.parts!r}")
     models = [_load(s) for s in specs if "cascade" in parts or s.startswith("monai:")]
-    if args.tta and "cascade" in parts:
+    if args.tta and "cascade" not in parts:
+        parser.error("--tta scores the cascade: add 'cascade' to --parts")
+    if args.tta:
         models += [_load(s, tta=True) for s in specs if not s.startswith("monai:")]
     if "stage1" in parts:
         models += [_load(s, stage1=True) for s in specs if not s.startswith("monai:")]
@@ -216,8 +223,8 @@ def main() -> None:
              f"fields {args.size}³ × 32 nm, coarse {field('coarse', args.size)[0]}³ × 48 nm. "
              "NaN: the class is absent from both truth and prediction.", "",
              "Mean Dice per (model, generator, acquisition):", "", _markdown(mean), "",
-             "Mean over the four acquisitions:", "", _markdown(overall), "",
-             "Where each true class's voxels went (mean share per cell over the four acquisitions; "
+             "Mean over the acquisitions:", "", _markdown(overall), "",
+             "Where each true class's voxels went (mean share per cell over the acquisitions; "
              "rows: truth, columns: prediction):", "", _markdown(went), "",
              "Per cell:", "", _markdown(table), "", ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)

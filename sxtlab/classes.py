@@ -18,7 +18,8 @@ and the SXT reviews of Le Gros et al. 2005 and Weiss et al. 2000).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .errors import SxtlabError
@@ -224,17 +225,36 @@ def colour(name: str) -> tuple[float, float, float]:
     return VOCABULARY[canonical_name(name)].colour
 
 
-def class_map(classes: dict) -> dict[int, str]:
+def _label_value(key: object) -> int:
+    """A ``classes`` key as the integer label value it names: an int, a string of
+    one (JSON keeps only strings) or a float without a fraction."""
+    if isinstance(key, bool):
+        raise ValueError(f"a 'classes' attr key must be an integer label value, got {key!r}")
+    if isinstance(key, numbers.Integral):
+        return int(key)
+    if isinstance(key, str) and key.strip().lstrip("+-").isdigit():
+        return int(key)
+    if isinstance(key, numbers.Real) and float(key).is_integer():
+        return int(key)
+    raise ValueError(f"a 'classes' attr key must be an integer label value, got {key!r}")
+
+
+def class_map(classes: Mapping) -> dict[int, str]:
     """Normalise a label volume's ``classes`` attribute to ``{int value: canonical name}``.
 
     Keys may be ints or strings of ints (JSON keeps only strings); names may be
-    synonyms. Raises :class:`UnknownClassError` for unknown names, listing them all.
+    synonyms. Raises :class:`UnknownClassError` for unknown names, listing them all,
+    :class:`ValueError` for a key that is no integer and :class:`TypeError` if
+    ``classes`` is not a mapping.
     """
+    if not isinstance(classes, Mapping):
+        raise TypeError(f"a 'classes' attr must map label values to class names, got {type(classes).__name__} "
+                        f"{str(classes)[:80]!r}")
     out: dict[int, str] = {}
     unknown = []
     for value, name in classes.items():
         try:
-            out[int(value)] = canonical_name(str(name))
+            out[_label_value(value)] = canonical_name(str(name))
         except UnknownClassError:
             unknown.append(f"{value}: {name!r}")
     if unknown:

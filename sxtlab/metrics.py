@@ -34,6 +34,32 @@ def _arrays(pred, truth) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
+def _label_arrays(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray | xr.Dataset
+                  ) -> tuple[xr.DataArray, xr.DataArray]:
+    """The label volumes of ``pred`` and ``truth`` (segmentation Datasets give their
+    ``labels``), refused unless they lie on the same grid: the same dims and, where
+    both carry them, the same coordinates."""
+    arrays = []
+    for what, v in (("prediction", pred), ("truth", truth)):
+        if isinstance(v, xr.Dataset):
+            if "labels" not in v:
+                raise ValueError(f"the {what} is a Dataset without a 'labels' variable")
+            v = v["labels"]
+        if not isinstance(v, xr.DataArray):
+            raise TypeError(f"the {what} must be a labelled xarray.DataArray (or a segmentation Dataset) whose "
+                            f"'classes' attr names its values, got {type(v).__name__}")
+        arrays.append(v)
+    p, t = arrays
+    if p.dims != t.dims:
+        raise ValueError(f"prediction has dims {p.dims}, truth has {t.dims}")
+    for dim in p.dims:
+        if dim in p.coords and dim in t.coords and p.sizes[dim] == t.sizes[dim]:
+            if not np.allclose(p[dim].values, t[dim].values, rtol=0, atol=1e-6 * max(1.0, float(np.ptp(t[dim].values)))):
+                raise ValueError(f"prediction and truth lie on different grids along {dim!r} "
+                                 f"(coordinates start at {p[dim].values[0]:g} and {t[dim].values[0]:g})")
+    return p, t
+
+
 def dice(pred, truth, labels: Iterable[int] | None = None, *, ignore: int | None = UNANNOTATED
          ) -> dict[int, float]:
     """Dice coefficient per label value, leaving out voxels whose truth is ``ignore``.
@@ -127,7 +153,7 @@ def boundary_error(pred, truth, label: int, *, spacing: Sequence[float] | float 
     return {"assd": float(d.mean()), "hd95": float(np.percentile(d, 95)), "hausdorff": float(d.max())}
 
 
-def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
+def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray | xr.Dataset, *,
              classes: Mapping | None = None, boundary: bool = False) -> pd.DataFrame:
     """Per-class Dice (and optionally boundary error) of a segmentation against its truth.
 
@@ -139,11 +165,12 @@ def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
     pred : xarray.DataArray or xarray.Dataset
         Predicted label volume with a ``classes`` attr, or a segmentation Dataset
         (its ``labels`` are used).
-    truth : xarray.DataArray
-        True label volume with a ``classes`` attr; value 255 is unannotated. Codes
-        named in a ``label_sets`` attr (:meth:`sxtlab.task.Task.remap`: "cell or
-        mitochondria") are left out for the classes of their set and count as
-        "not this class" for the others.
+    truth : xarray.DataArray or xarray.Dataset
+        True label volume with a ``classes`` attr, or a segmentation Dataset; value
+        255 is unannotated. Codes named in a ``label_sets`` attr
+        (:meth:`sxtlab.task.Task.remap`: "cell or mitochondria") are left out for the
+        classes of their set and count as "not this class" for the others. On the
+        same grid as ``pred`` (dims and, where both have them, coordinates).
     classes : mapping, optional
         ``{value: name}`` of the truth, if its attrs lack it.
     boundary : bool
@@ -155,9 +182,16 @@ def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
         Indexed by class name, columns ``dice``, ``n_true``, ``n_pred`` (annotated
         voxels) and, with ``boundary``, ``assd``, ``hd95`` and ``hausdorff``.
         Classes of the truth that the prediction does not know get Dice 0 if present.
+
+    Raises
+    ------
+    ValueError
+        If the volumes lie on different grids (shape, dims or coordinates) or the
+        truth's classes are not named.
+    TypeError
+        If a volume is not an xarray object.
     """
-    if isinstance(pred, xr.Dataset):
-        pred = pred["labels"]
+    pred, truth = _label_arrays(pred, truth)
     t_classes = class_map(classes if classes is not None else truth.attrs.get("classes", {}))
     p_classes = class_map(pred.attrs.get("classes", {}))
     if not t_classes:
@@ -186,7 +220,7 @@ def evaluate(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *,
     return pd.DataFrame(rows).set_index("class")
 
 
-def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *, normalize: bool = False) -> pd.DataFrame:
+def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray | xr.Dataset, *, normalize: bool = False) -> pd.DataFrame:
     """Where each true class's voxels went: a confusion matrix matched by class name.
 
     Dice says how much of a class was found; this says what the rest was called
@@ -196,9 +230,10 @@ def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *, normalize
     ----------
     pred : xarray.DataArray or xarray.Dataset
         Predicted label volume with a ``classes`` attr, or a segmentation Dataset.
-    truth : xarray.DataArray
-        True label volume with a ``classes`` attr (value 0 is ``background``);
-        values it does not name (unannotated 255, label-set codes) are left out.
+    truth : xarray.DataArray or xarray.Dataset
+        True label volume with a ``classes`` attr (value 0 is ``background``), or a
+        segmentation Dataset; values it does not name (unannotated 255, label-set
+        codes) are left out. On the same grid as ``pred`` (dims and coordinates).
     normalize : bool
         Divide each row by its sum: the share of the true class's annotated voxels
         given to each predicted class (rows of absent classes are NaN).
@@ -213,8 +248,10 @@ def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *, normalize
     Raises
     ------
     ValueError
-        If the shapes differ, a volume is not of integers or the truth has no
-        ``classes`` attr.
+        If the volumes lie on different grids (shape, dims or coordinates), a volume
+        is not of integers or the truth has no ``classes`` attr.
+    TypeError
+        If a volume is not an xarray object.
 
     Examples
     --------
@@ -224,8 +261,7 @@ def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *, normalize
     >>> confusion(pred, truth).loc["nucleus"].tolist()
     [0, 1, 2, 0]
     """
-    if isinstance(pred, xr.Dataset):
-        pred = pred["labels"]
+    pred, truth = _label_arrays(pred, truth)
     t_classes = class_map(truth.attrs.get("classes", {}))
     if not t_classes:
         raise ValueError("the truth has no 'classes' attr naming its label values")
@@ -234,8 +270,8 @@ def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *, normalize
     p, t = _arrays(pred.values, truth.values)
     if p.dtype.kind not in "iu" or t.dtype.kind not in "iu":
         raise ValueError(f"label volumes must hold integers, got {p.dtype} (prediction) and {t.dtype} (truth)")
-    columns = list(dict.fromkeys(p_classes.values())) + ["other"]
-    rows = list(dict.fromkeys(t_classes[v] for v in sorted(t_classes)))
+    columns = list(dict.fromkeys(p_classes[v] for v in sorted(p_classes, key=lambda v: (v != 0, v)))) + ["other"]
+    rows = list(dict.fromkeys(t_classes[v] for v in sorted(t_classes, key=lambda v: (v != 0, v))))
     tc = _codes(t, {v: rows.index(n) for v, n in t_classes.items()}, missing=-1)
     pc = _codes(p, {v: columns.index(n) for v, n in p_classes.items()}, missing=len(columns) - 1)
     keep = tc >= 0
@@ -251,16 +287,19 @@ def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray, *, normalize
 
 
 def _codes(values: np.ndarray, code_of: Mapping[int, int], missing: int) -> np.ndarray:
-    """Flat int64 codes of label ``values`` by a lookup table; values not in ``code_of``
-    (or outside 0-255, where labels live) get ``missing``."""
-    lookup = np.full(256, missing, np.int64)
-    for value, code in code_of.items():
-        if 0 <= value < 256:
-            lookup[value] = code
+    """Flat int64 codes of integer label ``values``; values not in ``code_of`` get ``missing``."""
     flat = values.ravel()
-    inside = (flat >= 0) & (flat < 256)
+    info = np.iinfo(flat.dtype)
+    # only the keys the volume's dtype can hold, in that dtype, so that no comparison
+    # goes through float64 (uint64 values above 2**53 would collide)
+    known = sorted(v for v in code_of if info.min <= v <= info.max)
     out = np.full(flat.shape, missing, np.int64)
-    out[inside] = lookup[flat[inside]]
+    if not known:
+        return out
+    keys = np.array(known, dtype=flat.dtype)
+    at = np.minimum(np.searchsorted(keys, flat), len(keys) - 1)
+    hit = keys[at] == flat
+    out[hit] = np.array([code_of[v] for v in known], np.int64)[at[hit]]
     return out
 
 

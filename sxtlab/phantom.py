@@ -1072,6 +1072,16 @@ def _largest_radius(shape: Sequence[int], spacing: Sequence[float]) -> float:
     return (0.5 * extent - margin) / (1 + _MAX_RELIEF)
 
 
+def _check_acquisition(acquisition: Acquisition | bool | None) -> Acquisition | bool | None:
+    """``acquisition`` as given (NumPy bools as Python ones), or a :class:`TypeError`."""
+    if isinstance(acquisition, (bool, np.bool_)):
+        return bool(acquisition)
+    if acquisition is None or isinstance(acquisition, Acquisition):
+        return acquisition
+    raise TypeError(f"acquisition must be an Acquisition, True, False or None, got {acquisition!r} "
+                    f"({type(acquisition).__name__})")
+
+
 def _check_seed(seed: int) -> int:
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -1279,14 +1289,11 @@ def cell(
         raise ValueError(f"class_lac names unknown classes {sorted(unknown)}; known: {list(LABELS)}")
     if lipid_fraction is not None and not (np.isfinite(lipid_fraction) and 0 <= lipid_fraction <= 0.5):
         raise ValueError(f"lipid_fraction must be in [0, 0.5], got {lipid_fraction!r}")
+    acquisition = _check_acquisition(acquisition)
     if acquisition is True:
         acquisition = Acquisition()
     elif acquisition is False:
         acquisition = None
-    if acquisition is not None and not isinstance(acquisition, Acquisition):
-        raise TypeError(
-            f"acquisition must be an Acquisition, a bool or None, got {type(acquisition).__name__}"
-        )
     extent = min(n * d for n, d in zip(grid_shape, spacing))
     if cell_radius_um is None:
         cell_radius_um = _DEFAULT_RADIUS_FRACTION * extent
@@ -1522,7 +1529,7 @@ def varied_cell(
     shape: Sequence[int] = (128, 128, 128),
     voxel_size: float | Sequence[float] = 0.04,
     *,
-    acquisition: bool | Acquisition = True,
+    acquisition: bool | Acquisition | None = True,
 ) -> xr.Dataset:
     """A cell whose look varies as it does between cells, strains, species and microscopes.
 
@@ -1555,9 +1562,9 @@ def varied_cell(
         Non-negative seed; the same seed and arguments give identical arrays.
     shape, voxel_size
         As for :func:`cell` (the cell's size follows the field's extent).
-    acquisition : bool or Acquisition
-        ``True``: simulate a drawn tilt series and reconstruction; ``False``: the true
-        LAC; an :class:`Acquisition`: simulate that one instead of a drawn one (the
+    acquisition : bool, Acquisition or None
+        ``True``: simulate a drawn tilt series and reconstruction; ``False`` or
+        ``None``: the true LAC; an :class:`Acquisition`: simulate that one instead of a drawn one (the
         cell is the same: the acquisition is drawn last), as benchmarks do to hold
         the acquisition fixed while the cells vary.
 
@@ -1616,12 +1623,11 @@ def varied_cell(
         # the bud's far side, ~1.7 bud radii beyond the cell's surface, stays in the field
         fit = largest * (1 + _MAX_RELIEF) / (1 + _MAX_RELIEF + 1.7 * variation["bud"])
         variation["cell_radius_um"] = float(max(_MIN_CELL_RADIUS, min(variation["cell_radius_um"], fit)))
-    if isinstance(acquisition, Acquisition):
-        acq: Acquisition | None = acquisition
-    elif not isinstance(acquisition, (bool, np.bool_)):
-        raise TypeError(f"acquisition must be a bool or an Acquisition, got {type(acquisition).__name__}")
-    else:
-        acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7) if acquisition else None
+    acq = _check_acquisition(acquisition)
+    if acq is True:
+        acq = _varied_acquisition(rng, full_range=capillary is not None and rng.random() < 0.7)
+    elif acq is False:
+        acq = None
     while True:
         try:
             ds = cell(seed, grid_shape, spacing, acquisition=acq, capillary=capillary, **variation)

@@ -35,6 +35,18 @@ def test_class_map_lists_every_unknown_name():
     assert classes.class_map({"1": "LD"}) == {1: "lipid_body"}
 
 
+def test_class_map_takes_integer_keys_of_any_kind_and_refuses_others():
+    import numpy as np
+
+    assert classes.class_map({"1": "cell", np.int64(2): "nucleus", 3.0: "vacuole", " 4": "LD"}) == {
+        1: "cell", 2: "nucleus", 3: "vacuole", 4: "lipid_body"}
+    for key in ("a", 1.5, True, None):
+        with pytest.raises(ValueError, match=f"key must be an integer label value, got {key!r}"):
+            classes.class_map({key: "cell"})
+    with pytest.raises(TypeError, match="must map label values to class names, got str"):
+        classes.class_map('{"1": "cell"}')
+
+
 def test_colours_are_distinct():
     colours = [c.colour for c in classes.VOCABULARY.values()]
     assert len(set(colours)) == len(colours)

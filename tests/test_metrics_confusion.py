@@ -6,6 +6,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sxtlab import phantom
 from sxtlab.classes import UNANNOTATED
 from sxtlab.metrics import confusion, evaluate
 
@@ -45,13 +46,41 @@ def test_shares_sum_to_one_per_present_class():
     assert shares.loc["vacuole"].isna().all()  # absent from the truth
 
 
+def test_any_integer_label_values_are_matched():
+    # values beyond uint8 and negative ones, named by the classes attr
+    for dtype, cell in ((np.uint16, 300), (np.int16, -1), (np.uint64, 2 ** 63 + 1)):
+        v = xr.DataArray(np.array([0, cell, cell, 2], dtype), dims=("x",), attrs={"classes": {cell: "cell", 2: "nucleus"}})
+        table = confusion(v, v)
+        assert table.index[0] == "background" and set(table.index) == {"background", "cell", "nucleus"}
+        assert table.loc["cell", "cell"] == 2 and table.values.sum() == 4
+
+
+def test_segmentation_datasets_are_taken_on_either_side():
+    ds = phantom.cell(0, (32, 32, 32), 0.1)
+    table = confusion(ds, ds)
+    assert table.values.sum() == ds.labels.size
+    assert sum(table.loc[name, name] for name in table.index) == ds.labels.size
+
+
+def test_volumes_on_other_grids_are_refused():
+    labels = phantom.cell(0, (32, 32, 32), 0.1).labels
+    with pytest.raises(ValueError, match="dims"):
+        confusion(labels.transpose("x", "y", "z"), labels)
+    with pytest.raises(ValueError, match="different grids along 'z'"):
+        confusion(labels.assign_coords(z=labels.z + 1.0), labels)
+    with pytest.raises(ValueError, match="different grids"):
+        evaluate(labels.assign_coords(z=labels.z + 1.0), labels)
+
+
 def test_bad_inputs_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="no 'classes' attr"):
-        confusion(_volume([1]), xr.DataArray(np.array([1], np.uint8)))
+        confusion(_volume([1]), xr.DataArray(np.array([1], np.uint8), dims=("x",)))
     with pytest.raises(ValueError, match="shape"):
         confusion(_volume([1, 1]), _volume([1]))
     with pytest.raises(ValueError, match="integers"):
-        confusion(xr.DataArray(np.array([1.0]), attrs={"classes": CLASSES}), _volume([1]))
+        confusion(xr.DataArray(np.array([1.0]), dims=("x",), attrs={"classes": CLASSES}), _volume([1]))
+    with pytest.raises(TypeError, match="xarray.DataArray"):
+        confusion(np.array([1], np.uint8), _volume([1]))
 
 
 @settings(max_examples=50, deadline=None)

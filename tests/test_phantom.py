@@ -481,8 +481,13 @@ def test_varied_cell_takes_a_fixed_acquisition_and_keeps_its_cell():
     assert held.attrs["variation"] == drawn.attrs["variation"]
     assert held.attrs["acquisition"]["tilt_range_deg"] == [-57.0, 57.0]
     assert drawn.attrs["acquisition"] != held.attrs["acquisition"]
-    with pytest.raises(TypeError, match="bool or an Acquisition"):
-        phantom.varied_cell(3, (48, 48, 48), 0.08, acquisition="standard")
+    truth = phantom.varied_cell(3, (48, 48, 48), 0.08, acquisition=None)
+    assert truth.attrs["acquisition"] is None
+    np.testing.assert_array_equal(truth.lac.values, phantom.varied_cell(3, (48, 48, 48), 0.08,
+                                                                        acquisition=np.False_).lac.values)
+    for bad in ("standard", 1):
+        with pytest.raises(TypeError, match="Acquisition, True, False or None"):
+            phantom.varied_cell(3, (48, 48, 48), 0.08, acquisition=bad)
 
 
 def test_lobed_nucleus_keeps_its_volume_and_nucleolus():
