@@ -241,9 +241,10 @@ def confusion(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray | xr.Dataset,
     Returns
     -------
     pandas.DataFrame
-        Rows: true classes (``background`` first, then by label value); columns:
-        predicted classes in the prediction's order, then ``other`` for values the
-        prediction's ``classes`` attr does not name. Voxel counts (int64) or shares.
+        Rows: true classes, columns: predicted classes (each ``background`` first,
+        then by label value; a name given to several values once), then ``other``
+        for values the prediction's ``classes`` attr does not name. Voxel counts
+        (int64) or shares.
 
     Raises
     ------

@@ -1547,10 +1547,11 @@ def varied_cell(
     bodies (15 %) or up to 10 % of the cell; starch granules in 15 % of cells;
     a nucleolus of 0.25–0.6 of the nucleus's inner radius, 0–0.15 µm⁻¹ above it
     (invisible at times); 0.3–6 unlabelled vesicles and granules per µm³ in 80 %
-    of cells; bright (polyphosphate) granules in the vacuoles of half the cells, 0.5–4
-    per vacuole on average, so that a dark body with bright spots inside is not always
-    a nucleus with its nucleolus; 0–4 neighbouring cells, partly in the field (as the real ``sample_12``'s
-    capillary is packed with them); a glass capillary wall in 30 %, in air in
+    of cells; bright (polyphosphate) granules in the vacuoles of half the cells,
+    0.5–4 per vacuole on average, so that a dark body with bright spots inside is not
+    always a nucleus with its nucleolus; 0–4 neighbouring cells, partly in the field
+    (as the real ``sample_12``'s capillary is packed with them); a glass capillary
+    wall in 30 %, in air in
     most (as ``sample_12``'s); and a simulated acquisition
     (:func:`_varied_acquisition`; full rotation for most capillaries). These are
     training and evaluation cells for models meant for unseen data; :func:`cell`
@@ -1564,9 +1565,9 @@ def varied_cell(
         As for :func:`cell` (the cell's size follows the field's extent).
     acquisition : bool, Acquisition or None
         ``True``: simulate a drawn tilt series and reconstruction; ``False`` or
-        ``None``: the true LAC; an :class:`Acquisition`: simulate that one instead of a drawn one (the
-        cell is the same: the acquisition is drawn last), as benchmarks do to hold
-        the acquisition fixed while the cells vary.
+        ``None``: the true LAC; an :class:`Acquisition`: simulate that one instead
+        of a drawn one (the cell is the same: the acquisition is drawn last), as
+        benchmarks do to hold the acquisition fixed while the cells vary.
 
     Returns
     -------
