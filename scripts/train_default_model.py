@@ -89,7 +89,7 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: in
            stage2_patch: int = 48, stage2_layout: str = "pooled",
            stage2_norm_affine: bool = True, stage1_layout: str = "pooled",
            stage1_norm_affine: bool = True, seed: int = 0, factor: int = 4,
-           stage1_patch: int = 32) -> CascadeConfig:
+           stage1_patch: int = 32, stage1_folds: int = 0) -> CascadeConfig:
     # Stage 1 sees a 6.6 µm field whole (32³ at 200 nm voxels, 64³ at 100 nm): it must
     # find the nucleus, a large object of low contrast, so it gets four levels (a
     # receptive field of the whole patch) and, pooled, the absolute intensity at its
@@ -110,7 +110,8 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: in
                                                 norm_affine=stage1_norm_affine),
                          stage2_unet=UNetConfig(depth=4, base_width=16,
                                                 convs_per_level=stage2_convs, stem_stride=stage2_stride,
-                                                layout=stage2_layout, norm_affine=stage2_norm_affine), seed=seed)
+                                                layout=stage2_layout, norm_affine=stage2_norm_affine),
+                         stage1_folds=stage1_folds, seed=seed)
 
 
 def _cpu_seconds() -> float:
@@ -163,6 +164,10 @@ def main() -> None:
                         help="stage 1's downsampling factor (4: 200 nm voxels; 2: 100 nm)")
     parser.add_argument("--stage1-patch", type=int, default=32,
                         help="stage 1's training patch edge in coarse voxels (32 at factor 4, 64 at 2: the whole field)")
+    parser.add_argument("--stage1-folds", type=int, default=0,
+                        help="train stage 2 on out-of-fold stage-1 context from this many extra stage-1 models "
+                             "(>= 2; each as costly as stage 1), so that it learns to correct stage 1's errors on "
+                             "cells stage 1 never saw rather than to trust it (default 0: in-sample context)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the networks' initialisation and the patches drawn (a second seed of an ablation)")
     parser.add_argument("--stage1-from", default=None,
@@ -184,7 +189,7 @@ def main() -> None:
                  stage2_patch=args.stage2_patch, stage2_layout=args.stage2_layout,
                  stage2_norm_affine=not args.stage2_plain_norm, stage1_layout=args.stage1_layout,
                  stage1_norm_affine=not args.stage1_plain_norm, seed=args.seed, factor=args.factor,
-                 stage1_patch=args.stage1_patch)
+                 stage1_patch=args.stage1_patch, stage1_folds=args.stage1_folds)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
     inherited = _inherited_cpu_seconds(init, stage1_from)
