@@ -16,6 +16,8 @@ CPU seconds used; running again with a larger ``--cpu-seconds`` continues.
 
     # train 60 s of CPU on two sxtlab phantom cells (seeds 11, 12; 96³ × 50 nm, standard acquisition)
     python benchmarks/monai_peer.py train --out /tmp/peer --cpu-seconds 60 --phantom-seeds 11,12
+    # or on the default model's training cells (scripts/train_default_model.py's cache)
+    python benchmarks/monai_peer.py train --out /tmp/peer --cpu-seconds 4300 --default-cells /work/runs/c11
     # or on saved cells (xarray Datasets with lac, labels: NetCDF or Zarr)
     python benchmarks/monai_peer.py train --out /tmp/peer --cpu-seconds 1800 --files a.zarr b.zarr
     # predict a saved cell or a phantom and print Dice
@@ -205,6 +207,16 @@ def _phantom_cells(seeds, shape, voxel_size):
             for s in seeds]
 
 
+def _default_cells(work: Path, n: int) -> list[xr.Dataset]:
+    """The cells ``scripts/train_default_model.py --work WORK --cells N`` trains on (same cache)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_default_model import make_cell, training_seeds
+
+    return [make_cell(s, work / "cells") for s in training_seeds(n)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -215,6 +227,11 @@ def main() -> None:
         p.add_argument("--shape", type=int, default=96)
         p.add_argument("--voxel-size", type=float, default=0.05)
         p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--default-cells", type=Path, default=None, metavar="WORK",
+                       help="the default model's training cells (scripts/train_default_model.py's "
+                            "cache WORK/cells, made there when missing)")
+        p.add_argument("--cells", type=int, default=117,
+                       help="with --default-cells: seeds 1..N, validation seeds skipped, as that script")
         if name == "train":
             p.add_argument("--out", type=Path, required=True)
             p.add_argument("--cpu-seconds", type=float, required=True, help="total budget (resumes)")
@@ -225,10 +242,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.phantom_seeds.split(",") if s]
     cells = _phantom_cells(seeds, args.shape, args.voxel_size)
+    if args.default_cells is not None:
+        cells += _default_cells(args.default_cells, args.cells)
     for f in args.files:
         cells.append(xr.open_zarr(f) if str(f).rstrip("/").endswith(".zarr") else xr.open_dataset(f))
     if not cells:
-        parser.error("no cells: give --phantom-seeds or --files")
+        parser.error("no cells: give --phantom-seeds, --default-cells or --files")
     if args.cmd == "train":
         train(cells, args.out, args.cpu_seconds, seed=args.seed)
     else:

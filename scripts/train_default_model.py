@@ -63,6 +63,11 @@ SIMULATED_VOXEL_UM = (0.025, 0.06)
 VALIDATION_SEEDS = [101, 102, 103]
 
 
+def training_seeds(n: int) -> list[int]:
+    """Seeds of the first ``n`` training cells: 1, 2, … skipping the validation seeds."""
+    return [s for s in range(1, n + len(VALIDATION_SEEDS) + 1) if s not in VALIDATION_SEEDS][:n]
+
+
 def make_cell(seed: int, cache: Path) -> xr.Dataset:
     """A varied cell simulated at its own voxel size, resampled to the model's; cached."""
     # the generator's version in the name: a new version draws other cells from a seed
@@ -181,7 +186,7 @@ def main() -> None:
     spent = json.loads(ledger.read_text())["cpu_seconds"] if ledger.exists() else 0.0
     t0 = time.perf_counter()
     # training seeds 1, 2, ... skip the validation cells' seeds
-    seeds = [s for s in range(1, args.cells + len(VALIDATION_SEEDS) + 1) if s not in VALIDATION_SEEDS][:args.cells]
+    seeds = training_seeds(args.cells)
     cache = args.work / "cells"
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
     val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
