@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -209,8 +210,6 @@ def _phantom_cells(seeds, shape, voxel_size):
 
 def _default_cells(work: Path, n: int) -> list[xr.Dataset]:
     """The cells ``scripts/train_default_model.py --work WORK --cells N`` trains on (same cache)."""
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from train_default_model import make_cell, training_seeds
 
@@ -243,6 +242,8 @@ def main() -> None:
     seeds = [int(s) for s in args.phantom_seeds.split(",") if s]
     cells = _phantom_cells(seeds, args.shape, args.voxel_size)
     if args.default_cells is not None:
+        if args.cells < 1:
+            parser.error(f"--cells must be at least 1, got {args.cells}")
         cells += _default_cells(args.default_cells, args.cells)
     for f in args.files:
         cells.append(xr.open_zarr(f) if str(f).rstrip("/").endswith(".zarr") else xr.open_dataset(f))

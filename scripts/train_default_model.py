@@ -180,12 +180,13 @@ def main() -> None:
     parser.add_argument("--init", default=None,
                         help="continue from this model's weights ('default' or a folder), e.g. in a later sitting")
     args = parser.parse_args()
+    if args.cells < 1:
+        parser.error(f"--cells must be at least 1, got {args.cells}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     ledger = args.work / "cpu_seconds.json"
     spent = json.loads(ledger.read_text())["cpu_seconds"] if ledger.exists() else 0.0
     t0 = time.perf_counter()
-    # training seeds 1, 2, ... skip the validation cells' seeds
     seeds = training_seeds(args.cells)
     cache = args.work / "cells"
     train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
