@@ -22,6 +22,7 @@ import xarray as xr
 from scipy import ndimage
 
 from .classes import UNANNOTATED, canonical_name, class_map
+from .volume import check_same_grid
 
 __all__ = ["dice", "boundary_error", "evaluate", "confusion", "reliability", "expected_calibration_error", "temper",
            "fit_temperature"]
@@ -37,8 +38,8 @@ def _arrays(pred, truth) -> tuple[np.ndarray, np.ndarray]:
 def _label_arrays(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray | xr.Dataset
                   ) -> tuple[xr.DataArray, xr.DataArray]:
     """The label volumes of ``pred`` and ``truth`` (segmentation Datasets give their
-    ``labels``), refused unless they lie on the same grid: the same dims and, where
-    both carry them, the same coordinates."""
+    ``labels``), refused unless they lie on the same grid
+    (:func:`sxtlab.volume.check_same_grid`)."""
     arrays = []
     for what, v in (("prediction", pred), ("truth", truth)):
         if isinstance(v, xr.Dataset):
@@ -50,13 +51,7 @@ def _label_arrays(pred: xr.DataArray | xr.Dataset, truth: xr.DataArray | xr.Data
                             f"'classes' attr names its values, got {type(v).__name__}")
         arrays.append(v)
     p, t = arrays
-    if p.dims != t.dims:
-        raise ValueError(f"prediction has dims {p.dims}, truth has {t.dims}")
-    for dim in p.dims:
-        if dim in p.coords and dim in t.coords and p.sizes[dim] == t.sizes[dim]:
-            if not np.allclose(p[dim].values, t[dim].values, rtol=0, atol=1e-6 * max(1.0, float(np.ptp(t[dim].values)))):
-                raise ValueError(f"prediction and truth lie on different grids along {dim!r} "
-                                 f"(coordinates start at {p[dim].values[0]:g} and {t[dim].values[0]:g})")
+    check_same_grid(t, p, "the predicted labels", "the truth")
     return p, t
 
 

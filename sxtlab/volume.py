@@ -264,16 +264,23 @@ def label_volume(data, like: xr.DataArray, classes: Mapping, *, name: str = "lab
     return xr.DataArray(data, dims=DIMS, coords=like.coords, name=name, attrs=a)
 
 
-def check_same_grid(a: xr.DataArray, b: xr.DataArray, what: str = "labels") -> None:
-    """Raise :class:`FormatError` unless ``b`` lies on the same voxel grid as ``a``."""
+def check_same_grid(a: xr.DataArray, b: xr.DataArray, what: str = "labels", reference: str = "the image") -> None:
+    """Raise :class:`FormatError` unless ``b`` (named ``what``) lies on the same voxel
+    grid as ``a`` (named ``reference``): the same shape, dims in the same order, voxel
+    size and, where both carry them, coordinates."""
     if tuple(a.shape) != tuple(b.shape):
-        raise FormatError(f"{what} have shape {tuple(b.shape)}, the image has {tuple(a.shape)}")
+        raise FormatError(f"{what} have shape {tuple(b.shape)}, {reference} has {tuple(a.shape)}")
+    # a transposed volume of the same shape would otherwise pass: its coordinates
+    # compare equal name by name while its values lie along other axes
+    if tuple(a.dims) != tuple(b.dims):
+        raise FormatError(f"{what} have dims {tuple(b.dims)}, {reference} has {tuple(a.dims)}")
     va, vb = a.attrs.get("voxel_size_um"), b.attrs.get("voxel_size_um")
     if va is not None and vb is not None and not np.allclose(va, vb, rtol=1e-6):
-        raise FormatError(f"{what} have voxel size {vb} µm, the image has {va} µm")
-    for d in DIMS:
+        raise FormatError(f"{what} have voxel size {vb} µm, {reference} has {va} µm")
+    for d in a.dims:
         if d in a.coords and d in b.coords and not np.allclose(a[d].values, b[d].values, atol=1e-9):
-            raise FormatError(f"{what} coordinates along {d!r} differ from the image's")
+            raise FormatError(f"{what} coordinates along {d!r} differ from {reference}'s: the two lie on "
+                              f"different grids along {d!r} (starting at {b[d].values[0]:g} and {a[d].values[0]:g})")
 
 
 def check_instance_ids(instances: xr.DataArray, where: str = "") -> None:
