@@ -11,7 +11,9 @@ every voxel size:
    (the most frequent label on its outer face: a ``cell`` speck in the medium
    becomes background, a mitochondria speck in the cytoplasm cytoplasm). The
    ``cell`` goes first, so the cell is its connected body and a speck's organelles
-   go with it.
+   go with it. A component cut by the edge of the field is judged by its cut face
+   as well (:func:`is_speck`): the part of a neighbouring cell that reaches into the
+   field may hold less than the least volume of a cell, but it is no speck.
 2. **Holes filled** for classes that cannot have any (:data:`FILL_HOLES`: nucleus,
    lipid body, vacuole): voxels enclosed by the class region in 3-D
    (:func:`scipy.ndimage.binary_fill_holes`) join it.
@@ -54,7 +56,8 @@ from .classes import UNANNOTATED, VOCABULARY, class_map, descendants
 from .errors import GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
 from .volume import DIMS, check_voxel_size
 
-__all__ = ["MIN_VOLUME_UM3", "FILL_HOLES", "SPLIT", "SPLIT_NECK_RATIO", "clean_labels", "too_small"]
+__all__ = ["MIN_VOLUME_UM3", "FILL_HOLES", "SPLIT", "SPLIT_NECK_RATIO", "clean_labels", "cut_face_areas", "is_speck",
+           "too_small"]
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +97,83 @@ def _depth(name: str) -> int:
     return depth
 
 
+def cut_face_areas(components: np.ndarray, n: int, spacing: Iterable[float], *,
+                   window: tuple[slice, ...] | None = None, shape: Iterable[int] | None = None) -> np.ndarray:
+    """Area of each component's voxel faces on the edge of the field (µm²): its cut face.
+
+    Parameters
+    ----------
+    components : numpy.ndarray of int, shape (z, y, x)
+        Component labels 1..n (0 none), as :func:`scipy.ndimage.label` gives.
+    n : int
+        Number of components.
+    spacing : (dz, dy, dx)
+        Voxel size, µm.
+    window, shape : optional
+        Where ``components`` lies in a larger field (slices) and that field's shape:
+        only the window's sides that lie on the field's edge count. Default: the
+        components fill the field.
+
+    Returns
+    -------
+    numpy.ndarray of float, shape (n,)
+        µm²; 0 for a component that does not reach the edge. A voxel face on the
+        z edge counts dy·dx, and so on.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((4, 5, 5), int)
+    >>> lab[0:2, 1:3, 1:3] = 1  # a 2 x 2 face on the z = 0 edge
+    >>> lab[2, 2, 2] = 2        # inside
+    >>> cut_face_areas(lab, 2, (0.05, 0.1, 0.1)).round(3).tolist()
+    [0.04, 0.0]
+    """
+    sp = tuple(float(d) for d in spacing)
+    full = tuple(components.shape) if shape is None else tuple(int(k) for k in shape)
+    box = window or tuple(slice(0, k) for k in components.shape)
+    out = np.zeros(n + 1)
+    for axis in range(3):
+        face = float(np.prod([d for a, d in enumerate(sp) if a != axis]))
+        for index, on_edge in ((0, box[axis].start == 0), (-1, box[axis].stop == full[axis])):
+            if on_edge:
+                out += face * np.bincount(np.take(components, index, axis=axis).ravel(), minlength=n + 1)[:n + 1]
+    return out[1:]
+
+
+def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: float) -> np.ndarray:
+    """Which components are specks: below the least volume and not cut by the field's edge.
+
+    A component whose cut face (:func:`cut_face_areas`) is at least a quarter of the
+    central cross-section of a ball of ``min_volume_um3`` (πr²/4, r = (3V/4π)^⅓) is
+    part of an object the field cuts off, however little of it lies inside: its own
+    volume cannot tell it from a speck, but specks of noise touch the edge with a
+    few voxels. (A quarter: a ball's section falls to that size 0.87 r from its
+    centre, beyond which a cut piece is a cap of under 2 % of the ball.)
+
+    Parameters
+    ----------
+    volume_um3, cut_face_um2 : numpy.ndarray of float, shape (n,)
+        Each component's volume in the field (µm³) and cut face (µm²).
+    min_volume_um3 : float
+        The class's least object volume (µm³).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n,)
+
+    Examples
+    --------
+    >>> is_speck(np.array([0.3, 0.3, 2.0]), np.array([0.0, 0.5, 0.0]), 1.0).tolist()
+    [True, False, False]
+    """
+    radius = np.cbrt(3 * float(min_volume_um3) / (4 * np.pi))
+    return (np.asarray(volume_um3) < min_volume_um3) & (np.asarray(cut_face_um2) < np.pi * radius ** 2 / 4)
+
+
 def too_small(mask: np.ndarray, spacing: Iterable[float], min_volume_um3: float, *,
               connectivity: int = 1) -> np.ndarray:
-    """Components of ``mask`` below a volume: the size filter of this module.
+    """Components of ``mask`` that are specks (:func:`is_speck`): the size filter of this module.
 
     Parameters
     ----------
@@ -104,7 +181,8 @@ def too_small(mask: np.ndarray, spacing: Iterable[float], min_volume_um3: float,
     spacing : (dz, dy, dx)
         Voxel size, µm.
     min_volume_um3 : float
-        Components with a smaller volume (voxel count · dz·dy·dx) are returned.
+        Components with a smaller volume (voxel count · dz·dy·dx) are returned,
+        unless the field's edge cuts them (:func:`is_speck`).
     connectivity : {1, 2, 3}
         As in :func:`skimage.measure.label`.
 
@@ -113,10 +191,10 @@ def too_small(mask: np.ndarray, spacing: Iterable[float], min_volume_um3: float,
     numpy.ndarray of bool, shape of ``mask``
         The voxels of the components that are too small.
     """
+    sp = tuple(float(d) for d in spacing)
     components, n = ndimage.label(mask, ndimage.generate_binary_structure(3, connectivity))
-    volumes = np.bincount(components.ravel(), minlength=n + 1) * float(np.prod(tuple(spacing)))
-    small = volumes < min_volume_um3
-    small[0] = False
+    volumes = np.bincount(components.ravel(), minlength=n + 1)[1:] * float(np.prod(sp))
+    small = np.concatenate([[False], is_speck(volumes, cut_face_areas(components, n, sp), min_volume_um3)])
     return small[components]
 
 

@@ -116,6 +116,7 @@ from skimage.measure import marching_cubes, mesh_surface_area, regionprops_table
 
 from .calibration import CalibrationError
 from .classes import UNANNOTATED, class_map, canonical_name, descendants
+from .clean import cut_face_areas, is_speck
 from .errors import ALLOW_VOXEL_UNITS, GIVE_VOXEL_SIZE, FormatError, SxtlabError, VoxelSizeUnknownError
 from .volume import DIMS, check_instance_ids, check_same_grid, check_voxel_size
 
@@ -641,8 +642,9 @@ def instances(
         Identifier written in the ``cell_id`` column; default the ``cell_id`` attr
         of the Dataset, labels or image, else ``"0"``.
     min_volume_um3 : mapping of class name to float, optional
-        Leave out instances smaller than their class's minimum volume (µm³), the
-        size filter of :func:`sxtlab.clean.clean_labels`; e.g.
+        Leave out specks: instances smaller than their class's minimum volume
+        (µm³) that the field's edge does not cut (:func:`sxtlab.clean.is_speck`),
+        the size filter of :func:`sxtlab.clean.clean_labels`; e.g.
         :data:`sxtlab.clean.MIN_VOLUME_UM3`. Default: every instance.
 
     Returns
@@ -733,9 +735,15 @@ def instances(
         if vol.voxel_units:
             raise VoxelSizeUnknownError(f"min_volume_um3 needs the voxel size, which is unknown; give "
                                         f"{GIVE_VOXEL_SIZE[0]}", remedies=[GIVE_VOXEL_SIZE])
-        # clean_labels' criterion: a component's voxel count times the voxel volume
-        minimum = table["class"].map(lambda name: min_volume_um3.get(name, 0.0)).to_numpy(float)
-        table = table[table["volume_um3"].to_numpy() >= minimum].reset_index(drop=True)
+        # clean_labels' criterion: volume, and the cut face of an instance the field's edge cuts
+        speck = np.zeros(len(table), bool)
+        for name in table["class"].unique():
+            rows = (table["class"] == name).to_numpy()
+            inst = vol.instances(name)
+            faces = cut_face_areas(inst.labels, inst.n, vol.spacing, window=inst.window, shape=vol.labels.shape)
+            speck[rows] = is_speck(table.loc[rows, "volume_um3"].to_numpy(float),
+                                   faces[table.loc[rows, "instance"].to_numpy() - 1], min_volume_um3.get(name, 0.0))
+        table = table[~speck].reset_index(drop=True)
     table.attrs["surface_smoothing_sigma_voxels"] = smoothing_sigma
     return vol.finish(table, "instances")
 

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 import sxtlab
 from sxtlab import measure
-from sxtlab.clean import MIN_VOLUME_UM3, clean_labels, too_small
+from sxtlab.clean import MIN_VOLUME_UM3, clean_labels, cut_face_areas, is_speck, too_small
 
 ANISO = (0.05, 0.03, 0.03)
 CLASSES = {1: "cell", 2: "nucleus", 5: "lipid_body", 6: "vacuole"}
@@ -95,6 +95,43 @@ def test_minimum_sizes_are_in_cubic_micrometres_at_anisotropic_voxels():
     assert small[1].sum() == 22 and small[5].sum() == 0
     # the same objects at isotropic 30 nm voxels (2.7e-5 µm³) are all too small
     assert too_small(mask, (0.03, 0.03, 0.03), 0.001).sum() == 45
+
+
+def test_a_neighbour_cut_by_the_field_edge_is_kept_however_little_of_it_is_inside():
+    """A neighbouring cell of radius 1 µm whose centre lies 0.6 µm beyond the y = 0 voxels:
+    a cap of 0.47 µm³ in the field (below a cell's 1 µm³) with a cut face of about
+    π(1 − 0.6²) = 2.0 µm². A speck of 4 voxels on the same edge goes."""
+    vs = ANISO
+    lab = cell(shape=(48, 80, 160))
+    neighbour = ball(lab.shape, vs, (1.2, -0.6, 3.6), 1.0)
+    lab[neighbour] = 1
+    lab[ball(lab.shape, vs, (1.2, 0.2, 3.6), 0.15)] = 5  # its lipid body
+    lab[40:42, 0, 5:7] = 1  # 4 voxels on the edge: 0.0036 µm² of cut face
+    h = 0.4 + vs[1] / 2  # the first voxel's centre lies at y = 0, the field's edge half a voxel before it
+    cap_um3 = np.pi * h ** 2 * (3 - h) / 3
+    assert neighbour.sum() * np.prod(vs) == pytest.approx(cap_um3, rel=0.05) and cap_um3 < MIN_VOLUME_UM3["cell"]
+    cleaned = clean_labels(labelled(lab))
+    assert cleaned.attrs["cleaned"]["removed"] == 1
+    np.testing.assert_array_equal(cleaned.values[neighbour], lab[neighbour])
+    assert (cleaned.values[40:42, 0, 5:7] == 0).all()
+    table = measure.instances(labelled(lab), class_names=["cell"], min_volume_um3=MIN_VOLUME_UM3)
+    assert len(table) == 2 and table["touches_border"].tolist() == [False, True]
+    assert table["volume_um3"].iloc[1] == pytest.approx(cap_um3, rel=0.05)
+
+
+def test_cut_faces_count_only_the_field_edge_in_physical_area():
+    components = np.zeros((6, 8, 10), np.int32)
+    components[0:3, 2:4, 0:2] = 1    # on z = 0 (2 x 2 faces of dy·dx) and x = 0 (3 x 2 of dz·dy)
+    components[2:4, 2:4, 3:5] = 2    # inside
+    components[5, 7, 9] = 3          # a corner voxel: one face on each of three edges
+    dz, dy, dx = ANISO
+    areas = cut_face_areas(components, 3, ANISO)
+    assert areas.tolist() == pytest.approx([4 * dy * dx + 6 * dz * dy, 0.0, dy * dx + dz * dx + dz * dy])
+    # the same components as a window of a larger field touch its edge only at z = 0
+    window = (slice(0, 6), slice(5, 13), slice(5, 15))
+    assert cut_face_areas(components, 3, ANISO, window=window, shape=(20, 20, 20)).tolist() == pytest.approx(
+        [4 * dy * dx, 0.0, 0.0])
+    assert is_speck(np.array([0.5, 0.5]), np.array([0.3, 0.31]), 1.0).tolist() == [True, False]  # πr²/4 = 0.3023
 
 
 def test_unknown_voxel_size_is_refused():

@@ -281,6 +281,10 @@ def test_the_viewer_leaves_matplotlib_as_it_found_it(image, labels, tmp_path, mo
         monkeypatch.delitem(sys.modules, name, raising=False)
     import matplotlib.pyplot as plt
 
+    # From agg, whatever an earlier test left: where the real ipympl is installed, a
+    # viewer test before this one may have left its module as the backend, which this
+    # test's stand-in would replace.
+    plt.switch_backend("agg")
     was_interactive = matplotlib.is_interactive()
     matplotlib.interactive(True)
     try:
