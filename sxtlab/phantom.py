@@ -69,7 +69,7 @@ LABELS: dict[str, int] = {
 }
 
 #: Version of the generator; bumped whenever a seed would give a different cell.
-GENERATOR_VERSION = "1.3"
+GENERATOR_VERSION = "1.4"
 
 # -- geometry constants (µm unless stated), with their sources ----------------------
 #: Cell radius as a fraction of the smallest field-of-view extent, by default. With
@@ -922,12 +922,48 @@ def _vacuole_granules(vacuoles: Sequence[_Ellipsoid], mean: float,
     return out
 
 
+def _cytoplasm_domains(body: _CellBody, nucleus: _Ellipsoid | _Blob | None, count: int,
+                       rng: np.random.Generator) -> list[tuple[_Ellipsoid, float]]:
+    """Regions of the cytoplasm denser or lighter than the rest: the cytoplasm of real
+    cells is not uniform (ER sheets and ribosome-rich regions, glycogen deposits, the
+    perinuclear ER continuous with the nuclear envelope). Each is an ellipsoid of
+    0.5–1.1 times the nucleus's inner radius (0.3–0.8 µm without a nucleus), axis
+    ratios 0.6–1, its edge blurred by a Gaussian of 0–0.4 of its radius (σ); half lie
+    against the nucleus (their centre 0.2–0.7 radii beyond a random point of its
+    surface), the rest anywhere in the cell. Our choice of ranges: nucleus-sized, so
+    that darkness alone does not make a nucleus.
+
+    Returns each domain with its edge σ (µm)."""
+    out = []
+    for _ in range(count):
+        inner = 0.0 if nucleus is None else nucleus.inscribed()
+        r = inner * float(rng.uniform(0.5, 1.1)) if inner > 0 else float(rng.uniform(0.3, 0.8))
+        semi = r * rng.uniform(0.6, 1.0, size=3)
+        rot = _random_rotation(rng)
+        if nucleus is not None and rng.random() < 0.5:
+            points = nucleus.surface_points()
+            point = points[rng.integers(len(points))]
+            outward = (point - nucleus.centre) / max(float(np.linalg.norm(point - nucleus.centre)), 1e-9)
+            centre = point + outward * r * float(rng.uniform(0.2, 0.7))
+        else:
+            centre = None
+            for _ in range(100):  # rejection sampling: the body fills over half its bounding ball
+                p_ = rng.uniform(-body.max_radius, body.max_radius, size=3)
+                if body.implicit([np.array([c]) for c in p_])[0] < 0:
+                    centre = p_
+                    break
+            if centre is None:
+                continue
+        out.append((_Ellipsoid("cell", np.asarray(centre, float), semi, rot), float(rng.uniform(0.0, 0.4)) * r))
+    return out
+
+
 def _streams(seed_sequence: np.random.SeedSequence) -> tuple[dict[str, np.random.SeedSequence],
                                                              dict[str, np.random.Generator]]:
     """One stream per part of a cell. Spawned streams keep their index, so adding one
     never changes the others' draws."""
     names = ["body", "lac", "nucleus", "vacuole", "lipid", "starch", "mito", "acquisition", "gray", "texture",
-             "bud", "neighbours", "vesicles", "granules"]
+             "bud", "neighbours", "vesicles", "granules", "domains"]
     streams = dict(zip(names, seed_sequence.spawn(len(names))))
     return streams, {k: np.random.default_rng(v) for k, v in streams.items()}
 
@@ -1110,6 +1146,8 @@ def cell(
     vesicle_density: float = 0.0,
     nucleolus_size: tuple[float, float] = _NUCLEOLUS_RADIUS,
     vacuole_granules: float = 0.0,
+    cytoplasm_domains: int = 0,
+    domain_contrast: float = 0.0,
 ) -> xr.Dataset:
     """A synthetic SXT cell with its true labels, deterministic from ``seed``.
 
@@ -1189,6 +1227,14 @@ def cell(
         Mean number of dense (polyphosphate) granules per vacuole (Poisson; see
         ``_vacuole_granules``), labelled vacuole; ``attrs["vacuole_granules"]``
         counts them.
+    cytoplasm_domains : int
+        Regions of the cell's cytoplasm (0–12) whose LAC differs from the rest by
+        ``domain_contrast`` (see ``_cytoplasm_domains``): nucleus-sized, half of them
+        against the nucleus, with blurred edges; labelled cytoplasm.
+        ``attrs["cytoplasm_domains"]`` counts those placed.
+    domain_contrast : float
+        LAC difference of the domains from the cytoplasm (µm⁻¹, either sign, at most
+        0.15 in size).
 
     Returns
     -------
@@ -1284,6 +1330,11 @@ def cell(
         raise ValueError(f"vacuole_granules must be a mean count in [0, 20] per vacuole, got {vacuole_granules!r}")
     if not (np.isfinite(vesicle_density) and vesicle_density >= 0):
         raise ValueError(f"vesicle_density must be >= 0 per µm³, got {vesicle_density!r}")
+    if isinstance(cytoplasm_domains, (bool, np.bool_)) or not isinstance(cytoplasm_domains, (int, np.integer)) \
+            or not 0 <= cytoplasm_domains <= 12:
+        raise ValueError(f"cytoplasm_domains must be an integer in [0, 12], got {cytoplasm_domains!r}")
+    if not (np.isfinite(domain_contrast) and abs(domain_contrast) <= 0.15):
+        raise ValueError(f"domain_contrast must be in [-0.15, 0.15] µm⁻¹, got {domain_contrast!r}")
     unknown = set(class_lac or {}) - set(LABELS)
     if unknown:
         raise ValueError(f"class_lac names unknown classes {sorted(unknown)}; known: {list(LABELS)}")
@@ -1322,6 +1373,8 @@ def cell(
     vesicles = _vesicles(packer, vesicle_density, rngs["vesicles"]) if vesicle_density > 0 else []
     granules = (_vacuole_granules(contents.vacuoles, vacuole_granules, rngs["granules"])
                 if vacuole_granules > 0 else [])
+    domains = (_cytoplasm_domains(body, contents.nucleus, cytoplasm_domains, rngs["domains"])
+               if cytoplasm_domains and domain_contrast else [])
 
     # Bodies in the field: (body, centre relative to the cell centre), the cell's first.
     bodies: list[tuple[_CellBody, np.ndarray]] = [(body, np.zeros(3))]
@@ -1397,6 +1450,18 @@ def cell(
             excess = frac * np.float32(value - lac_of["vacuole"])
             dense[sl] = np.fmax(dense[sl], np.where(frac > 0, excess, np.nan))
         lac += np.nan_to_num(dense, nan=0.0)
+    if domains:
+        # where domains overlap the strongest wins: one region, not twice the contrast
+        share = np.zeros(grid_shape, np.float32)
+        for domain, sigma in domains:
+            lo, hi = domain.bounds()
+            sl, cs = grid.box(lo - 3 * sigma, hi + 3 * sigma)
+            frac = _partial_volume(domain.implicit, cs, spacing, sub=None)[1]
+            if sigma > 0:
+                frac = ndimage.gaussian_filter(frac, [sigma / d for d in spacing], mode="constant")
+            share[sl] = np.maximum(share[sl], frac)
+        # a domain changes no organelle and not the medium
+        lac += np.float32(domain_contrast) * share * (labels == LABELS["cell"]) * f_cell
     for name, pairs in scales.items():
         for std, length in pairs:
             if std > 0:
@@ -1440,6 +1505,7 @@ def cell(
                     for k, pairs in scales.items()} or None,
         "vesicles": len(vesicles),
         "vacuole_granules": len(granules),
+        "cytoplasm_domains": len(domains),
         "capillary": None if capillary is None else asdict(capillary),
         "bud": None if bud is None else {"radius_um": bud_body.radius,
                                           "centre_um": (origin + bud_centre).round(4).tolist()},
@@ -1549,7 +1615,10 @@ def varied_cell(
     (invisible at times); 0.3–6 unlabelled vesicles and granules per µm³ in 80 %
     of cells; bright (polyphosphate) granules in the vacuoles of half the cells,
     0.5–4 per vacuole on average, so that a dark body with bright spots inside is not
-    always a nucleus with its nucleolus; 0–4 neighbouring cells, partly in the field
+    always a nucleus with its nucleolus; 1–4 nucleus-sized regions of denser or
+    lighter cytoplasm in half the cells, half of them against the nucleus, 0.5–1
+    times the nucleus's contrast (at most 0.05 µm⁻¹), of the same sign in 3 of 4, so
+    that a dark or bright region beside the nucleus is not always nucleus; 0–4 neighbouring cells, partly in the field
     (as the real ``sample_12``'s capillary is packed with them); a glass capillary
     wall in 30 %, in air in
     most (as ``sample_12``'s); and a simulated acquisition
@@ -1620,6 +1689,15 @@ def varied_cell(
     # Generator 1.3's draws come from a stream of their own, so that 1.2's stay as they were.
     rng13 = np.random.default_rng(np.random.SeedSequence([seed, 0x5A17, 13]))
     variation["vacuole_granules"] = 0.0 if rng13.random() < 0.5 else float(rng13.uniform(0.5, 4.0))
+    # 1.4's likewise: cytoplasm domains in half the cells, as dark or bright as the
+    # nucleus (up to 0.05 µm⁻¹) on the nucleus's side of the cytoplasm in 3 of 4
+    rng14 = np.random.default_rng(np.random.SeedSequence([seed, 0x5A17, 14]))
+    variation["cytoplasm_domains"], variation["domain_contrast"] = 0, 0.0
+    if rng14.random() < 0.5:
+        delta = variation["class_lac"]["nucleus"] - variation["class_lac"]["cell"]
+        sign = float(np.sign(delta)) * (1.0 if rng14.random() < 0.75 else -1.0)
+        variation["cytoplasm_domains"] = int(rng14.integers(1, 5))
+        variation["domain_contrast"] = sign * min(0.05, abs(delta) * float(rng14.uniform(0.5, 1.0)))
     if variation["bud"] is not None:
         # the bud's far side, ~1.7 bud radii beyond the cell's surface, stays in the field
         fit = largest * (1 + _MAX_RELIEF) / (1 + _MAX_RELIEF + 1.7 * variation["bud"])

@@ -327,6 +327,9 @@ def test_attrs_are_json_friendly(algae):
         ({"neighbours": 1.5}, "neighbours"),
         ({"vesicle_density": -1.0}, "vesicle_density"),
         ({"vacuole_granules": -1.0}, "vacuole_granules"),
+        ({"cytoplasm_domains": 13}, "cytoplasm_domains"),
+        ({"cytoplasm_domains": 2.0}, "cytoplasm_domains"),
+        ({"domain_contrast": -0.2}, "domain_contrast"),
         ({"nucleolus_size": (0.5, 0.9)}, "nucleolus_size"),
         ({"texture": {"cell": [(0.01, 0.1), (0.01, -0.2)]}}, "for 'cell'"),
     ],
@@ -576,7 +579,8 @@ def test_varied_cells_draw_nuclei_buds_and_neighbours():
 
 
 def test_varied_cells_keep_generator_1_2_draws():
-    # 1.3 added vacuole granules from a stream of their own: every earlier draw stands.
+    # 1.3 added vacuole granules, 1.4 cytoplasm domains, each from a stream of its own:
+    # every earlier draw stands.
     ds = phantom.varied_cell(5, (48, 48, 48), 0.1, acquisition=False)
     variation = ds.attrs["variation"]
     assert variation["class_lac"]["nucleus"] == pytest.approx(0.1843043, abs=1e-6)
@@ -626,3 +630,41 @@ def test_vacuole_granules_are_bright_spots_labelled_vacuole():
     assert changed.any() and np.all(plain.labels.values[changed] == phantom.LABELS["vacuole"])
     # at a granule's centre: 0.30-0.50 µm⁻¹, brighter than the vacuole and the cytoplasm
     assert 0.30 - 0.15 - 0.05 < excess.max() <= 0.50 - 0.15 + 1e-6
+
+
+def test_cytoplasm_domains_change_only_the_cytoplasm_by_their_contrast():
+    lac = {"cell": 0.25, "nucleus": 0.22, "background": 0.1}
+    plain = phantom.cell(4, SHAPE, VS, class_lac=lac)
+    dark = phantom.cell(4, SHAPE, VS, class_lac=lac, cytoplasm_domains=4, domain_contrast=-0.03)
+    assert dark.attrs["cytoplasm_domains"] == 4 and plain.attrs["cytoplasm_domains"] == 0
+    # a separate stream: the cell, its organelles and their volumes are those of the plain cell
+    np.testing.assert_array_equal(dark.labels.values, plain.labels.values)
+    assert dark.attrs["class_volume_um3"] == plain.attrs["class_volume_um3"]
+    moved = dark.lac.values - plain.lac.values
+    changed = moved != 0
+    assert np.all(plain.labels.values[changed] == phantom.LABELS["cell"])
+    # darker by at most the contrast, and by all of it somewhere (a domain's core)
+    assert moved.max() <= 0 and moved.min() == pytest.approx(-0.03, abs=1e-6)
+    # nucleus-sized: together they cover a share of the cytoplasm of the order of the nucleus's
+    core = (moved < -0.015).sum() * VS ** 3
+    nucleus = dark.attrs["class_volume_um3"]["nucleus"]
+    assert 0.3 * nucleus < core < 8 * nucleus
+    # the same seed draws the same domains; no contrast, no domains
+    again = phantom.cell(4, SHAPE, VS, class_lac=lac, cytoplasm_domains=4, domain_contrast=-0.03)
+    np.testing.assert_array_equal(again.lac.values, dark.lac.values)
+    none = phantom.cell(4, SHAPE, VS, class_lac=lac, cytoplasm_domains=4, domain_contrast=0.0)
+    np.testing.assert_array_equal(none.lac.values, plain.lac.values)
+
+
+def test_varied_cells_draw_cytoplasm_domains_on_the_nucleus_side():
+    drawn = [phantom.varied_cell(s, (48, 48, 48), 0.1, acquisition=False).attrs for s in range(12)]
+    with_domains = [a for a in drawn if a["variation"]["cytoplasm_domains"]]
+    assert 3 <= len(with_domains) <= 9  # half the cells
+    for a in with_domains:
+        v = a["variation"]
+        assert 1 <= v["cytoplasm_domains"] <= 4 and 0 < abs(v["domain_contrast"]) <= 0.05
+        assert a["generator_version"] == phantom.GENERATOR_VERSION == "1.4"
+    same_side = [np.sign(a["variation"]["domain_contrast"])
+                 == np.sign(a["variation"]["class_lac"]["nucleus"] - a["variation"]["class_lac"]["cell"])
+                 for a in with_domains]
+    assert sum(same_side) >= len(same_side) / 2
