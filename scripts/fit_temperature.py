@@ -71,7 +71,7 @@ def main() -> None:
     meta_path = args.model / "model.json"
     meta = {**model.metadata(), "weights": json.loads(meta_path.read_text())["weights"]}
     tmp = meta_path.with_name(".model.json.partial")
-    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
     tmp.replace(meta_path)
     load_model(args.model)  # reads back
     print(json.dumps({"temperature": round(t, 4), **model.info["temperature"]}, indent=1))

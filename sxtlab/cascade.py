@@ -663,7 +663,7 @@ class CascadeModel:
         def write(tmp: Path) -> None:
             tmp.mkdir()
             (tmp / _WEIGHTS).write_bytes(data)
-            (tmp / _META).write_text(json.dumps(meta, indent=1))
+            (tmp / _META).write_text(json.dumps(meta, indent=1) + "\n")
 
         return atomic_output(path, write, overwrite=overwrite)
 
