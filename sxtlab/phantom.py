@@ -947,7 +947,7 @@ def _cytoplasm_domains(body: _CellBody, nucleus: _Ellipsoid | _Blob | None, coun
             centre = point + outward * r * float(rng.uniform(0.2, 0.7))
         else:
             centre = None
-            for _ in range(100):  # rejection sampling: the body fills over half its bounding ball
+            for _ in range(100):  # rejection sampling: the body fills about half its bounding cube
                 p_ = rng.uniform(-body.max_radius, body.max_radius, size=3)
                 if body.implicit([np.array([c]) for c in p_])[0] < 0:
                     centre = p_
@@ -1618,11 +1618,11 @@ def varied_cell(
     always a nucleus with its nucleolus; 1–4 nucleus-sized regions of denser or
     lighter cytoplasm in half the cells, half of them against the nucleus, 0.5–1
     times the nucleus's contrast (at most 0.05 µm⁻¹), of the same sign in 3 of 4, so
-    that a dark or bright region beside the nucleus is not always nucleus; 0–4 neighbouring cells, partly in the field
-    (as the real ``sample_12``'s capillary is packed with them); a glass capillary
-    wall in 30 %, in air in
-    most (as ``sample_12``'s); and a simulated acquisition
-    (:func:`_varied_acquisition`; full rotation for most capillaries). These are
+    that a dark or bright region beside the nucleus is not always nucleus; 0–4
+    neighbouring cells, partly in the field (as the real ``sample_12``'s capillary
+    is packed with them); a glass capillary wall in 30 %, in air in most (as
+    ``sample_12``'s); and a simulated acquisition (:func:`_varied_acquisition`; full
+    rotation for most capillaries). These are
     training and evaluation cells for models meant for unseen data; :func:`cell`
     with its defaults stays the narrow, reproducible cell of tutorials and tests.
 
