@@ -56,8 +56,8 @@ from .classes import UNANNOTATED, VOCABULARY, class_map, descendants
 from .errors import GIVE_VOXEL_SIZE, FormatError, VoxelSizeUnknownError
 from .volume import DIMS, check_voxel_size
 
-__all__ = ["MIN_VOLUME_UM3", "FILL_HOLES", "SPLIT", "SPLIT_NECK_RATIO", "clean_labels", "cut_face_areas", "is_speck",
-           "too_small"]
+__all__ = ["MIN_VOLUME_UM3", "FILL_HOLES", "SPLIT", "SPLIT_NECK_RATIO", "MIN_CUT_FACES", "clean_labels", "cut_face_areas",
+           "is_speck", "too_small"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,9 @@ SPLIT: tuple[str, ...] = ("lipid_body", "vacuole")
 #: vacuole count 4.3 (3.9, 5.4; the rest are the network's false vacuoles), and the
 #: truth's own labels keep their exact counts.
 SPLIT_NECK_RATIO = 0.7
+#: Least cut face, in voxel faces, of an object the field's edge cuts (:func:`is_speck`):
+#: a section of 3 × 3 voxels; below that, a cut object cannot be told from noise.
+MIN_CUT_FACES = 9
 
 
 def _depth(name: str) -> int:
@@ -141,7 +144,8 @@ def cut_face_areas(components: np.ndarray, n: int, spacing: Iterable[float], *,
     return out[1:]
 
 
-def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: float) -> np.ndarray:
+def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: float, *,
+             spacing: Iterable[float] | None = None) -> np.ndarray:
     """Which components are specks: below the least volume and not cut by the field's edge.
 
     A component whose cut face (:func:`cut_face_areas`) is at least a quarter of the
@@ -149,7 +153,10 @@ def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: f
     part of an object the field cuts off, however little of it lies inside: its own
     volume cannot tell it from a speck, but specks of noise touch the edge with a
     few voxels. (A quarter: a ball's section falls to that size 0.87 r from its
-    centre, beyond which a cut piece is a cap of under 2 % of the ball.)
+    centre, beyond which a cut piece is a cap of under 2 % of the ball.) With the
+    voxel size given, the cut face must also span :data:`MIN_CUT_FACES` voxel faces
+    (of the largest face), because for the small classes πr²/4 is a voxel face or
+    two, which a voxel of noise in the field's edge or corner has.
 
     Parameters
     ----------
@@ -157,6 +164,8 @@ def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: f
         Each component's volume in the field (µm³) and cut face (µm²).
     min_volume_um3 : float
         The class's least object volume (µm³).
+    spacing : (dz, dy, dx), optional
+        Voxel size, µm, for the floor in voxel faces.
 
     Returns
     -------
@@ -168,7 +177,11 @@ def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: f
     [True, False, False]
     """
     radius = np.cbrt(3 * float(min_volume_um3) / (4 * np.pi))
-    return (np.asarray(volume_um3) < min_volume_um3) & (np.asarray(cut_face_um2) < np.pi * radius ** 2 / 4)
+    least = np.pi * radius ** 2 / 4
+    if spacing is not None:
+        dz, dy, dx = (float(d) for d in spacing)
+        least = max(least, MIN_CUT_FACES * max(dy * dx, dz * dx, dz * dy))
+    return (np.asarray(volume_um3) < min_volume_um3) & (np.asarray(cut_face_um2) < least)
 
 
 def too_small(mask: np.ndarray, spacing: Iterable[float], min_volume_um3: float, *,
@@ -194,7 +207,8 @@ def too_small(mask: np.ndarray, spacing: Iterable[float], min_volume_um3: float,
     sp = tuple(float(d) for d in spacing)
     components, n = ndimage.label(mask, ndimage.generate_binary_structure(3, connectivity))
     volumes = np.bincount(components.ravel(), minlength=n + 1)[1:] * float(np.prod(sp))
-    small = np.concatenate([[False], is_speck(volumes, cut_face_areas(components, n, sp), min_volume_um3)])
+    small = np.concatenate([[False], is_speck(volumes, cut_face_areas(components, n, sp), min_volume_um3,
+                                              spacing=sp)])
     return small[components]
 
 

@@ -645,7 +645,9 @@ def instances(
         Leave out specks: instances smaller than their class's minimum volume
         (µm³) that the field's edge does not cut (:func:`sxtlab.clean.is_speck`),
         the size filter of :func:`sxtlab.clean.clean_labels`; e.g.
-        :data:`sxtlab.clean.MIN_VOLUME_UM3`. Default: every instance.
+        :data:`sxtlab.clean.MIN_VOLUME_UM3`. Default: every instance. With
+        given instance ids the filter judges each instance, where
+        ``clean_labels`` judges each connected component.
 
     Returns
     -------
@@ -742,7 +744,8 @@ def instances(
             inst = vol.instances(name)
             faces = cut_face_areas(inst.labels, inst.n, vol.spacing, window=inst.window, shape=vol.labels.shape)
             speck[rows] = is_speck(table.loc[rows, "volume_um3"].to_numpy(float),
-                                   faces[table.loc[rows, "instance"].to_numpy() - 1], min_volume_um3.get(name, 0.0))
+                                   faces[table.loc[rows, "instance"].to_numpy() - 1], min_volume_um3.get(name, 0.0),
+                                   spacing=vol.spacing)
         table = table[~speck].reset_index(drop=True)
     table.attrs["surface_smoothing_sigma_voxels"] = smoothing_sigma
     return vol.finish(table, "instances")

@@ -8,7 +8,7 @@ from scipy import ndimage
 
 import sxtlab
 from sxtlab import measure
-from sxtlab.clean import MIN_VOLUME_UM3, clean_labels, cut_face_areas, is_speck, too_small
+from sxtlab.clean import MIN_CUT_FACES, MIN_VOLUME_UM3, clean_labels, cut_face_areas, is_speck, too_small
 
 ANISO = (0.05, 0.03, 0.03)
 CLASSES = {1: "cell", 2: "nucleus", 5: "lipid_body", 6: "vacuole"}
@@ -132,6 +132,26 @@ def test_cut_faces_count_only_the_field_edge_in_physical_area():
     assert cut_face_areas(components, 3, ANISO, window=window, shape=(20, 20, 20)).tolist() == pytest.approx(
         [4 * dy * dx, 0.0, 0.0])
     assert is_speck(np.array([0.5, 0.5]), np.array([0.3, 0.31]), 1.0).tolist() == [True, False]  # πr²/4 = 0.3023
+
+
+def test_noise_in_the_field_s_edges_and_corners_is_still_a_speck():
+    """For the small classes πr²/4 is a voxel face or two (lipid bodies: 0.003 µm²), which
+    one voxel in an edge (2 faces of 0.0025 µm² at 50 nm) or a corner (3) has: the cut face
+    must also span MIN_CUT_FACES voxel faces. A lipid body cut by the edge through a
+    4 × 4-voxel section is kept."""
+    vs = (0.05, 0.05, 0.05)
+    lab = np.ones((20, 20, 20), np.uint8)   # cytoplasm filling the field
+    lab[0, 0, 10] = 5                       # one voxel in an edge of the field
+    lab[19, 19, 19] = 5                     # one in a corner
+    lab[0:2, 5:7, 0] = 5                    # 4 voxels on a face: 0.01 µm² of cut face
+    lab[8:12, 8:12, 0:2] = 5                # a lipid body cut by the x = 0 face, 0.04 µm² of it
+    assert MIN_CUT_FACES == 9
+    cleaned = clean_labels(labelled(lab, vs), min_volume_um3={"cell": 0.1, "lipid_body": 0.001})
+    assert (cleaned.values == 5).sum() == 32 and (cleaned.values[8:12, 8:12, 0:2] == 5).all()
+    kept = measure.instances(labelled(lab, vs), class_names=["lipid_body"],
+                             min_volume_um3={"cell": 0.1, "lipid_body": 0.001})
+    assert kept["voxel_count"].tolist() == [32]
+    assert is_speck(np.array([1e-4, 1e-4]), np.array([0.0075, 0.023]), 0.001, spacing=vs).tolist() == [True, False]
 
 
 def test_unknown_voxel_size_is_refused():
