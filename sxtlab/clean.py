@@ -144,8 +144,8 @@ def cut_face_areas(components: np.ndarray, n: int, spacing: Iterable[float], *,
     return out[1:]
 
 
-def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: float, *,
-             spacing: Iterable[float] | None = None) -> np.ndarray:
+def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: float,
+             spacing: Iterable[float]) -> np.ndarray:
     """Which components are specks: below the least volume and not cut by the field's edge.
 
     A component whose cut face (:func:`cut_face_areas`) is at least a quarter of the
@@ -153,8 +153,8 @@ def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: f
     part of an object the field cuts off, however little of it lies inside: its own
     volume cannot tell it from a speck, but specks of noise touch the edge with a
     few voxels. (A quarter: a ball's section falls to that size 0.87 r from its
-    centre, beyond which a cut piece is a cap of under 2 % of the ball.) With the
-    voxel size given, the cut face must also span :data:`MIN_CUT_FACES` voxel faces
+    centre, beyond which a cut piece is a cap of under 2 % of the ball.) The cut
+    face must also span :data:`MIN_CUT_FACES` voxel faces
     (of the largest face), because for the small classes πr²/4 is a voxel face or
     two, which a voxel of noise in the field's edge or corner has.
 
@@ -164,7 +164,7 @@ def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: f
         Each component's volume in the field (µm³) and cut face (µm²).
     min_volume_um3 : float
         The class's least object volume (µm³).
-    spacing : (dz, dy, dx), optional
+    spacing : (dz, dy, dx)
         Voxel size, µm, for the floor in voxel faces.
 
     Returns
@@ -173,14 +173,12 @@ def is_speck(volume_um3: np.ndarray, cut_face_um2: np.ndarray, min_volume_um3: f
 
     Examples
     --------
-    >>> is_speck(np.array([0.3, 0.3, 2.0]), np.array([0.0, 0.5, 0.0]), 1.0).tolist()
+    >>> is_speck(np.array([0.3, 0.3, 2.0]), np.array([0.0, 0.5, 0.0]), 1.0, (0.05, 0.05, 0.05)).tolist()
     [True, False, False]
     """
     radius = np.cbrt(3 * float(min_volume_um3) / (4 * np.pi))
-    least = np.pi * radius ** 2 / 4
-    if spacing is not None:
-        dz, dy, dx = (float(d) for d in spacing)
-        least = max(least, MIN_CUT_FACES * max(dy * dx, dz * dx, dz * dy))
+    dz, dy, dx = (float(d) for d in spacing)
+    least = max(np.pi * radius ** 2 / 4, MIN_CUT_FACES * max(dy * dx, dz * dx, dz * dy))
     return (np.asarray(volume_um3) < min_volume_um3) & (np.asarray(cut_face_um2) < least)
 
 
@@ -207,8 +205,7 @@ def too_small(mask: np.ndarray, spacing: Iterable[float], min_volume_um3: float,
     sp = tuple(float(d) for d in spacing)
     components, n = ndimage.label(mask, ndimage.generate_binary_structure(3, connectivity))
     volumes = np.bincount(components.ravel(), minlength=n + 1)[1:] * float(np.prod(sp))
-    small = np.concatenate([[False], is_speck(volumes, cut_face_areas(components, n, sp), min_volume_um3,
-                                              spacing=sp)])
+    small = np.concatenate([[False], is_speck(volumes, cut_face_areas(components, n, sp), min_volume_um3, sp)])
     return small[components]
 
 

@@ -745,7 +745,7 @@ def instances(
             faces = cut_face_areas(inst.labels, inst.n, vol.spacing, window=inst.window, shape=vol.labels.shape)
             speck[rows] = is_speck(table.loc[rows, "volume_um3"].to_numpy(float),
                                    faces[table.loc[rows, "instance"].to_numpy() - 1], min_volume_um3.get(name, 0.0),
-                                   spacing=vol.spacing)
+                                   vol.spacing)
         table = table[~speck].reset_index(drop=True)
     table.attrs["surface_smoothing_sigma_voxels"] = smoothing_sigma
     return vol.finish(table, "instances")

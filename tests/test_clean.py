@@ -131,7 +131,7 @@ def test_cut_faces_count_only_the_field_edge_in_physical_area():
     window = (slice(0, 6), slice(5, 13), slice(5, 15))
     assert cut_face_areas(components, 3, ANISO, window=window, shape=(20, 20, 20)).tolist() == pytest.approx(
         [4 * dy * dx, 0.0, 0.0])
-    assert is_speck(np.array([0.5, 0.5]), np.array([0.3, 0.31]), 1.0).tolist() == [True, False]  # πr²/4 = 0.3023
+    assert is_speck(np.array([0.5, 0.5]), np.array([0.3, 0.31]), 1.0, ANISO).tolist() == [True, False]  # πr²/4 = 0.3023
 
 
 def test_noise_in_the_field_s_edges_and_corners_is_still_a_speck():
@@ -151,7 +151,7 @@ def test_noise_in_the_field_s_edges_and_corners_is_still_a_speck():
     kept = measure.instances(labelled(lab, vs), class_names=["lipid_body"],
                              min_volume_um3={"cell": 0.1, "lipid_body": 0.001})
     assert kept["voxel_count"].tolist() == [32]
-    assert is_speck(np.array([1e-4, 1e-4]), np.array([0.0075, 0.023]), 0.001, spacing=vs).tolist() == [True, False]
+    assert is_speck(np.array([1e-4, 1e-4]), np.array([0.0075, 0.023]), 0.001, vs).tolist() == [True, False]
 
 
 def test_unknown_voxel_size_is_refused():
