@@ -22,9 +22,10 @@ descendants, as measurements nest them) and the neighbourhood is the instance
 grown by ``margin`` voxels, less other instances of its class.
 
 How well the interval covers the truth is measured, not assumed (:func:`coverage`;
-the thresholds' note, :data:`LOW`, and ``benchmarks/bench_study.py``): on phantom
-cells segmented by the shipped model it held the true volume of 57-86 % of lipid
-bodies and 67-89 % of mitochondria (two samples of cells), every whole cell.
+the thresholds' note, :data:`LOW`, and ``benchmarks/bench_study.py``): on 24 phantom
+cells segmented by the shipped model it held the true volume of every whole cell and
+nucleus, 97 % of vacuoles, 90 % of lipid bodies and 64 % of mitochondria
+(``benchmarks/results/study.md``, 2026-12-05).
 
 :func:`review` ranks cells and objects by how likely they are wrong, for a person
 to look at first: cells by their out-of-distribution score
@@ -66,7 +67,7 @@ __all__ = ["LOW", "HIGH", "CONFIDENT", "UNCERTAIN_FLAG", "CELL_UNCERTAIN_FLAG", 
 #: Probability thresholds of the volume interval: the plausible extent (p ≥ LOW) and
 #: the confident core (p ≥ HIGH). Chosen by measured coverage, which the interval does
 #: not promise: on 7 phantom cells (48³ and 64³ at 50 nm, simulated acquisition; the
-#: shipped default model) it held the true volume of 86 % of 29 lipid bodies, 89 % of 9
+#: default model of 2026-12-02) it held the true volume of 86 % of 29 lipid bodies, 89 % of 9
 #: mitochondria and all 7 cells (objects the model made up left out), where 0.25-0.75
 #: held 52 %, 56 % and all 7; on 4 other 48³ cells (benchmarks/results/study_quick.md)
 #: 57 % of 23 lipid bodies, 2 of 3 mitochondria and all 4 cells. Where the model's

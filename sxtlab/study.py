@@ -742,8 +742,9 @@ def _summary(done: list[str], by_id: dict, classes: pd.DataFrame, confidence: pd
     return out
 
 
-#: Resident memory one study worker is given room for (bytes): a 128³ cell peaked at
-#: 0.92 GB (``benchmarks/results/study.md``); larger cells take the block-wise path.
+#: Resident memory one study worker is given room for (bytes): 128³ cells peaked at
+#: 818 MiB with the default model of 2026-12-05 (0.92 GB with that of 2026-12-03;
+#: ``benchmarks/results/study.md``); larger cells take the block-wise path.
 WORKER_MEMORY = 1.5 * 2**30
 
 
@@ -751,7 +752,7 @@ def default_workers(cores: int | None = None) -> int:
     """Local workers for a study: one per core, fewer where memory would not hold them.
 
     One single-threaded worker per core beats one worker per two cores with two torch
-    threads: on 2 cores, 358 against 207 cells per hour (``benchmarks/results/study.md``),
+    threads: on 2 cores, 1 123 against 659 cells per hour (``benchmarks/results/study.md``, 2026-12-05),
     as the parts of a cell outside torch (reading, QC, tables, writing) leave a lone
     worker's second core idle.
 
