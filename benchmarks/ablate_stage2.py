@@ -15,6 +15,11 @@ acquisitions of ``bench_generalisation.py``, resampled to the model's 50 nm, by
     # a second seed of an arm (initial weights and window sampling), in WORK/strided-seed1
     python benchmarks/ablate_stage2.py train strided --seed 1 --work /tmp/abl
     python benchmarks/ablate_stage2.py summary strided --seed 0 1 --work /tmp/abl
+    # the cascade's ablation: its stage-2 network without stage 1, scored beside the
+    # cascade on the same cells with the cascade's resampling and cleaning (load_single)
+    python benchmarks/ablate_stage2.py train strided-plain-2conv --work /tmp/abl --threads 2
+    python benchmarks/bench_generalisation.py --cells 8 --model path/to/model \\
+        --single strided-plain-2conv=/tmp/abl/strided-plain-2conv
 
 Training resumes from ``WORK/RUN/net.pt`` (kill it and run the same command); ``RUN``
 is the variant, or ``VARIANT-seedN`` for seed N > 0 (the results of 2026-12-03 call
@@ -40,14 +45,18 @@ from unittest import mock
 import numpy as np
 import pandas as pd
 import torch
+import xarray as xr
 
+from sxtlab.cascade import interpolate_to_grid
 from sxtlab.classes import UNANNOTATED, LabelSets
+from sxtlab.clean import clean_labels
 from sxtlab.inference import sliding_window
 from sxtlab.metrics import dice
 from sxtlab.models import load_model
 from sxtlab.task import Task
 from sxtlab.train import Augmentation, Sample, TrainConfig, _prepare, _set_table, train_stage
 from sxtlab.unet import UNet3D, UNetConfig
+from sxtlab.volume import label_volume, segmentation
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -60,6 +69,8 @@ K = len(CLASSES) + 1
 #: Run A's network: sxtlab's pooled U-Net, one convolution per level, strided stem.
 POOLED = UNetConfig(in_channels=1, out_channels=K, depth=4, base_width=16, convs_per_level=1, stem_stride=2)
 STRIDED = replace(POOLED, stem_stride=1, layout="strided")
+#: Candidate 15's stage 2 with the LAC as its only input: the cascade's ablation.
+STRIDED_PLAIN_2 = replace(STRIDED, convs_per_level=2, norm_affine=False)
 
 
 class PeerNet(torch.nn.Module):
@@ -132,6 +143,9 @@ VARIANTS: dict[str, tuple[str, Callable[[], torch.nn.Module], Callable[[TrainCon
     "strided": ("UNetConfig(layout='strided')", lambda: UNet3D(STRIDED), lambda c: c, contextlib.nullcontext, 1),
     "strided-plain": ("strided with the peer's normalisation (plain instance norm, biased convolutions)",
                       lambda: plain_norm(UNet3D(STRIDED)), lambda c: c, contextlib.nullcontext, 1),
+    "strided-plain-2conv": ("strided, plain instance norm, two convolutions per level (stage 2 of "
+                            "candidate 15 without stage 1)", lambda: UNet3D(STRIDED_PLAIN_2), lambda c: c,
+                            contextlib.nullcontext, 1),
 }
 
 
@@ -200,6 +214,36 @@ def evaluate(variant: str, work: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     table.to_csv(work / "eval.csv", index=False)
     return table
+
+
+def load_single(variant: str, run: Path) -> tuple[list[str], Callable[[xr.DataArray], xr.Dataset]]:
+    """A trained variant as a segmenter scored like a cascade: (classes, predict).
+
+    ``predict(lac)`` takes the path of :meth:`sxtlab.CascadeModel.predict` without stage 1:
+    the volume resampled to the model's 50 nm, normalised as the default model does, the
+    network run by :func:`sxtlab.inference.sliding_window` (64³ windows, step ½, Gaussian
+    blending), its probabilities interpolated back to the input grid, arg-max labels
+    cleaned by :func:`sxtlab.clean.clean_labels`. ``bench_generalisation.py --single``
+    scores it beside the cascade on the same cells.
+    """
+    net = VARIANTS[variant][1]()
+    net.load_state_dict(torch.load(run / "final.pt", weights_only=True))
+    net.eval()
+    norm = load_model("default").normalisation
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.softmax(net(x), 1)
+
+    def predict(lac: xr.DataArray) -> xr.Dataset:
+        resampled = lac.sxt.resample(tdm.VOXEL_SIZE_UM)
+        x = norm.apply(np.asarray(resampled.values, np.float32))[None]
+        p = interpolate_to_grid(sliding_window(x, probabilities, (64, 64, 64), out_channels=K), resampled, lac)
+        labels = label_volume(p.argmax(axis=0).astype(np.uint8), lac,
+                              {str(i): c for i, c in enumerate(CLASSES, start=1)})
+        return segmentation(lac, clean_labels(labels, voxel_size=lac.attrs["voxel_size_um"]))
+
+    return list(CLASSES), predict
 
 
 def summary(work: Path, runs: list[str]) -> str:

@@ -28,6 +28,9 @@ under every acquisition.
     python benchmarks/bench_generalisation.py --cells 1 --size 64 --out /tmp/g.md   # quick smoke run
     # stage 1 alone beside the cascade (models whose stage 2 is untrained: --parts stage1)
     python benchmarks/bench_generalisation.py --cells 4 --model path/to/model --parts cascade,stage1
+    # the cascade beside the same network trained without stage 1 (benchmarks/ablate_stage2.py)
+    python benchmarks/bench_generalisation.py --cells 8 --model path/to/model \\
+        --single strided-plain-2conv=/tmp/abl/strided-plain-2conv
     # the cascade averaged over the 8 axis mirrorings beside the plain one
     python benchmarks/bench_generalisation.py --cells 4 --model default --tta
 
@@ -49,6 +52,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -121,6 +125,12 @@ def _stage1_alone(model, lac):
 
 
 def _load(spec: str, stage1: bool = False, tta: bool = False):
+    if spec.startswith("single:"):
+        import ablate_stage2
+
+        variant, run = spec[len("single:"):].split("=", 1)
+        classes, predict = ablate_stage2.load_single(variant, Path(run))
+        return f"{Path(run).name} (no stage 1)", SimpleNamespace(classes=classes), predict
     if spec.startswith("monai:"):
         import monai_peer
 
@@ -140,6 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", help="shipped name or model folder (repeatable; default 'default')")
     parser.add_argument("--monai", action="append", default=[], help="MONAI peer checkpoint (folder or .pt; repeatable)")
+    parser.add_argument("--single", action="append", default=[], metavar="VARIANT=RUN",
+                        help="a network trained without stage 1 by ablate_stage2.py (its variant and run "
+                             "folder; repeatable), scored with the cascade's resampling and cleaning")
     parser.add_argument("--cells", type=int, default=2, help="cells per generator and acquisition (default 2)")
     parser.add_argument("--size", type=int, default=128, help="voxels per side at 32 nm (default 128)")
     parser.add_argument("--generators", default="sxtlab,independent",
@@ -156,7 +169,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "generalisation.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai]
+    specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai] + [f"single:{m}" for m in args.single]
     if set(args.generators.split(",")) - set(GENERATORS):
         parser.error(f"--generators takes {', '.join(GENERATORS)}, got {args.generators!r}")
     if set(args.acquisitions.split(",")) - set(ACQUISITIONS):
@@ -166,13 +179,13 @@ def main() -> None:
     parts = args.parts.split(",")
     if not parts or set(parts) - {"cascade", "stage1"}:
         parser.error(f"--parts takes 'cascade' and/or 'stage1', got {args.parts!r}")
-    models = [_load(s) for s in specs if "cascade" in parts or s.startswith("monai:")]
+    models = [_load(s) for s in specs if "cascade" in parts or s.startswith(("monai:", "single:"))]
     if args.tta and "cascade" not in parts:
         parser.error("--tta scores the cascade: add 'cascade' to --parts")
     if args.tta:
-        models += [_load(s, tta=True) for s in specs if not s.startswith("monai:")]
+        models += [_load(s, tta=True) for s in specs if not s.startswith(("monai:", "single:"))]
     if "stage1" in parts:
-        models += [_load(s, stage1=True) for s in specs if not s.startswith("monai:")]
+        models += [_load(s, stage1=True) for s in specs if not s.startswith(("monai:", "single:"))]
     started = dt.datetime.now(dt.timezone.utc)
     load_start = os.getloadavg()
     rows, confused = [], []
