@@ -38,7 +38,7 @@ import json
 import resource
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from unittest import mock
 
@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from sxtlab.cascade import interpolate_to_grid
+from sxtlab.cascade import Normalisation, interpolate_to_grid
 from sxtlab.classes import UNANNOTATED, LabelSets
 from sxtlab.clean import clean_labels
 from sxtlab.inference import sliding_window
@@ -149,6 +149,18 @@ VARIANTS: dict[str, tuple[str, Callable[[], torch.nn.Module], Callable[[TrainCon
 }
 
 
+def _normalisation(run: Path) -> Normalisation:
+    """The LAC normalisation of a run: the default model's when it first trained, kept in
+    ``RUN/normalisation.json`` so that a later default does not change how it is scored."""
+    path = run / "normalisation.json"
+    if path.exists():
+        return Normalisation(**json.loads(path.read_text()))
+    norm = load_model("default").normalisation
+    run.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(norm)))
+    return norm
+
+
 def _cpu_seconds() -> float:
     u = resource.getrusage(resource.RUSAGE_SELF)
     return u.ru_utime + u.ru_stime
@@ -161,7 +173,7 @@ def run_name(variant: str, seed: int) -> str:
 
 def train(variant: str, work: Path, cells: Path, iterations: int, seed: int = 0) -> None:
     _, build, change, context, torch_seed = VARIANTS[variant]
-    norm = load_model("default").normalisation
+    norm = _normalisation(work)
     sets = LabelSets(K, range(K, UNANNOTATED))
     seeds = [s for s in range(1, 121) if s not in tdm.VALIDATION_SEEDS]
     tr = _prepare([tdm.make_cell(s, cells) for s in seeds], CLASSES, sets)
@@ -191,7 +203,7 @@ def evaluate(variant: str, work: Path) -> pd.DataFrame:
     net = VARIANTS[variant][1]()
     net.load_state_dict(torch.load(work / "final.pt", weights_only=True))
     net.eval()
-    norm = load_model("default").normalisation
+    norm = _normalisation(work)
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -229,7 +241,7 @@ def load_single(variant: str, run: Path) -> tuple[list[str], Callable[[xr.DataAr
     net = VARIANTS[variant][1]()
     net.load_state_dict(torch.load(run / "final.pt", weights_only=True))
     net.eval()
-    norm = load_model("default").normalisation
+    norm = _normalisation(run)
 
     def probabilities(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

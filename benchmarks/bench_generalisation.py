@@ -170,6 +170,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     specs = (args.model or ["default"]) + [f"monai:{m}" for m in args.monai] + [f"single:{m}" for m in args.single]
+    if any("=" not in m for m in args.single):
+        parser.error(f"--single takes VARIANT=RUN_FOLDER, got {args.single}")
     if set(args.generators.split(",")) - set(GENERATORS):
         parser.error(f"--generators takes {', '.join(GENERATORS)}, got {args.generators!r}")
     if set(args.acquisitions.split(",")) - set(ACQUISITIONS):
