@@ -149,7 +149,7 @@ def validate_meta(meta: Any, meta_path: Path, *, format_name: str, format_versio
     sxtlab.FormatError
         Naming the first field that is missing, of the wrong type or out of range.
     """
-    from .cascade import INPUT_UNITS
+    from .cascade import CONTEXT_MODES, INPUT_UNITS, stage2_in_channels
 
     where = str(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != format_name:
@@ -178,11 +178,11 @@ def validate_meta(meta: Any, meta_path: Path, *, format_name: str, format_versio
     vs_raw = f.get("voxel_size_um")
     voxel_size = None if vs_raw == "unknown" else f.triple("voxel_size_um", VOXEL_RANGE, integer=False)
     context = f.sub("context")
-    mode = context.choice("mode", ("probabilities", "onehot"))
+    mode = context.choice("mode", CONTEXT_MODES)
     sigma = context.number("smooth_sigma", SIGMA_RANGE)
     k = len(classes) + 1
     stages = []
-    for name, channels in (("stage1", (1, k)), ("stage2", (k, k))):
+    for name, channels in (("stage1", (1, k)), ("stage2", (stage2_in_channels(k, mode), k))):
         stage = f.sub(name)
         config = _unet_config(stage.sub("unet"))
         if (config.in_channels, config.out_channels) != channels:

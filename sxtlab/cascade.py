@@ -80,7 +80,7 @@ from .volume import DIMS, check_voxel_size, int_triple, label_volume, segmentati
 
 __all__ = ["CascadeModel", "Stage2Blocks", "BATCH_SIZE", "PRECISIONS", "Normalisation", "Context", "block_mean", "block_labels",
            "stage1_window", "FORMAT_NAME", "FORMAT_VERSION", "STAGE1_MAX_EDGE", "COARSE_IN_MEMORY",
-           "COARSE_CHUNK"]
+           "COARSE_CHUNK", "CONTEXT_MODES", "stage2_in_channels"]
 
 LOG = logging.getLogger(__name__)
 
@@ -130,6 +130,16 @@ BATCH_SIZE = 4
 PRECISIONS = ("float32", "bfloat16")
 #: What a model's input can be: LAC in µm⁻¹, or uncalibrated gray values.
 INPUT_UNITS = ("1/um", "gray")
+
+
+def stage2_in_channels(n_classes: int, context: str) -> int:
+    """Stage 2's input channels: the LAC, and a context channel per foreground class
+    unless ``context`` is ``"none"`` (``n_classes`` counts the background).
+
+    >>> stage2_in_channels(6, "probabilities"), stage2_in_channels(6, "none")
+    (6, 1)
+    """
+    return 1 if context == "none" else n_classes
 
 
 def _sxtlab_version() -> str:
@@ -302,6 +312,14 @@ def interpolate_to_grid(field: np.ndarray, source: xr.DataArray, target: xr.Data
     return np.ascontiguousarray(field, np.float32)
 
 
+#: How stage 1's output reaches stage 2: its smoothed probabilities, their arg-max
+#: one-hot, or nothing ("none": stage 2 sees the LAC alone and stage 1 only chooses
+#: which windows run and where background stands; the ablation in
+#: ``benchmarks/results/generalisation.md``, 2026-12-05, found its probabilities as
+#: stage-2 input bloat the nucleus into the cytoplasm).
+CONTEXT_MODES = ("probabilities", "onehot", "none")
+
+
 class Context:
     """Stage-1 output on the coarse grid, turned into stage-2 input channels on demand.
 
@@ -313,9 +331,10 @@ class Context:
         field (:meth:`CascadeModel.stage1_probabilities` with a ``store``).
     factor : (fz, fy, fx)
         Downsampling factor between the full and the coarse grid.
-    mode : {"probabilities", "onehot"}
-        Feed smoothed, trilinearly upsampled probabilities (``ncxt_sxtcnn``) or the
-        one-hot arg-max upsampled by repetition (nnU-Net cascade).
+    mode : {"probabilities", "onehot", "none"}
+        Feed smoothed, trilinearly upsampled probabilities (``ncxt_sxtcnn``), the
+        one-hot arg-max upsampled by repetition (nnU-Net cascade), or no channels
+        (:data:`CONTEXT_MODES`; the probabilities still gate the windows).
     smooth_sigma : float
         Gaussian σ in full-resolution voxels (``ncxt_sxtcnn`` uses 2), applied on the
         coarse grid as σ/factor; 0 disables.
@@ -344,8 +363,8 @@ class Context:
 
     def __init__(self, probabilities, factor: Sequence[int], *, mode: str = "probabilities",
                  smooth_sigma: float = 2.0, store: str | os.PathLike | None = None) -> None:
-        if mode not in ("probabilities", "onehot"):
-            raise ValueError(f"context mode must be 'probabilities' or 'onehot', got {mode!r}")
+        if mode not in CONTEXT_MODES:
+            raise ValueError(f"context mode must be one of {', '.join(CONTEXT_MODES)}, got {mode!r}")
         self.factor = int_triple(factor, "factor")
         self.mode = mode
         sigma = [0.0] + [smooth_sigma / f for f in self.factor] if smooth_sigma > 0 else None
@@ -364,8 +383,8 @@ class Context:
 
     @property
     def n_channels(self) -> int:
-        """Stage-2 context channels (foreground classes)."""
-        return self._smoothed.shape[0] - 1
+        """Stage-2 context channels (foreground classes; none in mode ``"none"``)."""
+        return 0 if self.mode == "none" else self._smoothed.shape[0] - 1
 
     def crop(self, starts: Sequence[int], size: Sequence[int]) -> "Context":
         """This context for the full-resolution box at ``starts``, holding only the coarse region it needs.
@@ -433,6 +452,8 @@ class Context:
         ``transform`` (training only) is applied to the coarse crop first, e.g. the
         corruption that keeps stage 2 from trusting stage 1 blindly.
         """
+        if self.mode == "none":
+            return np.zeros((0, *size), np.float32)
         return self._upsample(self._features, starts, size, 0 if self.mode == "onehot" else 1, transform)
 
     def probabilities_at(self, starts: Sequence[int], size: Sequence[int]) -> np.ndarray:
@@ -549,8 +570,9 @@ class CascadeModel:
     stage1_patch, stage2_patch : int or (pz, py, px)
         Window sizes (coarse voxels for stage 1, full-resolution for stage 2);
         multiples of the networks' ``divisor``.
-    context : {"probabilities", "onehot"}
-        How stage-1 output is fed to stage 2 (see :class:`Context`).
+    context : {"probabilities", "onehot", "none"}
+        How stage-1 output is fed to stage 2 (see :class:`Context`); with ``"none"``
+        stage 2 takes the LAC alone.
     smooth_sigma : float
         Smoothing of the stage-1 probabilities, full-resolution voxels.
     temperature : float
@@ -576,8 +598,11 @@ class CascadeModel:
         if (c1.in_channels, c1.out_channels) != (1, k):
             raise ValueError(f"stage 1 must map 1 channel to {k} classes, it maps "
                              f"{c1.in_channels} to {c1.out_channels}")
-        if (c2.in_channels, c2.out_channels) != (k, k):
-            raise ValueError(f"stage 2 must map {k} channels (LAC + {k - 1} context) to {k} classes, "
+        if context not in CONTEXT_MODES:
+            raise ValueError(f"context must be one of {', '.join(CONTEXT_MODES)}, got {context!r}")
+        n_in = stage2_in_channels(k, context)
+        if (c2.in_channels, c2.out_channels) != (n_in, k):
+            raise ValueError(f"stage 2 must map {n_in} channels (LAC + {n_in - 1} context) to {k} classes, "
                              f"it maps {c2.in_channels} to {c2.out_channels}")
         self.factor = int_triple(factor, "factor")
         self.normalisation = normalisation
@@ -589,8 +614,6 @@ class CascadeModel:
             if any(p % net.config.divisor for p in patch):
                 raise ValueError(f"{name} {patch} must be multiples of {net.config.divisor} "
                                  f"(the U-Net's depth is {net.config.depth})")
-        if context not in ("probabilities", "onehot"):
-            raise ValueError(f"context must be 'probabilities' or 'onehot', got {context!r}")
         self.context = context
         self.smooth_sigma = float(smooth_sigma)
         self.temperature = check_temperature(temperature)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cascade import CascadeModel, Context, block_mean
+from .cascade import SKIP_BACKGROUND, TRUST_BACKGROUND, CascadeModel, Context, block_mean
 from .io import atomic_output
 
 __all__ = ["describe_model", "export_bioimageio", "TOLERANCE", "BIOIMAGEIO_FORMAT"]
@@ -77,8 +77,9 @@ def describe_model(model: CascadeModel, path: str | os.PathLike | None = None) -
              f"  voxel size: {vs} (inputs at another voxel size are resampled)",
              f"  input: {norm.units} normalised as (value − {norm.offset:g}) / {norm.scale:g}",
              f"  stage 1: block mean by {model.factor}, {_net(model.stage1)}, patch {model.stage1_patch}",
-             f"  stage 2: [input, stage-1 {model.context} (smoothed σ {model.smooth_sigma:g})], "
-             f"{_net(model.stage2)}, patch {model.stage2_patch}"]
+             "  stage 2: " + ("input alone (stage 1 gates its windows)" if model.context == "none" else
+                               f"[input, stage-1 {model.context} (smoothed σ {model.smooth_sigma:g})]")
+             + f", {_net(model.stage2)}, patch {model.stage2_patch}"]
     trained = info.get("trained_on")
     if trained:
         lines.append(f"  trained on: {json.dumps(trained, separators=(', ', ': '))}")
@@ -196,7 +197,7 @@ def _stage_rdf(model: CascadeModel, stage: int, folder: Path, name: str, x: np.n
     what = "LAC (µm⁻¹)" if norm.units == "1/um" else "gray values as in training"
     in_scale = tuple(v * f for v, f in zip(vs, model.factor)) if (vs and stage == 1) else vs
     k = model.n_classes
-    channels = ["lac"] if stage == 1 else ["lac"] + [f"stage1_{c}" for c in model.classes]
+    channels = ["lac"] if stage == 1 or model.context == "none" else ["lac"] + [f"stage1_{c}" for c in model.classes]
     min_size = [div * int(np.ceil(8 / div))] * 3
     # LAC -> the network's input; stage 2's context channels pass unchanged (gain 1, offset 0).
     gain = [1 / norm.scale] + [1.0] * (len(channels) - 1)
@@ -220,7 +221,8 @@ def _stage_rdf(model: CascadeModel, stage: int, folder: Path, name: str, x: np.n
         "inputs": [{
             "id": "input",
             "description": (f"{what} block-mean downsampled by {list(model.factor)} (README, step 1)"
-                            if stage == 1 else f"channel 0: {what}; 1..: stage 1's smoothed, upsampled "
+                            if stage == 1 else f"{what} at full resolution (README, step 4)" if len(channels) == 1
+                            else f"channel 0: {what}; 1..: stage 1's smoothed, upsampled "
                             "probabilities (README, step 3)"),
             "axes": _axes(channels, [{"min": m, "step": div} for m in min_size], in_scale),
             "test_tensor": {"source": "test_input.npy", "sha256": _sha256(folder / "test_input.npy")},
@@ -245,6 +247,13 @@ def _stage_rdf(model: CascadeModel, stage: int, folder: Path, name: str, x: np.n
 
 def _readme(model: CascadeModel, description: str) -> str:
     f, s = model.factor, model.smooth_sigma
+    if model.context == "none":
+        fed = ("not fed to stage 2: sxtlab skips the windows where they call every voxel background "
+               f"(p ≥ {SKIP_BACKGROUND:g}) and keeps background where p ≥ {TRUST_BACKGROUND:g}")
+        stage2_input = "[LAC] (normalised by its preprocessing)"
+    else:
+        fed = f"channels 1..{model.n_classes - 1} (background dropped)"
+        stage2_input = "[LAC, context] (channel 0 normalised by its preprocessing)"
     return f"""# sxtlab cascade, exported for BioImage.IO
 
 {description}
@@ -263,11 +272,11 @@ this order on a reconstruction in {"LAC (µm⁻¹)" if model.normalisation.units
    input as (value − {model.normalisation.offset:g}) / {model.normalisation.scale:g}.
 3. **Context**: stage 1's probabilities smoothed on the coarse grid by a Gaussian of
    σ {s:g} full-resolution voxels (σ/factor coarse voxels, edges 'nearest'), then
-   {"interpolated linearly (voxel centres)" if model.context == "probabilities" else
-    "their arg-max one-hot, repeated"} to the full grid; channels
-   1..{model.n_classes - 1} (background dropped). `sxtlab.cascade.Context` is the reference.
+   {"their arg-max one-hot, repeated" if model.context == "onehot" else
+    "interpolated linearly (voxel centres)"} to the full grid; {fed}.
+   `sxtlab.cascade.Context` is the reference.
 4. **stage2/**: windows of {list(model.stage2_patch)} voxels at half-window steps, input
-   [LAC, context] (channel 0 normalised by its preprocessing), blended with a Gaussian
+   {stage2_input}, blended with a Gaussian
    importance map (σ = patch/8) into probabilities; the label of a voxel is the
    arg-max.
 

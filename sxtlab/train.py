@@ -46,7 +46,8 @@ import xarray as xr
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .cascade import CascadeModel, Context, Normalisation, block_labels, block_mean, stage1_window
+from .cascade import (CONTEXT_MODES, CascadeModel, Context, Normalisation, block_labels, block_mean,
+                      stage1_window, stage2_in_channels)
 from .classes import UNANNOTATED, VOCABULARY, LabelSets, canonical_name, class_map
 from .domain import input_statistics, reference_range
 from .errors import FormatError
@@ -215,8 +216,10 @@ class CascadeConfig:
         Training of each stage; stage 1's patch is in coarse voxels.
     stage1_unet, stage2_unet : UNetConfig
         Architectures (channels are set from the classes).
-    context : {"probabilities", "onehot"}
-        Stage-1 output fed to stage 2 (see :class:`sxtlab.cascade.Context`).
+    context : {"probabilities", "onehot", "none"}
+        Stage-1 output fed to stage 2 (see :class:`sxtlab.cascade.Context`); with
+        ``"none"`` stage 2 trains on the LAC alone and stage 1 serves only to gate
+        windows at inference.
     smooth_sigma : float
         Smoothing of the stage-1 probabilities (full-resolution voxels).
     normalisation : Normalisation or None
@@ -244,6 +247,10 @@ class CascadeConfig:
     corruption: Corruption | None = field(default_factory=Corruption)
     val_fraction: float = 0.2
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXT_MODES:
+            raise ValueError(f"CascadeConfig.context must be one of {', '.join(CONTEXT_MODES)}, got {self.context!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON-serialisable), recorded in the model's ``info``."""
@@ -963,12 +970,14 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
 
         return sliding_window(s.image, predict, window, out_channels=k)
 
-    def context(p: np.ndarray) -> Context:
-        return Context(p, factor, mode=cfg.context, smooth_sigma=cfg.smooth_sigma)
+    uses_context = cfg.context != "none"
+
+    def context(p: np.ndarray | None) -> Context | None:
+        return Context(p, factor, mode=cfg.context, smooth_sigma=cfg.smooth_sigma) if uses_context else None
 
     histories = [hist1]
-    folds = cfg.stage1_folds if cfg.stage1_folds >= 2 and len(low_train) >= cfg.stage1_folds else 0
-    if cfg.stage1_folds >= 2 and not folds:
+    folds = cfg.stage1_folds if uses_context and cfg.stage1_folds >= 2 and len(low_train) >= cfg.stage1_folds else 0
+    if uses_context and cfg.stage1_folds >= 2 and not folds:
         warnings.warn(f"stage1_folds={cfg.stage1_folds} needs as many training samples, got "
                       f"{len(low_train)}: using corrupted in-sample stage-1 predictions", stacklevel=2)
     train_probs: list[np.ndarray | None] = [None] * len(low_train)
@@ -980,14 +989,14 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
             histories.append(hist_f)
             for i in np.flatnonzero(assignment == f):
                 train_probs[i] = probs(net_f, low_train[i])
-    else:
+    elif uses_context:
         train_probs = [probs(net1, s) for s in low_train]
     full_train = [Sample(norm.apply(lac)[None], lab, context(p), n)
                   for (n, lac, lab), p in zip(train_data, train_probs)]
-    full_val = [Sample(norm.apply(lac)[None], lab, context(probs(net1, s)), n)
+    full_val = [Sample(norm.apply(lac)[None], lab, context(probs(net1, s) if uses_context else None), n)
                 for (n, lac, lab), s in zip(val_data, low_val)]
     torch.manual_seed(cfg.seed + 1)
-    net2 = UNet3D(replace(cfg.stage2_unet, in_channels=k, out_channels=k))
+    net2 = UNet3D(replace(cfg.stage2_unet, in_channels=stage2_in_channels(k, cfg.context), out_channels=k))
     if init is not None:
         net2.load_state_dict(init.stage2.state_dict())
     net2, hist2 = train_stage(net2, full_train, full_val, cfg.stage2, class_names=names, label_sets=label_sets,

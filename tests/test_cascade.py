@@ -109,6 +109,19 @@ def test_context_windows_equal_whole_volume_upsampling(mode: str) -> None:
     assert ctx.background_min((2, 2, 2), (4, 4, 4)) <= full[0, 2:6, 2:6, 2:6].min() + 1e-6
 
 
+def test_context_mode_none_gives_stage_2_no_channels_but_keeps_the_probabilities() -> None:
+    rng = np.random.default_rng(2)
+    p = rng.random((3, 5, 6, 7)).astype(np.float32)
+    p /= p.sum(0)
+    ctx = Context(p, (4, 4, 4), mode="none", smooth_sigma=2.0)
+    assert ctx.n_channels == 0 and ctx.channels((3, 5, 9), (8, 9, 10)).shape == (0, 8, 9, 10)
+    # the probabilities that gate stage 2's windows are those of the other modes
+    np.testing.assert_array_equal(ctx.probabilities_at((0, 0, 0), (20, 24, 28)),
+                                  Context(p, (4, 4, 4), smooth_sigma=2.0).probabilities_at((0, 0, 0), (20, 24, 28)))
+    with pytest.raises(ValueError, match="context mode must be one of probabilities, onehot, none"):
+        Context(p, (4, 4, 4), mode="nothing")
+
+
 @pytest.mark.parametrize("mode", ["probabilities", "onehot"])
 def test_chunked_context_and_its_crops_equal_the_whole_one(mode: str, tmp_path) -> None:
     import zarr
@@ -396,6 +409,25 @@ def test_unknown_voxel_size_trains_and_predicts_without_resampling() -> None:
         warnings.simplefilter("error")
         seg = model.predict(volume(np.full((20, 16, 16), 0.2, np.float32), None), progress=False)
     assert seg["labels"].shape == (20, 16, 16) and seg.attrs["model_voxel_size_um"] == "unknown"
+
+
+def test_a_cascade_without_context_trains_stage_2_on_the_lac_alone(cells, tmp_path) -> None:
+    cfg = _config(iterations=4)
+    cfg.context, cfg.stage1_folds = "none", 2   # no stage-1 predictions to fold: no fold models
+    model, history = train_cascade(cells[:2], CLASSES, cfg, validation=cells[2:], progress=False)
+    assert model.context == "none" and model.stage2.config.in_channels == 1
+    assert set(history["stage"]) == {"stage 1", "stage 2"}
+    seg = model.predict(cells[2]["lac"], progress=False)
+    assert seg["labels"].shape == cells[2]["lac"].shape
+    np.testing.assert_allclose(seg["probabilities"].sum("class"), 1, atol=1e-5)
+    back = CascadeModel.load(model.save(tmp_path / "model"))
+    assert back.context == "none" and back.stage2.config.in_channels == 1
+    np.testing.assert_array_equal(back.predict(cells[2]["lac"], progress=False)["labels"], seg["labels"])
+    with pytest.raises(ValueError, match=r"stage 2 must map 3 channels \(LAC \+ 2 context\)"):
+        CascadeModel(model.stage1, model.stage2, CLASSES, factor=2, normalisation=model.normalisation,
+                     voxel_size=VS, stage1_patch=16, stage2_patch=16)
+    with pytest.raises(ValueError, match="CascadeConfig.context must be one of"):
+        CascadeConfig(context="nothing")
 
 
 def test_invalid_inputs_are_named() -> None:

@@ -70,6 +70,8 @@ def test_a_valid_model_loads(saved) -> None:
     (("weights", "file"), "/etc/passwd", r"field 'weights\.file': '/etc/passwd' must be a plain file name"),
     (("weights", "sha256"), "abc", r"field 'weights\.sha256': expected 64 lower-case hex digits, got 'abc'"),
     (("stage1", "unet", "out_channels"), 4, r"field 'stage1\.unet': maps 1 channels to 4, expected 1 to 3"),
+    # stage 2 of this file takes the LAC and 2 context channels; mode "none" gives it none
+    (("context", "mode"), "none", r"field 'stage2\.unet': maps 3 channels to 3, expected 1 to 3"),
     (("stage2", "temperature"), 0, r"field 'stage2\.temperature': found 0, expected a finite number in \[0\.25, 10\]"),
     (("stage2", "temperature"), "2", r"field 'stage2\.temperature': found \"2\""),
 ])
