@@ -9,6 +9,10 @@
     # 117 cells (the stage-1 step count is then unused): the default of 2026-12-03 14:00
     python scripts/train_default_model.py --work /tmp/s2 --stage1-from default --cells 117 \
         --iterations 1 18000 --stage2-convs 1 --stage2-layout strided --stage2-patch 64 --threads 1
+    # a new stage 2 that takes the LAC alone (stage 1 only gates its windows): candidate 16
+    python scripts/train_default_model.py --work /tmp/c16 --stage1-from default --cells 117 \
+        --iterations 9000 18000 --factor 2 --stage1-patch 64 --stage1-layout strided --stage1-plain-norm \
+        --stage2-convs 2 --stage2-layout strided --stage2-patch 64 --stage2-plain-norm --context none --threads 2
     # both stages anew, stage 1 at 100 nm in MONAI's layout, both with plain instance norm
     python scripts/train_default_model.py --work /tmp/c9 --cells 117 --iterations 9000 18000 \
         --factor 2 --stage1-patch 64 --stage1-layout strided --stage1-plain-norm \
@@ -48,6 +52,7 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from sxtlab import phantom
+from sxtlab.cascade import CONTEXT_MODES
 from sxtlab.models import load_model
 from sxtlab.train import CascadeConfig, TrainConfig, train_cascade
 from sxtlab.unet import UNetConfig
@@ -94,7 +99,7 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: in
            stage2_patch: int = 48, stage2_layout: str = "pooled",
            stage2_norm_affine: bool = True, stage1_layout: str = "pooled",
            stage1_norm_affine: bool = True, seed: int = 0, factor: int = 4,
-           stage1_patch: int = 32, stage1_folds: int = 0) -> CascadeConfig:
+           stage1_patch: int = 32, stage1_folds: int = 0, context: str = "probabilities") -> CascadeConfig:
     # Stage 1 sees a 6.6 µm field whole (32³ at 200 nm voxels, 64³ at 100 nm): it must
     # find the nucleus, a large object of low contrast, so it gets four levels (a
     # receptive field of the whole patch) and, pooled, the absolute intensity at its
@@ -116,7 +121,7 @@ def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: in
                          stage2_unet=UNetConfig(depth=4, base_width=16,
                                                 convs_per_level=stage2_convs, stem_stride=stage2_stride,
                                                 layout=stage2_layout, norm_affine=stage2_norm_affine),
-                         stage1_folds=stage1_folds, seed=seed)
+                         stage1_folds=stage1_folds, context=context, seed=seed)
 
 
 def _cpu_seconds() -> float:
@@ -175,6 +180,9 @@ def main() -> None:
                              "cells stage 1 never saw rather than to trust it (default 0: in-sample context)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the networks' initialisation and the patches drawn (a second seed of an ablation)")
+    parser.add_argument("--context", default="probabilities", choices=CONTEXT_MODES,
+                        help="what stage 2 takes of stage 1 (CascadeConfig.context): 'none' trains stage 2 "
+                             "on the LAC alone, stage 1 only gating its windows")
     parser.add_argument("--stage1-from", default=None,
                         help="keep this model's stage 1 ('default' or a folder) and train only a new stage 2")
     parser.add_argument("--init", default=None,
@@ -195,7 +203,7 @@ def main() -> None:
                  stage2_patch=args.stage2_patch, stage2_layout=args.stage2_layout,
                  stage2_norm_affine=not args.stage2_plain_norm, stage1_layout=args.stage1_layout,
                  stage1_norm_affine=not args.stage1_plain_norm, seed=args.seed, factor=args.factor,
-                 stage1_patch=args.stage1_patch, stage1_folds=args.stage1_folds)
+                 stage1_patch=args.stage1_patch, stage1_folds=args.stage1_folds, context=args.context)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
     inherited = _inherited_cpu_seconds(init, stage1_from)
