@@ -116,3 +116,32 @@ def test_the_exported_stage_applies_the_model_s_temperature():
         plain = _Probabilities(net)(x)[0].numpy()
         warm = _Probabilities(net, 1.8)(x)[0].numpy()
     np.testing.assert_allclose(warm, temper(plain, 1.8), atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_a_cascade_without_context_exports_a_one_channel_stage_2(tmp_path):
+    """Context mode "none": stage 2's package takes the LAC alone, and says how stage 1 gates it."""
+    from sxtlab.cascade import CascadeModel
+    from sxtlab.export import describe_model, export_bioimageio
+    from sxtlab.unet import UNet3D, UNetConfig
+
+    shipped = sxtlab.load_model("default")
+    k = shipped.n_classes
+    torch.manual_seed(0)
+    stage2 = UNet3D(UNetConfig(in_channels=1, out_channels=k, depth=2, base_width=4))
+    model = CascadeModel(shipped.stage1, stage2, shipped.classes, factor=shipped.factor,
+                         normalisation=shipped.normalisation, voxel_size=shipped.voxel_size,
+                         stage1_patch=shipped.stage1_patch, stage2_patch=16, context="none")
+    assert "stage 2: input alone (stage 1 gates its windows)" in describe_model(model)
+    out = export_bioimageio(model, tmp_path / "none")
+    rdf = json.loads((out / "stage2" / "rdf.yaml").read_text())
+    channel = next(a for a in rdf["inputs"][0]["axes"] if a.get("type") == "channel")
+    assert channel["channel_names"] == ["lac"]
+    x, y = np.load(out / "stage2" / "test_input.npy"), np.load(out / "stage2" / "test_output.npy")
+    assert x.shape[1] == 1 and y.shape[1] == k
+    kw = rdf["inputs"][0]["preprocessing"][0]["kwargs"]
+    net = torch.jit.load(str(out / "stage2" / rdf["weights"]["torchscript"]["source"]))
+    with torch.inference_mode():
+        got = net(torch.from_numpy((x * kw["gain"] + kw["offset"]).astype(np.float32))).numpy()
+    assert np.abs(got - y).max() < TOLERANCE
+    assert "not fed to stage 2" in (out / "README.md").read_text()
