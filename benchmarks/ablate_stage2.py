@@ -197,18 +197,24 @@ def train(variant: str, work: Path, cells: Path, iterations: int, seed: int = 0)
         ledger.write_text(json.dumps({"cpu_seconds": before + _cpu_seconds() - cpu0}))
 
 
-def evaluate(variant: str, work: Path) -> pd.DataFrame:
-    import bench_generalisation as bg
-
+def _trained(variant: str, run: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], Normalisation]:
+    """A run's final network as a ``(B, 1, z, y, x) → (B, K, z, y, x)`` softmax predictor, and
+    the normalisation it trained with."""
     net = VARIANTS[variant][1]()
-    net.load_state_dict(torch.load(work / "final.pt", weights_only=True))
+    net.load_state_dict(torch.load(run / "final.pt", weights_only=True))
     net.eval()
-    norm = _normalisation(work)
 
-    def predict(x: torch.Tensor) -> torch.Tensor:
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return torch.softmax(net(x), 1)
 
+    return probabilities, _normalisation(run)
+
+
+def evaluate(variant: str, work: Path) -> pd.DataFrame:
+    import bench_generalisation as bg
+
+    predict, norm = _trained(variant, work)
     task, rows = Task(CLASSES), []
     for gen in ("sxtlab", "independent"):
         for acq in bg.ACQUISITIONS:
@@ -238,14 +244,7 @@ def load_single(variant: str, run: Path) -> tuple[list[str], Callable[[xr.DataAr
     cleaned by :func:`sxtlab.clean.clean_labels`. ``bench_generalisation.py --single``
     scores it beside the cascade on the same cells.
     """
-    net = VARIANTS[variant][1]()
-    net.load_state_dict(torch.load(run / "final.pt", weights_only=True))
-    net.eval()
-    norm = _normalisation(run)
-
-    def probabilities(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.softmax(net(x), 1)
+    probabilities, norm = _trained(variant, run)
 
     def predict(lac: xr.DataArray) -> xr.Dataset:
         resampled = lac.sxt.resample(tdm.VOXEL_SIZE_UM)
