@@ -13,6 +13,9 @@
     python scripts/train_default_model.py --work /tmp/c16 --stage1-from default --cells 117 \
         --iterations 9000 18000 --factor 2 --stage1-patch 64 --stage1-layout strided --stage1-plain-norm \
         --stage2-convs 2 --stage2-layout strided --stage2-patch 64 --stage2-plain-norm --context none --threads 2
+    # its second sitting: the same stage 1 kept, stage 2 continued from the first sitting's
+    python scripts/train_default_model.py --work /tmp/c16b --stage1-from default --init /tmp/c16/model \
+        --cells 117 --iterations 1 12000 --stage2-patch 64 --context none --threads 2
     # both stages anew, stage 1 at 100 nm in MONAI's layout, both with plain instance norm
     python scripts/train_default_model.py --work /tmp/c9 --cells 117 --iterations 9000 18000 \
         --factor 2 --stage1-patch 64 --stage1-layout strided --stage1-plain-norm \
@@ -129,25 +132,31 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _stage1_cpu_seconds(model) -> float:
+    """CPU seconds spent on ``model``'s stage 1.
+
+    Model files record them as ``train_cpu_seconds_by_stage`` since 2026-12-03. An
+    older file gives only its total, which is then counted whole: an upper bound,
+    said so on stderr.
+    """
+    by_stage = model.info.get("train_cpu_seconds_by_stage", {})
+    if "stage 1" in by_stage:
+        return float(by_stage["stage 1"])
+    total = float(model.info.get("train_cpu_seconds", 0))
+    print(f"the kept stage 1's own CPU time is not recorded; counting its model's whole {total:.0f} CPU s",
+          file=sys.stderr)
+    return total
+
+
 def _inherited_cpu_seconds(init, stage1_from) -> float:
     """CPU seconds already spent on what this run starts from.
 
     Continuing a model (``--init``) inherits all of its training; keeping only its
-    stage 1 (``--stage1-from``) inherits that stage's share, which model files record
-    as ``train_cpu_seconds_by_stage`` since 2026-12-03. An older file gives only its
-    total, which is then counted whole: an upper bound, said so on stderr.
+    stage 1 (``--stage1-from``) inherits that stage's share.
     """
     if init is not None:
         return float(init.info.get("train_cpu_seconds", 0))
-    if stage1_from is None:
-        return 0.0
-    by_stage = stage1_from.info.get("train_cpu_seconds_by_stage", {})
-    if "stage 1" in by_stage:
-        return float(by_stage["stage 1"])
-    total = float(stage1_from.info.get("train_cpu_seconds", 0))
-    print(f"the kept stage 1's own CPU time is not recorded; counting its model's whole {total:.0f} CPU s",
-          file=sys.stderr)
-    return total
+    return 0.0 if stage1_from is None else _stage1_cpu_seconds(stage1_from)
 
 
 def main() -> None:
@@ -186,7 +195,8 @@ def main() -> None:
     parser.add_argument("--stage1-from", default=None,
                         help="keep this model's stage 1 ('default' or a folder) and train only a new stage 2")
     parser.add_argument("--init", default=None,
-                        help="continue from this model's weights ('default' or a folder), e.g. in a later sitting")
+                        help="continue from this model's weights ('default' or a folder), e.g. in a later "
+                             "sitting; with --stage1-from only its stage 2")
     args = parser.parse_args()
     if args.cells < 1:
         parser.error(f"--cells must be at least 1, got {args.cells}")
@@ -224,8 +234,9 @@ def main() -> None:
                        "simulated_voxel_um": list(SIMULATED_VOXEL_UM), "voxel_size_um": VOXEL_SIZE_UM},
         "train_cpu_seconds": round(cpu),
     })
-    if stage1_from is not None and init is None:
-        model.info["train_cpu_seconds_by_stage"] = {"stage 1": round(inherited), "stage 2": round(cpu - inherited)}
+    if stage1_from is not None:
+        kept = _stage1_cpu_seconds(stage1_from)
+        model.info["train_cpu_seconds_by_stage"] = {"stage 1": round(kept), "stage 2": round(cpu - kept)}
     model.save(args.out, overwrite=True)
     history.to_csv(args.out / "history.csv", index=False)
     print(json.dumps(model.info.get("validation_mean_dice"), indent=1))

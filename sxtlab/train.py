@@ -853,14 +853,15 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     init : CascadeModel, optional
         Fine-tune: start both stages from this model's weights (its classes,
         architectures, stage-1 factor and normalisation are kept) instead of a
-        random initialisation.
+        random initialisation. With ``stage1_from``, only stage 2 starts from
+        ``init``'s (a later sitting of a stage 2 trained on a kept stage 1).
     stage1_from : CascadeModel, optional
         Keep this model's stage 1 as it is (with its classes, factor, stage-1 patch
         and normalisation) and train only a new stage 2 on its context, e.g. a
         stage 1 that generalises better than one retrained on more cells of one
         generator (``benchmarks/results/generalisation.md``). Its context on cells it
         was trained on is in-sample (``config.corruption`` still applies; folds do
-        not). Not together with ``init``.
+        not).
     progress : bool
         Show progress bars.
 
@@ -874,12 +875,16 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     ------
     ValueError
         If ``init`` or ``stage1_from`` was trained for other classes than ``classes``,
-        or both are given.
+        or both are given and ``init``'s stage 2 was trained on another stage-1 grid
+        or normalisation than ``stage1_from``'s.
     """
     cfg = config or CascadeConfig()
+    if stage1_from is not None and init is not None:
+        for what in ("classes", "factor", "normalisation"):
+            if getattr(init, what) != getattr(stage1_from, what):
+                raise ValueError(f"the stage 2 to continue (init) has {what} {getattr(init, what)!r}, the kept "
+                                 f"stage 1 (stage1_from) {getattr(stage1_from, what)!r}: they must agree")
     if stage1_from is not None:
-        if init is not None:
-            raise ValueError("pass init (fine-tune both stages) or stage1_from (keep its stage 1), not both")
         if classes is not None and [canonical_name(c) for c in classes] != stage1_from.classes:
             raise ValueError(f"cannot train a stage 2 for {list(classes)} on a stage 1 for {stage1_from.classes}")
         classes = stage1_from.classes
@@ -890,8 +895,10 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
         if classes is not None and [canonical_name(c) for c in classes] != init.classes:
             raise ValueError(f"cannot fine-tune a model for {init.classes} into one for {list(classes)}")
         classes = init.classes
-        cfg = replace(cfg, factor=init.factor, stage1_unet=init.stage1.config, stage2_unet=init.stage2.config,
-                      normalisation=init.normalisation, context=init.context, smooth_sigma=init.smooth_sigma)
+        cfg = replace(cfg, factor=init.factor, stage2_unet=init.stage2.config, normalisation=init.normalisation,
+                      context=init.context, smooth_sigma=init.smooth_sigma)
+        if stage1_from is None:
+            cfg = replace(cfg, stage1_unet=init.stage1.config)
     if not samples:
         raise ValueError("train_cascade needs at least one sample")
     names = [canonical_name(c) for c in classes] if classes is not None else _order(

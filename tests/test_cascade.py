@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 import warnings
 from dataclasses import replace
 
@@ -494,7 +496,28 @@ def test_a_new_stage_2_trains_on_a_kept_stage_1(trained, cells, stage2, tmp_path
     assert (model.stage2.config.layout, model.stage2.config.stem_stride) == (stage2.layout, stage2.stem_stride)
     np.testing.assert_array_equal(loaded.predict(cells[2]["lac"], progress=False)["probabilities"].values,
                                   seg["probabilities"].values)
-    with pytest.raises(ValueError, match="not both"):
-        train_cascade(cells[:2], None, cfg, stage1_from=source, init=source, progress=False)
     with pytest.raises(ValueError, match=r"on a stage 1 for \['cell', 'nucleus'\]"):
         train_cascade(cells[:2], ["cell"], cfg, stage1_from=source, progress=False)
+
+
+def test_a_later_sitting_continues_stage_2_on_the_kept_stage_1(trained, cells) -> None:
+    source = trained[0]
+    cfg = replace(_config(4), stage2_unet=UNetConfig(depth=2, base_width=4), factor=4, normalisation=None)
+    first, _ = train_cascade(cells[:2], None, cfg, validation=cells[2:], stage1_from=source, progress=False)
+    # a second sitting with another stage-2 architecture asked for: init's stands
+    later_cfg = replace(cfg, stage2_unet=UNetConfig(depth=3, base_width=8))
+    later, history = train_cascade(cells[:2], None, later_cfg, validation=cells[2:], stage1_from=source,
+                                   init=first, progress=False)
+    for a, b in zip(later.stage1.state_dict().values(), source.stage1.state_dict().values()):
+        assert torch.equal(a, b)
+    assert later.stage2.config == first.stage2.config
+    assert not all(torch.equal(a, b) for a, b in zip(later.stage2.state_dict().values(),
+                                                     first.stage2.state_dict().values()))
+    assert set(history["stage"]) == {"stage 2"}
+    assert (later.info["stage1_from"], later.info["fine_tuned_from"]) == (source.weights_sha256,
+                                                                        first.weights_sha256)
+    other = copy.deepcopy(first)
+    other.factor = tuple(2 * f for f in source.factor)
+    with pytest.raises(ValueError, match=re.escape(f"init) has factor {other.factor!r}, the kept stage 1 "
+                                                   f"(stage1_from) {source.factor!r}: they must agree")):
+        train_cascade(cells[:2], None, cfg, stage1_from=source, init=other, progress=False)
