@@ -9,7 +9,12 @@ resolution, and refines the boundaries.
 This follows the seed project's ``ncxt_sxtcnn`` cascade (stage 1 on a block-mean
 downsampled volume; its probabilities upsampled, Gaussian smoothed and fed with the
 LAC to stage 2) and nnU-Net's ``3d_cascade_fullres`` (Isensee et al. 2021, Nature
-Methods 18, 203), whose one-hot variant is available as ``context="onehot"``.
+Methods 18, 203), whose one-hot variant is available as ``context="onehot"``. With
+``context="none"`` stage 2 takes the LAC alone and stage 1 only finds the cell and
+gates the windows (steps 3–4 below): on phantom cells held out from training, the
+same stage-2 network scores higher without stage 1's probabilities than with them,
+which draw the nucleus into the cytoplasm beside it
+(``benchmarks/results/generalisation.md``, 2026-12-05 08:11 and 09:41).
 
 Prediction (this module) needs no training code: :class:`CascadeModel` holds both
 networks and everything needed to apply them (classes, downsampling factor, the
