@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -201,6 +202,11 @@ def main() -> None:
     if args.cells < 1:
         parser.error(f"--cells must be at least 1, got {args.cells}")
     torch.set_num_threads(args.threads)
+    # a session's end or `kill` stops a sitting with SIGTERM or SIGHUP: leave through the
+    # `finally` below, so that the ledger counts the CPU time of the steps done (the run
+    # resumes from its last checkpoint); candidate 16's first sitting lost half its count
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, lambda signum, _frame: sys.exit(128 + signum))
     torch.manual_seed(args.seed)
     ledger = args.work / "cpu_seconds.json"
     spent = json.loads(ledger.read_text())["cpu_seconds"] if ledger.exists() else 0.0
