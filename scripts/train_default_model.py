@@ -149,17 +149,6 @@ def _stage1_cpu_seconds(model) -> float:
     return total
 
 
-def _inherited_cpu_seconds(init, stage1_from) -> float:
-    """CPU seconds already spent on what this run starts from.
-
-    Continuing a model (``--init``) inherits all of its training; keeping only its
-    stage 1 (``--stage1-from``) inherits that stage's share.
-    """
-    if init is not None:
-        return float(init.info.get("train_cpu_seconds", 0))
-    return 0.0 if stage1_from is None else _stage1_cpu_seconds(stage1_from)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sxtlab/models/default")
@@ -222,7 +211,10 @@ def main() -> None:
                  stage1_patch=args.stage1_patch, stage1_folds=args.stage1_folds, context=args.context)
     init = load_model(args.init) if args.init else None
     stage1_from = load_model(args.stage1_from) if args.stage1_from else None
-    inherited = _inherited_cpu_seconds(init, stage1_from)
+    # continuing a model (--init) inherits all of its training; keeping only its stage 1
+    # (--stage1-from) that stage's share
+    kept = None if stage1_from is None else _stage1_cpu_seconds(stage1_from)
+    inherited = float(init.info.get("train_cpu_seconds", 0)) if init is not None else (kept or 0.0)
     if not ledger.exists():  # the first sitting on top of another model counts what it inherits
         spent += inherited
     try:
@@ -240,8 +232,7 @@ def main() -> None:
                        "simulated_voxel_um": list(SIMULATED_VOXEL_UM), "voxel_size_um": VOXEL_SIZE_UM},
         "train_cpu_seconds": round(cpu),
     })
-    if stage1_from is not None:
-        kept = _stage1_cpu_seconds(stage1_from)
+    if kept is not None:
         model.info["train_cpu_seconds_by_stage"] = {"stage 1": round(kept), "stage 2": round(cpu - kept)}
     model.save(args.out, overwrite=True)
     history.to_csv(args.out / "history.csv", index=False)
