@@ -86,6 +86,8 @@ def describe_model(model: CascadeModel, path: str | os.PathLike | None = None) -
     if info.get("sparse"):
         sparse = info["sparse"]
         lines.append(f"  trained on sparse annotation: {sparse.get('annotated_voxels', '?')} annotated voxels")
+    if info.get("stage1_from"):
+        lines.append(f"  stage 1 kept from: {info['stage1_from']}")
     if info.get("fine_tuned_from"):
         lines.append(f"  fine-tuned from: {info['fine_tuned_from']}")
     dice = info.get("validation_mean_dice")
@@ -93,7 +95,9 @@ def describe_model(model: CascadeModel, path: str | os.PathLike | None = None) -
         held = ", ".join(info.get("validated_on") or []) or "held-out data"
         lines.append(f"  validation mean Dice ({held}): " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()))
     if info.get("train_seconds") is not None:
-        lines.append(f"  training took {info['train_seconds']:.0f} s")
+        lines.append(f"  its last training run took {info['train_seconds']:.0f} s")
+    if info.get("train_cpu_seconds") is not None:
+        lines.append(f"  training CPU time, all runs (the training script's ledger): {info['train_cpu_seconds']:,} s")
     lines.append(f"  weights sha256: {model.weights_sha256} (checked when loaded)")
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -145,3 +146,17 @@ def test_a_cascade_without_context_exports_a_one_channel_stage_2(tmp_path):
         got = net(torch.from_numpy((x * kw["gain"] + kw["offset"]).astype(np.float32))).numpy()
     assert np.abs(got - y).max() < TOLERANCE
     assert "not fed to stage 2" in (out / "README.md").read_text()
+
+
+def test_the_description_says_where_a_model_came_from_and_what_it_cost():
+    from sxtlab.export import describe_model
+
+    model = copy.deepcopy(sxtlab.load_model("default"))
+    model.info = {"stage1_from": "a" * 64, "fine_tuned_from": "b" * 64, "train_seconds": 1938.4,
+                  "train_cpu_seconds": 24925}
+    text = describe_model(model)
+    assert f"  stage 1 kept from: {'a' * 64}\n  fine-tuned from: {'b' * 64}\n" in text
+    assert "  its last training run took 1938 s\n" in text
+    assert "  training CPU time, all runs (the training script's ledger): 24,925 s\n" in text
+    model.info = {}
+    assert "kept from" not in describe_model(model) and "CPU time" not in describe_model(model)
