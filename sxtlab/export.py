@@ -49,7 +49,7 @@ import torch
 from .cascade import SKIP_BACKGROUND, TRUST_BACKGROUND, CascadeModel, Context, block_mean
 from .io import atomic_output
 
-__all__ = ["describe_model", "export_bioimageio", "TOLERANCE", "BIOIMAGEIO_FORMAT"]
+__all__ = ["describe_model", "export_bioimageio", "trained_on", "TOLERANCE", "BIOIMAGEIO_FORMAT"]
 
 #: Largest absolute difference of a probability between the exported weights and
 #: sxtlab's own prediction on the test tensors (float32 arithmetic in another order).
@@ -82,7 +82,7 @@ def describe_model(model: CascadeModel, path: str | os.PathLike | None = None) -
              + f", {_net(model.stage2)}, patch {model.stage2_patch}"]
     trained = info.get("trained_on")
     if trained:
-        lines.append(f"  trained on: {json.dumps(trained, separators=(', ', ': '))}")
+        lines.append(f"  trained on: {trained_on(trained)}")
     if info.get("sparse"):
         sparse = info["sparse"]
         lines.append(f"  trained on sparse annotation: {sparse.get('annotated_voxels', '?')} annotated voxels")
@@ -100,6 +100,34 @@ def describe_model(model: CascadeModel, path: str | os.PathLike | None = None) -
         lines.append(f"  training CPU time, all runs (the training script's ledger): {info['train_cpu_seconds']:,} s")
     lines.append(f"  weights sha256: {model.weights_sha256} (checked when loaded)")
     return "\n".join(lines)
+
+
+def trained_on(record: Any) -> str:
+    """A model's ``info["trained_on"]`` in one readable line.
+
+    Lists of integers (phantom seeds) become runs, long lists of names their count and
+    ends, dicts ``key value`` pairs separated by semicolons.
+
+    Examples
+    --------
+    >>> trained_on({"generator": "sxtlab.phantom.varied_cell", "seeds": [1, 2, 3, 5, 7, 8]})
+    'generator sxtlab.phantom.varied_cell; seeds 1–3, 5, 7–8'
+    >>> trained_on([f"cell{i}" for i in range(10)])
+    '10 volumes: cell0, cell1, cell2, …, cell9'
+    """
+    if isinstance(record, dict):
+        return "; ".join(f"{key} {trained_on(value)}" for key, value in record.items())
+    if isinstance(record, list) and record and all(type(v) is int for v in record):
+        values = sorted(set(record))
+        runs, start = [], values[0]
+        for prev, cur in zip(values, values[1:] + [None]):
+            if cur is None or cur != prev + 1:
+                runs.append(str(start) if start == prev else f"{start}–{prev}")
+                start = cur
+        return ", ".join(runs)
+    if isinstance(record, list) and len(record) > 6:
+        return f"{len(record)} volumes: {', '.join(map(str, record[:3]))}, …, {record[-1]}"
+    return record if isinstance(record, str) else json.dumps(record)
 
 
 def _net(net: torch.nn.Module) -> str:
@@ -343,8 +371,9 @@ def export_bioimageio(model: CascadeModel, path: str | os.PathLike, *, overwrite
                                              ctx.channels((0, 0, 0), patch)])[None], np.float32)
     with torch.inference_mode():
         y2 = _Probabilities(model.stage2, model.temperature)(torch.from_numpy(x2)).numpy()
+    trained = model.info.get("trained_on")
     description = (f"Segments {', '.join(model.classes)} in soft X-ray tomograms; trained on "
-                   f"{json.dumps(model.info.get('trained_on', 'data recorded in the sxtlab model'))}.")
+                   f"{trained_on(trained) if trained else 'data recorded in the sxtlab model'}.")
 
     def write(tmp: Path) -> None:
         tmp.mkdir()

@@ -20,7 +20,7 @@ def test_model_info_prints_what_the_model_holds(capsys):
     model = sxtlab.load_model("default")
     assert "classes: cell, nucleus, mitochondria, lipid_body, vacuole (and background 0)" in out
     assert "voxel size: 0.05 × 0.05 × 0.05 µm" in out
-    assert f'"generator": "{model.info["trained_on"]["generator"]}"' in out  # the training data
+    assert f'trained on: generator {model.info["trained_on"]["generator"]}; ' in out  # the training data
     dice = model.info["validation_mean_dice"]  # the shipped model's, whichever it is
     assert "validation mean Dice (" + ", ".join(model.info["validated_on"]) + "): " + ", ".join(
         f"{k} {v:.3f}" for k, v in dice.items()) in out
