@@ -880,7 +880,8 @@ def train_cascade(samples: Sequence[xr.Dataset], classes: Sequence[str] | None =
     """
     cfg = config or CascadeConfig()
     if stage1_from is not None and init is not None:
-        for what in ("classes", "factor", "normalisation"):
+        # their classes are compared below, as for any init
+        for what in ("factor", "normalisation"):
             if getattr(init, what) != getattr(stage1_from, what):
                 raise ValueError(f"the stage 2 to continue (init) has {what} {getattr(init, what)!r}, the kept "
                                  f"stage 1 (stage1_from) {getattr(stage1_from, what)!r}: they must agree")

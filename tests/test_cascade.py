@@ -521,3 +521,7 @@ def test_a_later_sitting_continues_stage_2_on_the_kept_stage_1(trained, cells) -
     with pytest.raises(ValueError, match=re.escape(f"init) has factor {other.factor!r}, the kept stage 1 "
                                                    f"(stage1_from) {source.factor!r}: they must agree")):
         train_cascade(cells[:2], None, cfg, stage1_from=source, init=other, progress=False)
+    other = copy.deepcopy(first)
+    other.classes = ["cell"]
+    with pytest.raises(ValueError, match=r"cannot fine-tune a model for \['cell'\] into one for "):
+        train_cascade(cells[:2], None, cfg, stage1_from=source, init=other, progress=False)
