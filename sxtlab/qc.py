@@ -329,8 +329,12 @@ def coverage(uncertainty: pd.DataFrame, seg: xr.Dataset, truth: xr.DataArray, *,
     Returns
     -------
     pandas.DataFrame
-        ``uncertainty`` with ``true_volume_um3`` and ``covered`` added; the share of
-        ``covered`` is the interval's measured coverage.
+        ``uncertainty`` with ``true_instance`` (the matched true object's number as
+        :func:`sxtlab.measure.instances` numbers the truth's; 0 for a false object),
+        ``true_volume_um3`` and ``covered`` added; the share of ``covered`` is the
+        interval's measured coverage. Where the model splits one true object into
+        pieces, each piece is matched to the whole object and its interval cannot
+        hold it: group by ``true_instance`` to tell a split from a wrong outline.
     """
     from .volume import segmentation
 
@@ -342,10 +346,11 @@ def coverage(uncertainty: pd.DataFrame, seg: xr.Dataset, truth: xr.DataArray, *,
     pred = _prepare(seg, intensity=None, connectivity=connectivity)
     true = _prepare(segmentation(seg["lac"], truth), intensity=None, connectivity=connectivity)
     vv = pred.voxel_volume
-    volumes = []
+    matched, volumes = [], []
     for row in uncertainty.itertuples(index=False):
         p, t = pred.instances(row[1]), true.instances(row[1])
         if p.n == 0 or t.n == 0:
+            matched.append(0)
             volumes.append(0.0)
             continue
         ids = np.zeros(pred.labels.shape, np.int32)
@@ -354,9 +359,11 @@ def coverage(uncertainty: pd.DataFrame, seg: xr.Dataset, truth: xr.DataArray, *,
         mine[p.window] = p.labels == row[2]
         overlap = np.bincount(ids[mine], minlength=t.n + 1)
         overlap[0] = 0
-        k = int(overlap.argmax())
-        volumes.append(float((t.labels == k).sum() * vv) if overlap[k] else 0.0)
+        k = int(overlap.argmax()) if overlap.any() else 0
+        matched.append(k)
+        volumes.append(float((t.labels == k).sum() * vv) if k else 0.0)
     out = uncertainty.copy()
+    out["true_instance"] = matched
     out["true_volume_um3"] = volumes
     out["covered"] = (out["true_volume_um3"] >= out["volume_low_um3"]) & (out["true_volume_um3"] <= out["volume_high_um3"])
     return out

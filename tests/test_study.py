@@ -14,6 +14,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 import sxtlab
 from sxtlab import phantom
@@ -187,8 +188,6 @@ def test_a_separately_started_scheduler_gives_the_same_tables(study, inputs, tmp
 def _soft_sphere(radius: float, true_radius: float):
     """A 'segmentation' of a sphere whose probability falls off over 1.5 voxels at
     ``radius``, and the truth: a sphere of ``true_radius`` (voxels of 0.1 µm)."""
-    import xarray as xr
-
     z, y, x = np.mgrid[:32, :32, :32] - 15.5
     r = np.sqrt(z ** 2 + y ** 2 + x ** 2)
     p = 1 / (1 + np.exp((r - radius) / 1.5))
@@ -213,8 +212,30 @@ def test_volume_interval_spans_the_two_thresholds_and_coverage_counts_the_truth_
     assert 0 < row["uncertain_fraction"] < 1 and 0 < row["entropy_mean"] < 1
     inside = qc.coverage(qc.instance_uncertainty(seg, low=0.25, high=0.75, margin=4), seg, truth)
     assert inside["true_volume_um3"].iloc[0] == pytest.approx((r <= 9.0).sum() * 1e-3) and inside["covered"].all()
+    assert inside["true_instance"].tolist() == [1]
     seg, truth = _soft_sphere(8.0, 11.0)  # the truth reaches beyond the plausible extent
     assert not qc.coverage(qc.instance_uncertainty(seg, low=0.25, high=0.75, margin=4), seg, truth)["covered"].any()
+
+
+def test_coverage_matches_each_piece_of_a_split_object_to_the_whole_and_a_false_one_to_none():
+    from sxtlab import qc
+
+    true = np.zeros((8, 8, 24), np.uint8)
+    true[2:6, 2:6, 2:20] = 1  # one tube, 4 × 4 × 18 voxels
+    pred = true.copy()
+    pred[:, :, 10:12] = 0  # the model splits it in two
+    pred[2:4, 2:4, 22:24] = 1  # and makes one up
+    img = sxtlab.volume(np.zeros(true.shape, np.float32), 0.1)
+    probs = xr.DataArray(np.stack([pred == 0, pred == 1]).astype(np.float32), dims=("class", "z", "y", "x"),
+                         coords={"class": ["background", "mitochondria"], **{d: img[d] for d in "zyx"}})
+    seg = sxtlab.segmentation(img, sxtlab.label_volume(pred, img, {1: "mitochondria"}), probs)
+    truth = sxtlab.label_volume(true, img, {1: "mitochondria"})
+    table = qc.coverage(qc.instance_uncertainty(seg), seg, truth)
+    assert sorted(table["true_instance"]) == [0, 1, 1]
+    pieces = table[table["true_instance"] == 1]
+    assert pieces["true_volume_um3"].tolist() == pytest.approx([4 * 4 * 18 * 1e-3] * 2)
+    assert not pieces["covered"].any()  # neither half holds the whole tube
+    assert table.loc[table["true_instance"] == 0, "true_volume_um3"].tolist() == [0.0]
 
 
 def test_compare_writes_tests_figures_and_counts_the_flagged_cells_left_out(study):
