@@ -1,7 +1,9 @@
 """Retrain sxtlab's shipped default model reproducibly, resumable across sittings.
 
-    python scripts/train_default_model.py --work /tmp/default-run            # writes sxtlab/models/default/
+    python scripts/train_default_model.py --work /tmp/default-run            # writes /tmp/default-run/model
     python scripts/train_default_model.py --work /tmp/default-run --out /tmp/m
+    # shipping is a deliberate copy: model.json, weights.safetensors and history.csv into
+    # sxtlab/models/default/, whose MODEL_CARD.md a training run never touches
     # killed or stopped? the same command resumes from the cached cells and the checkpoints
     # a later sitting on a fresh machine: continue from the shipped weights
     python scripts/train_default_model.py --work /tmp/more --init default --iterations 1000 2000
@@ -151,7 +153,9 @@ def _stage1_cpu_seconds(model) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "sxtlab/models/default")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="model folder to create (default WORK/model); an existing one only with --overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--work", type=Path, required=True, help="cache of cells and checkpoints (resumable)")
     parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N, validation seeds skipped)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(1500, 2000), metavar=("STAGE1", "STAGE2"))
@@ -190,6 +194,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.cells < 1:
         parser.error(f"--cells must be at least 1, got {args.cells}")
+    args.out = args.out or args.work / "model"
+    # before the hours of training, not after: a finished sitting run again, or an --out
+    # left pointing at the shipped model (which once replaced its folder, model card and all)
+    if args.out.exists() and not args.overwrite:
+        parser.error(f"--out {args.out} exists; choose another folder or pass --overwrite to replace it")
     torch.set_num_threads(args.threads)
     # a session's end or `kill` stops a sitting with SIGTERM or SIGHUP: leave through the
     # `finally` below, so that the ledger counts the CPU time of the steps done (the run
@@ -234,7 +243,7 @@ def main() -> None:
     })
     if kept is not None:
         model.info["train_cpu_seconds_by_stage"] = {"stage 1": round(kept), "stage 2": round(cpu - kept)}
-    model.save(args.out, overwrite=True)
+    model.save(args.out, overwrite=args.overwrite)
     history.to_csv(args.out / "history.csv", index=False)
     print(json.dumps(model.info.get("validation_mean_dice"), indent=1))
     print(f"saved {args.out}; this sitting {time.perf_counter() - t0:.0f} s, all sittings {cpu:.0f} CPU s")
