@@ -329,3 +329,19 @@ def test_uncalibrated_gray_and_lac_samples_are_not_mixed() -> None:
     cells = [segmentation(img, label_volume(lab, img, {1: "cell"})) for img in (lac, gray)]
     with pytest.raises(FormatError, match=r"samples \[1\] are uncalibrated gray values"):
         train_cascade(cells, ["cell"], fast_config((1, 1)), progress=False)
+
+
+def test_training_script_refuses_an_existing_model_folder_before_training(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train_default_model.py"
+    shipped = tmp_path / "default"
+    shipped.mkdir()
+    (shipped / "MODEL_CARD.md").write_text("kept")
+    run = subprocess.run([sys.executable, str(script), "--work", str(tmp_path / "run"), "--out", str(shipped)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2
+    assert f"--out {shipped} exists; choose another folder or pass --overwrite" in run.stderr
+    assert (shipped / "MODEL_CARD.md").read_text() == "kept" and not (tmp_path / "run").exists()
