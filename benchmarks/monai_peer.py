@@ -11,13 +11,17 @@ Inputs are normalised on the same fixed LAC scale as sxtlab's default model
 blending), after resampling the volume to the training voxel size (and back).
 
 Training is resumable: ``DIR/checkpoint.pt`` holds the weights, optimiser, step and
-CPU seconds used; running again with a larger ``--cpu-seconds`` continues.
+CPU seconds used; running again with a larger ``--cpu-seconds`` continues. ``--steps``
+stops at a step count instead: CPU seconds differ between machines, so a budget
+measured on one is repeated on another as the steps it bought there.
 ``DIR/config.json`` records the configuration.
 
     # train 60 s of CPU on two sxtlab phantom cells (seeds 11, 12; 96³ × 50 nm, standard acquisition)
     python benchmarks/monai_peer.py train --out /tmp/peer --cpu-seconds 60 --phantom-seeds 11,12
     # or on the default model's training cells (scripts/train_default_model.py's cache)
     python benchmarks/monai_peer.py train --out /tmp/peer --cpu-seconds 4300 --default-cells /work/runs/c11
+    # or for as many steps as 17 650 CPU s bought on another machine
+    python benchmarks/monai_peer.py train --out /tmp/peer --steps 93058 --default-cells /work/runs/c11
     # or on saved cells (xarray Datasets with lac, labels: NetCDF or Zarr)
     python benchmarks/monai_peer.py train --out /tmp/peer --cpu-seconds 1800 --files a.zarr b.zarr
     # predict a saved cell or a phantom and print Dice
@@ -93,9 +97,13 @@ def _patch(x, y, where: dict, rng: np.random.Generator):
     return np.ascontiguousarray(px), np.ascontiguousarray(py)
 
 
-def train(cells: list[xr.Dataset], out_dir: str | Path, cpu_seconds: float, *, seed: int = 0,
-          classes=CLASSES, log_every: int = 20) -> Path:
-    """Train (or resume) until ``cpu_seconds`` of process CPU time in total; returns the checkpoint."""
+def train(cells: list[xr.Dataset], out_dir: str | Path, cpu_seconds: float = float("inf"), *,
+          steps: int | None = None, seed: int = 0, classes=CLASSES, log_every: int = 20) -> Path:
+    """Train (or resume) until ``cpu_seconds`` of process CPU time or ``steps`` steps in total,
+    whichever comes first; returns the checkpoint."""
+    if steps is None and not np.isfinite(cpu_seconds):
+        raise ValueError("give cpu_seconds or steps: training needs a budget")
+    max_steps = np.inf if steps is None else int(steps)
     from monai.losses import DiceCELoss
 
     out = Path(out_dir)
@@ -113,7 +121,7 @@ def train(cells: list[xr.Dataset], out_dir: str | Path, cpu_seconds: float, *, s
     opt = torch.optim.Adam(net.parameters(), lr=config["lr"])
     state = {"step": 0, "cpu_seconds": 0.0, "history": []}
     if ckpt.exists():
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
         net.load_state_dict(saved["state_dict"])
         opt.load_state_dict(saved["optimizer"])
         state = {k: saved[k] for k in ("step", "cpu_seconds", "history")}
@@ -136,7 +144,7 @@ def train(cells: list[xr.Dataset], out_dir: str | Path, cpu_seconds: float, *, s
     c0 = time.process_time()
     used0 = state["cpu_seconds"]
     last_save = used0
-    while state["cpu_seconds"] < cpu_seconds:
+    while state["cpu_seconds"] < cpu_seconds and state["step"] < max_steps:
         xs, ys = zip(*(_patch(*data[int(rng.integers(len(data)))], rng) for _ in range(config["batch"])))
         xb = torch.from_numpy(np.stack(xs)[:, None])
         yb = torch.from_numpy(np.stack(ys)[:, None])
@@ -170,7 +178,7 @@ def load(path: str | Path) -> Peer:
     p = Path(path)
     if p.is_dir():
         p = p / "checkpoint.pt"
-    saved = torch.load(p, map_location="cpu", weights_only=False)
+    saved = torch.load(p, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
     config = {**saved["config"], "step": saved["step"], "cpu_seconds": saved["cpu_seconds"]}
     net = _net(config)
     net.load_state_dict(saved["state_dict"])
@@ -233,11 +241,15 @@ def main() -> None:
                        help="with --default-cells: seeds 1..N, validation seeds skipped, as that script")
         if name == "train":
             p.add_argument("--out", type=Path, required=True)
-            p.add_argument("--cpu-seconds", type=float, required=True, help="total budget (resumes)")
+            p.add_argument("--cpu-seconds", type=float, default=float("inf"), help="total budget (resumes)")
+            p.add_argument("--steps", type=int, default=None,
+                           help="total steps (resumes); training stops at this or --cpu-seconds, whichever is first")
             p.add_argument("--seed", type=int, default=0)
         else:
             p.add_argument("--ckpt", type=Path, required=True)
     args = parser.parse_args()
+    if args.cmd == "train" and args.steps is None and args.cpu_seconds == float("inf"):
+        parser.error("train needs a budget: --cpu-seconds, --steps or both")
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.phantom_seeds.split(",") if s]
     cells = _phantom_cells(seeds, args.shape, args.voxel_size)
@@ -250,7 +262,7 @@ def main() -> None:
     if not cells:
         parser.error("no cells: give --phantom-seeds, --default-cells or --files")
     if args.cmd == "train":
-        train(cells, args.out, args.cpu_seconds, seed=args.seed)
+        train(cells, args.out, args.cpu_seconds, steps=args.steps, seed=args.seed)
     else:
         from sxtlab.metrics import evaluate
 
