@@ -24,8 +24,8 @@ grown by ``margin`` voxels, less other instances of its class.
 How well the interval covers the truth is measured, not assumed (:func:`coverage`;
 the thresholds' note, :data:`LOW`, and ``benchmarks/bench_study.py``): on 24 phantom
 cells segmented by the shipped model it held the true volume of every whole cell and
-vacuole, 92 % of nuclei, 95 % of lipid bodies and 50 % of mitochondria
-(``benchmarks/results/study.md``, 2026-12-05 13:12). A mitochondrion's interval misses
+vacuole, 92 % of nuclei, 96 % of lipid bodies and 49 % of mitochondria
+(``benchmarks/results/study.md``, 2026-12-05 22:40). A mitochondrion's interval misses
 where the model splits the tube into pieces (each piece is matched to the whole tube,
 whose volume its own interval cannot hold: ``true_instance`` in :func:`coverage` groups
 them) and where it misses part of a tube and is sure of what it draws.
