@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -219,9 +220,9 @@ def _phantom_cells(seeds, shape, voxel_size):
 def _default_cells(work: Path, n: int) -> list[xr.Dataset]:
     """The cells ``scripts/train_default_model.py --work WORK --cells N`` trains on (same cache)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from train_default_model import make_cell, training_seeds
+    from train_default_model import make_cells, training_seeds
 
-    return [make_cell(s, work / "cells") for s in training_seeds(n)]
+    return make_cells(training_seeds(n), work / "cells", jobs=len(os.sched_getaffinity(0)), desc="training cells")
 
 
 def main() -> None:

@@ -46,10 +46,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import resource
 import signal
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -79,10 +82,14 @@ def training_seeds(n: int) -> list[int]:
     return [s for s in range(1, n + len(VALIDATION_SEEDS) + 1) if s not in VALIDATION_SEEDS][:n]
 
 
-def make_cell(seed: int, cache: Path) -> xr.Dataset:
-    """A varied cell simulated at its own voxel size, resampled to the model's; cached."""
+def _cell_path(seed: int, cache: Path) -> Path:
     # the generator's version in the name: a new version draws other cells from a seed
-    path = cache / f"cell-{seed}-v{phantom.GENERATOR_VERSION}.npz"
+    return cache / f"cell-{seed}-v{phantom.GENERATOR_VERSION}.npz"
+
+
+def _simulate(seed: int, cache: Path) -> None:
+    """Simulate one cell into the cache (atomically: a killed run leaves no partial cell)."""
+    path = _cell_path(seed, cache)
     if not path.exists():
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF1E1D]))
         vs = float(np.exp(rng.uniform(*np.log(SIMULATED_VOXEL_UM))))
@@ -91,14 +98,35 @@ def make_cell(seed: int, cache: Path) -> xr.Dataset:
         record = {"seed": seed, "simulated_voxel_um": vs, "variation": ds.attrs["variation"],
                   "acquisition": ds.attrs["acquisition"], "classes": ds["labels"].attrs["classes"]}
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.partial.npz")
+        # the process id in the name: two runs sharing a cache may simulate the same cell
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial.npz")
         np.savez(tmp, lac=ds["lac"].sxt.resample(VOXEL_SIZE_UM).values,
                  labels=ds["labels"].sxt.resample(VOXEL_SIZE_UM).values, record=json.dumps(record))
         tmp.replace(path)
+
+
+def make_cell(seed: int, cache: Path) -> xr.Dataset:
+    """A varied cell simulated at its own voxel size, resampled to the model's; cached."""
+    path = _cell_path(seed, cache)
+    _simulate(seed, cache)
     with np.load(path) as f:
         record = json.loads(str(f["record"]))
         img = volume(f["lac"], VOXEL_SIZE_UM, cell_id=f"varied-{seed}")
         return segmentation(img, label_volume(f["labels"], img, record["classes"]))
+
+
+def make_cells(seeds: list[int], cache: Path, *, jobs: int = 1, desc: str = "cells") -> list[xr.Dataset]:
+    """:func:`make_cell` of each seed; the cells not yet cached are simulated in ``jobs``
+    processes first (one cell's simulation keeps one core busy; 117 cells take about 17
+    minutes on one core of the 2-core machine, half that on two)."""
+    missing = [s for s in seeds if not _cell_path(s, cache).exists()]
+    if jobs > 1 and len(missing) > 1:
+        # spawn, not fork: the parent's torch and OpenMP threads do not survive a fork
+        with ProcessPoolExecutor(min(jobs, len(missing)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = pool.map(_simulate, missing, [cache] * len(missing))
+            for _ in tqdm(done, total=len(missing), desc=f"{desc}: simulating"):
+                pass
+    return [make_cell(s, cache) for s in tqdm(seeds, desc=desc)]
 
 
 def config(iterations: tuple[int, int], stage2_convs: int = 2, stage2_stride: int = 1,
@@ -160,6 +188,8 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N, validation seeds skipped)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(1500, 2000), metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="processes simulating the cells not yet cached (default: the CPUs available)")
     parser.add_argument("--stage2-convs", type=int, default=2,
                         help="convolutions per level of stage 2 (1 halves a step's cost: twice the steps per CPU second)")
     parser.add_argument("--stage2-stride", type=int, default=1, choices=(1, 2),
@@ -211,8 +241,8 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = training_seeds(args.cells)
     cache = args.work / "cells"
-    train = [make_cell(s, cache) for s in tqdm(seeds, desc="training cells")]
-    val = [make_cell(s, cache) for s in tqdm(VALIDATION_SEEDS, desc="validation cells")]
+    train = make_cells(seeds, cache, jobs=args.jobs, desc="training cells")
+    val = make_cells(VALIDATION_SEEDS, cache, jobs=args.jobs, desc="validation cells")
     cfg = config(tuple(args.iterations), stage2_convs=args.stage2_convs, stage2_stride=args.stage2_stride,
                  stage2_patch=args.stage2_patch, stage2_layout=args.stage2_layout,
                  stage2_norm_affine=not args.stage2_plain_norm, stage1_layout=args.stage1_layout,
