@@ -35,7 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -145,24 +147,35 @@ def train(cells: list[xr.Dataset], out_dir: str | Path, cpu_seconds: float = flo
     c0 = time.process_time()
     used0 = state["cpu_seconds"]
     last_save = used0
-    while state["cpu_seconds"] < cpu_seconds and state["step"] < max_steps:
-        xs, ys = zip(*(_patch(*data[int(rng.integers(len(data)))], rng) for _ in range(config["batch"])))
-        xb = torch.from_numpy(np.stack(xs)[:, None])
-        yb = torch.from_numpy(np.stack(ys)[:, None])
-        opt.zero_grad()
-        loss = loss_fn(net(xb), yb)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        state["cpu_seconds"] = used0 + time.process_time() - c0
-        if state["step"] % log_every == 0:
-            state["history"].append((state["step"], round(state["cpu_seconds"], 1), round(float(loss), 4)))
-            print(f"step {state['step']} cpu {state['cpu_seconds']:.0f} s loss {float(loss):.4f}", flush=True)
-        if state["cpu_seconds"] - last_save > 300:
-            save()
-            last_save = state["cpu_seconds"]
+    # a session's end or `kill` sends SIGTERM or SIGHUP: finish the step, save and stop,
+    # instead of losing up to 300 CPU s since the last checkpoint
+    stop: list[int] = []
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = ({s: signal.signal(s, lambda signum, _frame: stop.append(signum)) for s in handled}
+                if threading.current_thread() is threading.main_thread() else {})
+    try:
+        while state["cpu_seconds"] < cpu_seconds and state["step"] < max_steps and not stop:
+            xs, ys = zip(*(_patch(*data[int(rng.integers(len(data)))], rng) for _ in range(config["batch"])))
+            xb = torch.from_numpy(np.stack(xs)[:, None])
+            yb = torch.from_numpy(np.stack(ys)[:, None])
+            opt.zero_grad()
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            state["step"] += 1
+            state["cpu_seconds"] = used0 + time.process_time() - c0
+            if state["step"] % log_every == 0:
+                state["history"].append((state["step"], round(state["cpu_seconds"], 1), round(float(loss), 4)))
+                print(f"step {state['step']} cpu {state['cpu_seconds']:.0f} s loss {float(loss):.4f}", flush=True)
+            if state["cpu_seconds"] - last_save > 300:
+                save()
+                last_save = state["cpu_seconds"]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     save()
-    print(f"saved {ckpt}: step {state['step']}, {state['cpu_seconds']:.0f} CPU s")
+    print(f"saved {ckpt}: step {state['step']}, {state['cpu_seconds']:.0f} CPU s"
+          + (f" (stopped by signal {stop[0]})" if stop else ""))
     return ckpt
 
 

@@ -958,7 +958,8 @@ class CascadeModel:
         overwrite : bool
             Replace an existing ``out``.
         tta : bool
-            Average over the 8 axis mirrorings (8× slower).
+            Average over the 8 axis mirrorings: 8 network passes per stage-2 window (a
+            128³ field took 2.3× as long; ``benchmarks/results/generalisation.md``, 2026-12-05 22:58).
         step : float or int
             Window step, fraction of the patch or voxels (default half a patch).
         window : int or (pz, py, px), optional

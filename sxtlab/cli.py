@@ -27,6 +27,11 @@ __all__ = ["main", "describe", "add_image_options", "read_image", "calibrate", "
 log = logging.getLogger("sxtlab")
 
 
+#: measured in benchmarks/results/generalisation.md, 2026-12-05 22:58 (128³ fields, 2 cores)
+_TTA_HELP = ("average over the 8 axis mirrorings of the input: 8 network passes per stage-2 "
+             "window (a 128³ field took 2.3× as long)")
+
+
 def describe(obj: xr.DataArray | xr.Dataset) -> str:
     """A short, human-readable summary of a volume or segmentation.
 
@@ -596,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--ngff-version", choices=("0.5", "0.4"), default=None,
                      help="OME-Zarr version written: 0.5 (Zarr v3, the default) or 0.4 (Zarr v2) for viewers "
                           "that read no Zarr v3")
-    seg.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
+    seg.add_argument("--tta", action="store_true", help=_TTA_HELP)
     # Defaults stay with CascadeModel.predict (SUPPRESS: not passed unless given); the
     # help shows them (_PredictDefaultsHelp) without importing torch to build the parser.
     seg.add_argument("--skip-background", type=_gate, default=argparse.SUPPRESS, metavar="P",
@@ -713,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_options(study)
     study.add_argument("--pairs", help="distances measured, e.g. mitochondria:nucleus,lipid_body:cell "
                                        "(default: each organelle to the nucleus and to the cell boundary)")
-    study.add_argument("--tta", action="store_true", help="average over mirrored inputs (8× slower)")
+    study.add_argument("--tta", action="store_true", help=_TTA_HELP)
     study.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     study.set_defaults(func=_cmd_study)
 

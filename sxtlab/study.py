@@ -211,7 +211,8 @@ class StudySettings:
         organelle to the nucleus and to the cell's boundary, for the classes the
         model has.
     tta : bool
-        Mirrored test-time augmentation (8× slower).
+        Mirrored test-time augmentation: 8 network passes per stage-2 window (a 128³
+        field took 2.3× as long; ``benchmarks/results/generalisation.md``, 2026-12-05 22:58).
     low, high : float
         Probability thresholds of the volume intervals (:mod:`sxtlab.qc`).
     block_voxels : int
