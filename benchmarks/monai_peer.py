@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import threading
@@ -235,7 +234,7 @@ def _default_cells(work: Path, n: int) -> list[xr.Dataset]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from train_default_model import make_cells, training_seeds
 
-    return make_cells(training_seeds(n), work / "cells", jobs=len(os.sched_getaffinity(0)), desc="training cells")
+    return make_cells(training_seeds(n), work / "cells", desc="training cells")
 
 
 def main() -> None:

@@ -87,8 +87,9 @@ def _cell_path(seed: int, cache: Path) -> Path:
     return cache / f"cell-{seed}-v{phantom.GENERATOR_VERSION}.npz"
 
 
-def _simulate(seed: int, cache: Path) -> None:
-    """Simulate one cell into the cache (atomically: a killed run leaves no partial cell)."""
+def _simulate(seed: int, cache: Path) -> Path:
+    """Simulate one cell into the cache unless it is there (atomically: a killed run leaves
+    no partial cell); returns its file."""
     path = _cell_path(seed, cache)
     if not path.exists():
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xF1E1D]))
@@ -103,22 +104,23 @@ def _simulate(seed: int, cache: Path) -> None:
         np.savez(tmp, lac=ds["lac"].sxt.resample(VOXEL_SIZE_UM).values,
                  labels=ds["labels"].sxt.resample(VOXEL_SIZE_UM).values, record=json.dumps(record))
         tmp.replace(path)
+    return path
 
 
 def make_cell(seed: int, cache: Path) -> xr.Dataset:
     """A varied cell simulated at its own voxel size, resampled to the model's; cached."""
-    path = _cell_path(seed, cache)
-    _simulate(seed, cache)
-    with np.load(path) as f:
+    with np.load(_simulate(seed, cache)) as f:
         record = json.loads(str(f["record"]))
         img = volume(f["lac"], VOXEL_SIZE_UM, cell_id=f"varied-{seed}")
         return segmentation(img, label_volume(f["labels"], img, record["classes"]))
 
 
-def make_cells(seeds: list[int], cache: Path, *, jobs: int = 1, desc: str = "cells") -> list[xr.Dataset]:
+def make_cells(seeds: list[int], cache: Path, *, jobs: int | None = None,
+               desc: str = "cells") -> list[xr.Dataset]:
     """:func:`make_cell` of each seed; the cells not yet cached are simulated in ``jobs``
-    processes first (one cell's simulation keeps one core busy; 117 cells take about 17
-    minutes on one core of the 2-core machine, half that on two)."""
+    processes first (default: the CPUs available; one cell's simulation keeps one core
+    busy: 117 cells take about 17 minutes on one core of the 2-core machine, half that on two)."""
+    jobs = len(os.sched_getaffinity(0)) if jobs is None else jobs
     missing = [s for s in seeds if not _cell_path(s, cache).exists()]
     if jobs > 1 and len(missing) > 1:
         # spawn, not fork: the parent's torch and OpenMP threads do not survive a fork
@@ -188,7 +190,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=24, help="training cells (seeds 1..N, validation seeds skipped)")
     parser.add_argument("--iterations", type=int, nargs=2, default=(1500, 2000), metavar=("STAGE1", "STAGE2"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+    parser.add_argument("--jobs", type=int, default=None,
                         help="processes simulating the cells not yet cached (default: the CPUs available)")
     parser.add_argument("--stage2-convs", type=int, default=2,
                         help="convolutions per level of stage 2 (1 halves a step's cost: twice the steps per CPU second)")
